@@ -1,0 +1,22 @@
+"""Graph passes of wina-onnx (installed as `wina_onnx.passes`).
+
+    candidates          which MatMuls may be gated, and why others are refused
+    roles               which decoder projection a MatMul is, from its name
+    wina_gate           the WINA/TEAL rewrite into WinaSparseMatMul (or standard ops)
+    lower_standard_ops  the standard-ops lowering used by --backend onnx
+"""
+
+from .candidates import Candidate, Skipped, find_candidates
+from .wina_gate import BACKENDS, NORM_ON_CHOICES, GateConfig, GateRecord, GateReport, apply_wina_gates
+
+__all__ = [
+    "BACKENDS",
+    "NORM_ON_CHOICES",
+    "Candidate",
+    "GateConfig",
+    "GateRecord",
+    "GateReport",
+    "Skipped",
+    "apply_wina_gates",
+    "find_candidates",
+]

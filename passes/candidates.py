@@ -1,0 +1,118 @@
+"""Find the MatMul nodes the WINA pass may gate, and say why the others are refused.
+
+A MatMul y = x @ B is a candidate when
+  * B is a constant initializer of rank 2 ([K, N]) that is not also a graph input
+    (a graph input may be overridden at run time, so its norms could go stale);
+  * B is float32, float16 or bfloat16;
+  * it is a decoder projection by name (passes.roles) or matches an --include pattern,
+    and matches no --exclude pattern. The LM head and embeddings are refused by name.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+import onnx
+
+from . import roles
+
+GATEABLE_TYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A MatMul the pass will gate."""
+
+    node_name: str
+    role: roles.Role | None
+    weight_name: str
+    k: int
+    n: int
+    dtype: int  # onnx.TensorProto data type of x, B and y
+
+    @property
+    def label(self) -> str:
+        """Role label such as 'L3.down_proj', or the node name when the role is unknown."""
+        return self.role.label if self.role is not None else self.node_name
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A MatMul the pass leaves alone, and why."""
+
+    node_name: str
+    reason: str
+
+
+def node_display_name(node: onnx.NodeProto) -> str:
+    """The node's name, or its first output's name when the exporter left it unnamed."""
+    return node.name or (node.output[0] if node.output else "<unnamed>")
+
+
+def _matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or p in name for p in patterns)
+
+
+def find_candidates(
+    graph: onnx.GraphProto,
+    *,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> tuple[list[Candidate], list[Skipped]]:
+    """Return the gateable MatMuls of `graph` (top level only) and the refused ones with reasons.
+
+    include/exclude: fnmatch patterns (or substrings) over node names. With include,
+    only matching nodes are considered, whatever their role.
+    """
+    include = list(include or [])
+    exclude = list(exclude or [])
+    initializers = {init.name: init for init in graph.initializer}
+    graph_inputs = {value.name for value in graph.input}
+    candidates: list[Candidate] = []
+    skipped: list[Skipped] = []
+    for node in graph.node:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+            continue
+        name = node_display_name(node)
+        role = roles.classify(name)
+        if include:
+            if not _matches(name, include):
+                continue
+        elif role is None:
+            reason = "LM head or embedding" if roles.is_excluded_by_name(name) else "not a decoder projection"
+            skipped.append(Skipped(name, reason))
+            continue
+        if _matches(name, exclude):
+            skipped.append(Skipped(name, "matches --exclude"))
+            continue
+        weight_name = node.input[1]
+        weight = initializers.get(weight_name)
+        if weight is None:
+            skipped.append(Skipped(name, "weight is not a constant initializer"))
+            continue
+        if weight_name in graph_inputs:
+            skipped.append(Skipped(name, "weight is also a graph input and may change at run time"))
+            continue
+        if len(weight.dims) != 2:
+            skipped.append(Skipped(name, f"weight has rank {len(weight.dims)}, not 2"))
+            continue
+        if weight.data_type not in GATEABLE_TYPES:
+            type_name = onnx.TensorProto.DataType.Name(weight.data_type)
+            skipped.append(Skipped(name, f"weight type {type_name} is not float32, float16 or bfloat16"))
+            continue
+        candidates.append(
+            Candidate(
+                node_name=name,
+                role=role,
+                weight_name=weight_name,
+                k=int(weight.dims[0]),
+                n=int(weight.dims[1]),
+                dtype=weight.data_type,
+            )
+        )
+    return candidates, skipped

@@ -1,0 +1,81 @@
+"""Lower `WinaSparseMatMul` to standard ONNX ops, for runtimes without the op library.
+
+Same semantics as the custom op (wina_onnx.schema), computed densely:
+
+    s    = Abs(Cast<float>(X)) * score_scale ; s = Where(IsNaN(s), +inf, s)
+    keep = Greater(s, threshold)                                  (threshold gating)
+         = ScatterElements(false[shape X], TopK(s, k).indices, true)   (top-k gating;
+           TopK breaks ties towards the lower index, as the op does)
+    Y    = MatMul(Where(keep, X, 0), B) (+ bias)
+
+Nothing is skipped: every weight row is still read. It is slower than the op library
+and gives the same numbers, up to the summation order of the MatMul.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+class StandardOpsLowering:
+    """Emits the lowering of gated MatMuls into a graph, sharing constants between them."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.graph = graph
+        self._shared: dict[str, str] = {}
+
+    def _constant(self, key: str, array: np.ndarray) -> str:
+        """Name of a shared initializer holding `array`, created once per key."""
+        if key not in self._shared:
+            name = f"wina_const_{key}"
+            self.graph.initializer.append(numpy_helper.from_array(array, name))
+            self._shared[key] = name
+        return self._shared[key]
+
+    def emit(
+        self,
+        *,
+        prefix: str,
+        x: str,
+        weight: str,
+        score_scale: str,
+        output: str,
+        dtype: int,
+        threshold: str | None,
+        k: str | None,
+    ) -> list[onnx.NodeProto]:
+        """Nodes computing `output` from x and weight; threshold/k name initializers."""
+        nodes: list[onnx.NodeProto] = []
+
+        def node(op: str, inputs: list[str], suffix: str, n_out: int = 1, **attrs) -> list[str]:
+            outs = [f"{prefix}/{suffix}_output_{i}" for i in range(n_out)]
+            nodes.append(helper.make_node(op, inputs, outs, name=f"{prefix}/{suffix}", **attrs))
+            return outs
+
+        x_float = x if dtype == onnx.TensorProto.FLOAT else node("Cast", [x], "CastScore", to=onnx.TensorProto.FLOAT)[0]
+        (abs_x,) = node("Abs", [x_float], "Abs")
+        (raw_score,) = node("Mul", [abs_x, score_scale], "Score")
+        (is_nan,) = node("IsNaN", [raw_score], "IsNaN")
+        inf = self._constant("inf_f32", np.array(np.inf, dtype=np.float32))
+        (score,) = node("Where", [is_nan, inf, raw_score], "NanAsInf")
+        if threshold is not None:
+            (keep,) = node("Greater", [score, threshold], "Keep")
+        else:
+            _, indices = node("TopK", [score, k], "TopK", n_out=2, axis=-1, largest=1, sorted=1)
+            (shape,) = node("Shape", [x], "Shape")
+            false = numpy_helper.from_array(np.array([False]), "value")
+            (none_kept,) = node("ConstantOfShape", [shape], "NoneKept", value=false)
+            (idx_shape,) = node("Shape", [indices], "IndexShape")
+            true = self._constant("true", np.array(True))
+            (updates,) = node("Expand", [true, idx_shape], "KeptFlags")
+            (keep,) = node("ScatterElements", [none_kept, indices, updates], "Keep", axis=-1)
+        zero = self._constant(f"zero_{dtype}", np.array(0, dtype=_numpy_dtype(dtype)))
+        (x_masked,) = node("Where", [keep, x, zero], "MaskX")
+        nodes.append(helper.make_node("MatMul", [x_masked, weight], [output], name=f"{prefix}/MatMul"))
+        return nodes
+
+
+def _numpy_dtype(dtype: int) -> np.dtype:
+    return onnx.helper.tensor_dtype_to_np_dtype(dtype)

@@ -1,0 +1,242 @@
+"""The WINA pass: replace each eligible MatMul y = x @ B by a gated `WinaSparseMatMul`.
+
+For B of shape [K, N] (ONNX MatMul layout, row i = input feature i) the score scale is
+||B[i, :]||_2, the L2 norm over axis 1 (PyTorch's `weight.norm(dim=0)` on the [N, K]
+Linear weight) in WINA mode, and 1 in TEAL mode. The gate keeps, per token,
+
+    top-k:      k = K - round(sparsity * K) features with the largest |x_i| * scale_i
+    threshold:  the features whose score exceeds the calibrated threshold, i.e. the
+                `sparsity` quantile of that MatMul's score distribution on calibration text.
+
+The rewrite is in place on the GraphProto: the new node keeps the MatMul's name and
+output, so the graph stays topologically sorted and calibration keys stay valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from wina_onnx import schema
+from wina_onnx.allocation import Allocation
+from wina_onnx.errors import ConfigError
+
+from .candidates import Candidate, Skipped, find_candidates, node_display_name
+from .lower_standard_ops import StandardOpsLowering
+
+BACKEND_CUSTOM_OP = "custom-op"
+BACKEND_ONNX = "onnx"
+BACKENDS = (BACKEND_CUSTOM_OP, BACKEND_ONNX)
+
+NORM_ON_ALL = "all"
+# WINA's reference code uses weight norms only where one input feeds several weights.
+NORM_ON_REFERENCE = "reference"
+NORM_ON_CHOICES = (NORM_ON_ALL, NORM_ON_REFERENCE)
+_REFERENCE_NORM_ROLES = {"k_proj", "gate_proj", "qkv_proj", "gate_up_proj"}
+
+
+@dataclass
+class GateConfig:
+    """Options of the WINA pass; the CLI's `optimize` options map one to one."""
+
+    mode: str = schema.MODE_WINA
+    gating: str = schema.GATING_TOPK
+    allocation: Allocation = field(default_factory=lambda: Allocation.uniform(0.5))
+    backend: str = BACKEND_CUSTOM_OP
+    norm_on: str = NORM_ON_ALL
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    calibration: "object | None" = None  # wina_onnx.calibration.Calibration, needed for threshold
+
+    def validate(self) -> None:
+        """Raise ConfigError for an inconsistent configuration."""
+        if self.mode not in schema.MODES:
+            raise ConfigError(f"mode must be one of {', '.join(schema.MODES)}, got {self.mode!r}")
+        if self.gating not in schema.GATINGS:
+            raise ConfigError(f"gating must be one of {', '.join(schema.GATINGS)}, got {self.gating!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.norm_on not in NORM_ON_CHOICES:
+            raise ConfigError(f"norm-on must be one of {', '.join(NORM_ON_CHOICES)}, got {self.norm_on!r}")
+        if self.gating == schema.GATING_THRESHOLD and self.calibration is None:
+            raise ConfigError("threshold gating needs a calibration file (wina-onnx calibrate, then --calibration)")
+
+
+@dataclass(frozen=True)
+class GateRecord:
+    """One rewritten MatMul: what it gates and how."""
+
+    node_name: str
+    label: str
+    k: int
+    n: int
+    sparsity: float
+    keep_count: int | None  # top-k
+    threshold: float | None  # threshold gating
+    uses_norm: bool
+    weight_bytes: int
+
+    def to_json(self) -> dict:
+        """A JSON-friendly dict."""
+        return {
+            "node": self.node_name,
+            "role": self.label,
+            "K": self.k,
+            "N": self.n,
+            "sparsity": self.sparsity,
+            "k": self.keep_count,
+            "threshold": self.threshold,
+            "norm": self.uses_norm,
+            "weight_bytes": self.weight_bytes,
+        }
+
+
+@dataclass
+class GateReport:
+    """What the pass did: the rewritten MatMuls and the refused ones with reasons."""
+
+    gated: list[GateRecord] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        """Whether the model was modified."""
+        return bool(self.gated)
+
+    def weight_bytes_skipped_per_token(self) -> float:
+        """Expected weight bytes not read per token, from the target sparsities."""
+        return sum(r.sparsity * r.weight_bytes for r in self.gated)
+
+    def summary(self) -> str:
+        """Human-readable summary, one line per skip reason."""
+        lines = [f"gated {len(self.gated)} MatMul(s)"]
+        if self.gated:
+            total = sum(r.weight_bytes for r in self.gated)
+            lines[0] += (
+                f" holding {total / 2**20:.1f} MiB of weights; "
+                f"{self.weight_bytes_skipped_per_token() / 2**20:.1f} MiB not read per token"
+            )
+        reasons: dict[str, list[str]] = {}
+        for skip in self.skipped:
+            reasons.setdefault(skip.reason, []).append(skip.node_name)
+        for reason, names in sorted(reasons.items()):
+            example = names[0] if len(names) == 1 else f"{names[0]}, ..."
+            lines.append(f"skipped {len(names)} MatMul(s): {reason} ({example})")
+        return "\n".join(lines)
+
+
+def keep_count(k: int, sparsity: float) -> int:
+    """Features kept by top-k gating of K features at `sparsity`."""
+    return k - int(round(sparsity * k))
+
+
+def _uses_norm(config: GateConfig, candidate: Candidate) -> bool:
+    if config.mode == schema.MODE_TEAL:
+        return False
+    if config.norm_on == NORM_ON_ALL:
+        return True
+    return candidate.role is not None and candidate.role.kind in _REFERENCE_NORM_ROLES
+
+
+def apply_wina_gates(model: onnx.ModelProto, config: GateConfig) -> GateReport:
+    """Rewrite `model` in place; return what was gated and what was skipped."""
+    config.validate()
+    graph = model.graph
+    candidates, skipped = find_candidates(graph, include=config.include, exclude=config.exclude)
+    report = GateReport(skipped=list(skipped))
+    if not candidates:
+        return report
+    if config.calibration is not None:
+        config.calibration.check_covers([c.node_name for c in candidates])
+    initializers = {init.name: init for init in graph.initializer}
+    by_name = {c.node_name: c for c in candidates}
+    lowering = StandardOpsLowering(graph) if config.backend == BACKEND_ONNX else None
+    scales: dict[tuple[str, bool], str] = {}
+    new_nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        candidate = by_name.get(node_display_name(node)) if node.op_type == "MatMul" else None
+        if candidate is None:
+            new_nodes.append(node)
+            continue
+        record, gate_inputs = _gate_inputs(config, candidate, initializers, scales, graph)
+        report.gated.append(record)
+        x, weight = node.input[0], node.input[1]
+        if lowering is not None:
+            new_nodes.extend(
+                lowering.emit(
+                    prefix=candidate.node_name + "/wina",
+                    x=x,
+                    weight=weight,
+                    score_scale=gate_inputs["scale"],
+                    output=node.output[0],
+                    dtype=candidate.dtype,
+                    threshold=gate_inputs.get("threshold"),
+                    k=gate_inputs.get("k"),
+                )
+            )
+        else:
+            new_nodes.append(
+                helper.make_node(
+                    schema.OP_TYPE,
+                    [x, weight, gate_inputs["scale"], gate_inputs.get("threshold", ""), gate_inputs.get("k", "")],
+                    list(node.output),
+                    name=node.name or candidate.node_name,
+                    domain=schema.DOMAIN,
+                    gating=config.gating,
+                )
+            )
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    if config.backend == BACKEND_CUSTOM_OP and not any(o.domain == schema.DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(schema.DOMAIN, schema.DOMAIN_VERSION))
+    return report
+
+
+def _gate_inputs(
+    config: GateConfig,
+    candidate: Candidate,
+    initializers: dict[str, onnx.TensorProto],
+    scales: dict[tuple[str, bool], str],
+    graph: onnx.GraphProto,
+) -> tuple[GateRecord, dict[str, str]]:
+    """Create the initializers a gate reads (scale, k or threshold); describe the gate."""
+    sparsity = config.allocation.for_node(candidate.node_name)
+    uses_norm = _uses_norm(config, candidate)
+    scale_key = (candidate.weight_name, uses_norm)
+    if scale_key not in scales:
+        if uses_norm:
+            weight = numpy_helper.to_array(initializers[candidate.weight_name])
+            scale = np.linalg.norm(weight.astype(np.float32), axis=1).astype(np.float32)
+            name = f"{candidate.weight_name}_wina_row_norm"
+        else:
+            scale = np.ones(candidate.k, dtype=np.float32)
+            name = f"wina_ones_{candidate.k}"
+        graph.initializer.append(numpy_helper.from_array(scale, name))
+        scales[scale_key] = name
+    inputs = {"scale": scales[scale_key]}
+    keep, threshold = None, None
+    if config.gating == schema.GATING_TOPK:
+        keep = keep_count(candidate.k, sparsity)
+        inputs["k"] = f"{candidate.node_name}/wina_k"
+        graph.initializer.append(numpy_helper.from_array(np.array([keep], dtype=np.int64), inputs["k"]))
+    else:
+        mode = schema.MODE_WINA if uses_norm else schema.MODE_TEAL
+        threshold = config.calibration.threshold(candidate.node_name, mode, sparsity)
+        inputs["threshold"] = f"{candidate.node_name}/wina_threshold"
+        graph.initializer.append(numpy_helper.from_array(np.array([threshold], dtype=np.float32), inputs["threshold"]))
+    item_bytes = 4 if candidate.dtype == onnx.TensorProto.FLOAT else 2
+    record = GateRecord(
+        node_name=candidate.node_name,
+        label=candidate.label,
+        k=candidate.k,
+        n=candidate.n,
+        sparsity=sparsity,
+        keep_count=keep,
+        threshold=threshold,
+        uses_norm=uses_norm,
+        weight_bytes=candidate.k * candidate.n * item_bytes,
+    )
+    return record, inputs

@@ -1,0 +1,173 @@
+"""Calibration: the distribution of gate scores at every target MatMul, in bounded memory.
+
+The model runs in ONNX Runtime over calibration text with the input of every target
+MatMul added as a graph output. For each target, two histograms are kept: of |x_i|
+(TEAL's score) and of |x_i| * ||B[i, :]||_2 (WINA's). Bins are logarithmic, 64 per
+octave from 2^-40 to 2^24 (a bin spans 1.1% of its value), plus one bin for zero, so
+memory is fixed whatever the amount of text. The threshold for sparsity s is the
+s-quantile of the histogram, interpolated inside its bin.
+
+File format: a .npz with one int64 array of counts per (target, mode) and a JSON
+header (`meta`) naming the targets, their K and the calibration source.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import onnx
+
+from . import schema
+from .errors import ConfigError
+
+LOG2_MIN = -40
+LOG2_MAX = 24
+BINS_PER_OCTAVE = 64
+NUM_BINS = (LOG2_MAX - LOG2_MIN) * BINS_PER_OCTAVE + 1  # bin 0 holds zeros and underflow
+FORMAT = "wina-onnx-calibration"
+
+
+def histogram_of(scores: np.ndarray) -> np.ndarray:
+    """Counts of `scores` (non-negative) in the calibration bins."""
+    flat = np.asarray(scores, dtype=np.float32).ravel()
+    flat = np.where(np.isnan(flat), np.float32(np.inf), flat)
+    with np.errstate(divide="ignore"):
+        position = (np.log2(flat) - LOG2_MIN) * BINS_PER_OCTAVE
+    bins = np.where(flat > 0, np.clip(np.floor(position), 0, NUM_BINS - 2) + 1, 0).astype(np.int64)
+    return np.bincount(bins, minlength=NUM_BINS).astype(np.int64)
+
+
+def _bin_edges(index: int) -> tuple[float, float]:
+    """Lower and upper score edge of bin `index` (>= 1)."""
+    low = 2.0 ** (LOG2_MIN + (index - 1) / BINS_PER_OCTAVE)
+    return low, low * 2.0 ** (1.0 / BINS_PER_OCTAVE)
+
+
+def quantile(counts: np.ndarray, fraction: float) -> float:
+    """Score below which `fraction` of the counted scores lie (log-interpolated in a bin)."""
+    total = int(counts.sum())
+    if total == 0:
+        raise ConfigError("empty histogram: the calibration saw no scores for this MatMul")
+    target = fraction * total
+    cumulative = np.cumsum(counts)
+    index = int(np.searchsorted(cumulative, target, side="left"))
+    index = min(index, len(counts) - 1)
+    if index == 0:
+        return 0.0
+    below = cumulative[index - 1]
+    inside = counts[index]
+    low, high = _bin_edges(index)
+    position = 0.0 if inside == 0 else float(np.clip((target - below) / inside, 0.0, 1.0))
+    return float(low * (high / low) ** position)
+
+
+@dataclass
+class Calibration:
+    """Score histograms of each target MatMul, keyed by node name, for both modes."""
+
+    counts: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    features: dict[str, int] = field(default_factory=dict)
+    source: str = ""
+    tokens: int = 0
+
+    def add(self, node_name: str, mode: str, scores: np.ndarray) -> None:
+        """Accumulate `scores` into the histogram of (node, mode)."""
+        per_mode = self.counts.setdefault(node_name, {})
+        hist = histogram_of(scores)
+        per_mode[mode] = per_mode[mode] + hist if mode in per_mode else hist
+
+    def threshold(self, node_name: str, mode: str, sparsity: float) -> float:
+        """Threshold that masks a fraction `sparsity` of the calibration scores."""
+        if sparsity <= 0.0:
+            return -1.0  # every score (>= 0, NaN as +inf) exceeds it: nothing masked
+        try:
+            counts = self.counts[node_name][mode]
+        except KeyError:
+            raise ConfigError(f"the calibration has no {mode} scores for {node_name}") from None
+        return quantile(counts, sparsity)
+
+    def check_covers(self, node_names: Iterable[str]) -> None:
+        """Raise ConfigError unless every node has histograms (the file fits the model)."""
+        missing = [name for name in node_names if name not in self.counts]
+        if missing:
+            raise ConfigError(
+                f"the calibration file does not match this model: no scores for {len(missing)} "
+                f"MatMul(s), e.g. {missing[0]}; run `wina-onnx calibrate` on this model"
+            )
+
+    def save(self, path: str | Path) -> None:
+        """Write the .npz calibration file."""
+        names = sorted(self.counts)
+        arrays = {}
+        for i, name in enumerate(names):
+            for mode, hist in self.counts[name].items():
+                arrays[f"t{i}_{mode}"] = hist
+        meta = {
+            "format": FORMAT,
+            "version": 1,
+            "targets": names,
+            "features": [self.features.get(n, 0) for n in names],
+            "source": self.source,
+            "tokens": self.tokens,
+            "bins": {"log2_min": LOG2_MIN, "log2_max": LOG2_MAX, "per_octave": BINS_PER_OCTAVE},
+        }
+        with open(path, "wb") as handle:
+            np.savez_compressed(handle, meta=np.array(json.dumps(meta)), **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Calibration":
+        """Read a calibration file, with a clear error when it is not one."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                if meta.get("format") != FORMAT:
+                    raise ConfigError(f"{path} is not a wina-onnx calibration file")
+                bins = meta["bins"]
+                if (bins["log2_min"], bins["log2_max"], bins["per_octave"]) != (LOG2_MIN, LOG2_MAX, BINS_PER_OCTAVE):
+                    raise ConfigError(f"{path} uses other histogram bins; recalibrate")
+                calib = cls(source=meta.get("source", ""), tokens=int(meta.get("tokens", 0)))
+                for i, name in enumerate(meta["targets"]):
+                    calib.features[name] = int(meta["features"][i])
+                    for mode in schema.MODES:
+                        key = f"t{i}_{mode}"
+                        if key in data:
+                            calib.counts.setdefault(name, {})[mode] = data[key].astype(np.int64)
+                return calib
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"cannot read calibration file {path}: {exc}") from None
+
+
+def instrument(model: onnx.ModelProto, node_names: list[str]) -> dict[str, str]:
+    """Expose the input x of each named MatMul as a graph output; return node -> tensor name."""
+    wanted = set(node_names)
+    exposed: dict[str, str] = {}
+    existing_outputs = {o.name for o in model.graph.output}
+    elem_types = {init.name: init.data_type for init in model.graph.initializer}
+    for node in model.graph.node:
+        name = node.name or node.output[0]
+        if name in wanted:
+            x = node.input[0]
+            exposed[name] = x
+            if x not in existing_outputs:
+                elem = elem_types.get(node.input[1], onnx.TensorProto.FLOAT)
+                model.graph.output.append(onnx.helper.make_tensor_value_info(x, elem, None))
+                existing_outputs.add(x)
+    return exposed
+
+
+def collect(
+    calibration: Calibration,
+    activations: dict[str, np.ndarray],
+    exposed: dict[str, str],
+    norms: dict[str, np.ndarray],
+) -> None:
+    """Add one run's activations (tensor name -> x) to the histograms of every target."""
+    for node_name, tensor in exposed.items():
+        x = np.abs(activations[tensor].astype(np.float32)).reshape(-1, norms[node_name].shape[0])
+        calibration.add(node_name, schema.MODE_TEAL, x)
+        calibration.add(node_name, schema.MODE_WINA, x * norms[node_name])
+

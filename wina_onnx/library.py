@@ -1,0 +1,66 @@
+"""Locate and register the `WinaSparseMatMul` op library with ONNX Runtime."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # onnxruntime stays an optional import for the graph tools
+    import onnxruntime
+
+LIBRARY_ENV = "WINA_ONNX_LIBRARY"
+LIBRARY_NAME = "libwina_onnx_ops.so"
+
+
+class LibraryNotFoundError(FileNotFoundError):
+    """The op library is not where the package expects it."""
+
+
+def get_library_path() -> str:
+    """Absolute path of the op library shipped in this package.
+
+    The environment variable WINA_ONNX_LIBRARY overrides it (for a library built elsewhere).
+    """
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise LibraryNotFoundError(f"{LIBRARY_ENV}={override} is not a file")
+        return str(path.resolve())
+    path = Path(__file__).resolve().parent / "lib" / LIBRARY_NAME
+    if not path.is_file():
+        raise LibraryNotFoundError(
+            f"the op library is missing at {path}; reinstall the package with "
+            "`pip install .` so that its CMake build runs, or set " + LIBRARY_ENV
+        )
+    return str(path)
+
+
+def register_library(options: "onnxruntime.SessionOptions") -> "onnxruntime.SessionOptions":
+    """Register the op library on `options` and return them (for chaining)."""
+    options.register_custom_ops_library(get_library_path())
+    return options
+
+
+def session_options(
+    *, intra_op_threads: int | None = None, optimization_level: str | None = None
+) -> "onnxruntime.SessionOptions":
+    """SessionOptions with the op library registered; a one-call helper for users.
+
+    optimization_level: None keeps ORT's default; "disable", "basic", "extended" or "all".
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if intra_op_threads is not None:
+        options.intra_op_num_threads = intra_op_threads
+    if optimization_level is not None:
+        levels = {
+            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }
+        options.graph_optimization_level = levels[optimization_level]
+    return register_library(options)

@@ -1,0 +1,103 @@
+"""`optimize`: read a model, apply the WINA pass, check and write the result atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+
+from . import __version__, schema
+from .errors import AlreadyOptimizedError, ConfigError, NothingToGateError
+from .modelio import load_model, save_model_atomic, uses_external_data
+from .passes import GateConfig, GateReport, apply_wina_gates
+
+META_VERSION = schema.META_PREFIX + "version"
+META_CONFIG = schema.META_PREFIX + "config"
+META_GATED = schema.META_PREFIX + "gated"
+
+
+def is_optimized(model: onnx.ModelProto) -> bool:
+    """Whether wina-onnx already rewrote this model (its metadata or its op domain)."""
+    if any(prop.key == META_VERSION for prop in model.metadata_props):
+        return True
+    return any(opset.domain == schema.DOMAIN for opset in model.opset_import)
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, object]:
+    """The wina-onnx entries of metadata_props, JSON values decoded."""
+    out: dict[str, object] = {}
+    for prop in model.metadata_props:
+        if prop.key.startswith(schema.META_PREFIX):
+            key = prop.key[len(schema.META_PREFIX):]
+            try:
+                out[key] = json.loads(prop.value)
+            except json.JSONDecodeError:
+                out[key] = prop.value
+    return out
+
+
+def _record_metadata(model: onnx.ModelProto, config: GateConfig, report: GateReport) -> None:
+    calibration = getattr(config.calibration, "source", None)
+    settings = {
+        "mode": config.mode,
+        "gating": config.gating,
+        "backend": config.backend,
+        "norm_on": config.norm_on,
+        "sparsity": config.allocation.source,
+        "calibration": calibration,
+        "include": config.include,
+        "exclude": config.exclude,
+    }
+    entries = {
+        META_VERSION: __version__,
+        META_CONFIG: json.dumps(settings),
+        META_GATED: json.dumps([r.to_json() for r in report.gated]),
+    }
+    kept = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def optimize_model(
+    input_path: str | Path,
+    output_path: str | Path,
+    config: GateConfig,
+    *,
+    force: bool = False,
+    check: bool = True,
+) -> GateReport:
+    """Gate every eligible MatMul of the model at `input_path`; write it to `output_path`.
+
+    The input file is never modified. Raises NothingToGateError when nothing is
+    eligible (with the reasons), AlreadyOptimizedError for a model wina-onnx already
+    rewrote (unless force; even then existing gates are never stacked).
+    """
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.resolve() == input_path.resolve():
+        raise ConfigError("the output path is the input path; write the optimized model to a new file")
+    config.validate()
+    model = load_model(input_path)
+    if is_optimized(model) and not force:
+        raise AlreadyOptimizedError(
+            f"{input_path} was already optimized by wina-onnx; optimize the original model "
+            "(or pass --force to gate the MatMuls that are still dense)"
+        )
+    external = uses_external_data(load_model(input_path, load_weights=False))
+    report = apply_wina_gates(model, config)
+    if not report.changed:
+        raise NothingToGateError("no eligible MatMul in the model:\n" + report.summary())
+    _record_metadata(model, config, report)
+    if check:
+        _check(model)
+    save_model_atomic(model, output_path, external_data=True if external else None)
+    return report
+
+
+def _check(model: onnx.ModelProto) -> None:
+    """onnx.checker and strict shape inference on the rewritten model (in memory)."""
+    if model.ByteSize() < 2**31 - 2**20:
+        onnx.checker.check_model(model)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=False)
