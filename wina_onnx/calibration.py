@@ -171,3 +171,82 @@ def collect(
         calibration.add(node_name, schema.MODE_TEAL, x)
         calibration.add(node_name, schema.MODE_WINA, x * norms[node_name])
 
+
+
+def _targets_and_norms(model: onnx.ModelProto, include: list[str], exclude: list[str]):
+    """Target MatMul names and the row norms of their weights."""
+    from onnx import numpy_helper
+
+    from .passes import find_candidates
+
+    candidates, _ = find_candidates(model.graph, include=include, exclude=exclude)
+    if not candidates:
+        from .errors import NothingToGateError
+
+        raise NothingToGateError("no eligible MatMul in the model to calibrate")
+    weights = {init.name: init for init in model.graph.initializer}
+    norms = {
+        c.node_name: np.linalg.norm(numpy_helper.to_array(weights[c.weight_name]).astype(np.float32), axis=1)
+        for c in candidates
+    }
+    return candidates, norms
+
+
+def calibrate_model(
+    model_path: str | Path,
+    *,
+    data: str | Path | None = None,
+    token_ids: np.ndarray | None = None,
+    windows: int = 16,
+    window: int = 256,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    source: str | None = None,
+) -> Calibration:
+    """Run the dense model over calibration text and return the score histograms.
+
+    Text comes from `token_ids` if given, else from the file `data` (default: the
+    pydoc help topics), tokenized with the tokenizer beside the model; it is cut into
+    `windows` consecutive windows of `window` tokens, each run as one prefill.
+    `source` names the text in the file (default: the data file's name).
+    """
+    import onnxruntime as ort
+
+    from .data import read_text
+    from .evaluate import tokenize_text
+    from .modelio import load_model
+    from .progress import Progress
+    from .runtime import CausalLM, load_tokenizer
+
+    model_path = Path(model_path)
+    model = load_model(model_path)
+    candidates, norms = _targets_and_norms(model, list(include or []), list(exclude or []))
+    if token_ids is None:
+        token_ids = tokenize_text(load_tokenizer(model_path.parent), read_text(data))
+    count = min(windows, len(token_ids) // window)
+    if count < 1:
+        raise ConfigError(f"the calibration text has {len(token_ids)} tokens, fewer than one window of {window}")
+    exposed = instrument(model, [c.node_name for c in candidates])
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    # Serialised in memory: the instrumented copy never touches the disk.
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    del model
+    lm = CausalLM(session)
+    names = sorted(set(exposed.values()))
+    calibration = Calibration(
+        features={c.node_name: c.k for c in candidates},
+        source=source or (Path(data).name if data else "pydoc help topics"),
+    )
+    bar = Progress("calibrate", total=count, enabled=progress)
+    for w in range(count):
+        ids = token_ids[w * window:(w + 1) * window][None, :]
+        outputs = session.run(names, lm.feeds(ids))
+        collect(calibration, dict(zip(names, outputs)), exposed, norms)
+        calibration.tokens += window
+        bar.step()
+    bar.done(f"{len(candidates)} MatMuls, {calibration.tokens} tokens")
+    return calibration

