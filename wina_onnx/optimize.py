@@ -88,7 +88,8 @@ def optimize_model(
     external = uses_external_data(load_model(input_path, load_weights=False))
     report = apply_wina_gates(model, config)
     if not report.changed:
-        raise NothingToGateError("no eligible MatMul in the model: " + "; ".join(report.summary().splitlines()[1:]))
+        reasons = "; ".join(report.summary().splitlines()[1:]) or "the model has no MatMul"
+        raise NothingToGateError(f"no eligible MatMul in the model: {reasons}")
     _record_metadata(model, config, report)
     if check:
         _check(model)
