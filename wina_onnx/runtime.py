@@ -1,0 +1,235 @@
+"""Run an exported causal LM with ONNX Runtime: sessions, KV cache and tokenizer.
+
+Deployment code: imports only onnxruntime, numpy, onnx (for a header-only look at
+the model) and tokenizers, never torch or transformers.
+
+The model is an Optimum `text-generation-with-past` export (or anything with the
+same interface):
+    inputs  input_ids [b, s] int64, attention_mask [b, past + s] int64,
+            position_ids [b, s] int64 (optional),
+            past_key_values.{i}.key / .value [b, kv_heads, past, head_dim]
+    outputs logits [b, s, vocab], present.{i}.key / .value [b, kv_heads, past + s, head_dim]
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from . import schema
+from .errors import ModelLoadError
+from .library import LibraryNotFoundError, register_library
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+}
+_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+_PAST_RE = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+
+Past = list[tuple[np.ndarray, np.ndarray]]
+
+
+def uses_wina_domain(model_path: str | Path) -> bool:
+    """True when the model imports the WinaSparseMatMul domain (reads no weights)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{model_path} is not a readable ONNX model: {exc}") from exc
+    domains = {op.domain for op in model.opset_import}
+    for function in model.functions:  # ops inside local functions count too
+        domains.update(op.domain for op in function.opset_import)
+    return schema.DOMAIN in domains
+
+
+def session_options(
+    *, threads: int | None = None, optimization_level: str | None = None
+) -> ort.SessionOptions:
+    """ORT SessionOptions with the thread count and graph optimisation level set."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        # intra-op threads do the MatMuls; one inter-op thread because the graph is a chain.
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if optimization_level is not None:
+        if optimization_level not in _LEVELS:
+            raise ValueError(f"optimization_level must be one of {sorted(_LEVELS)}, not {optimization_level!r}")
+        options.graph_optimization_level = _LEVELS[optimization_level]
+    return options
+
+
+def load_session(
+    model_path: str | Path,
+    *,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
+    optimization_level: str | None = None,
+) -> ort.InferenceSession:
+    """Create an InferenceSession for `model_path`, registering the op library when needed.
+
+    The library is registered only if the model uses the "ai.wina" domain, so dense
+    models run even where the library was not built. providers defaults to CPU.
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ModelLoadError(f"{model_path} does not exist")
+    options = session_options(threads=threads, optimization_level=optimization_level)
+    if uses_wina_domain(model_path):
+        try:
+            register_library(options)
+        except LibraryNotFoundError as exc:
+            raise LibraryNotFoundError(
+                f"{model_path.name} uses {schema.OP_TYPE} ({schema.DOMAIN}) but the op library cannot be loaded: {exc}"
+            ) from exc
+    return ort.InferenceSession(
+        str(model_path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
+    )
+
+
+def load_tokenizer(model_dir: str | Path):
+    """The `tokenizers.Tokenizer` from tokenizer.json in `model_dir` (or beside a model file)."""
+    from tokenizers import Tokenizer
+
+    model_dir = Path(model_dir)
+    if model_dir.is_file():
+        model_dir = model_dir.parent
+    path = model_dir / "tokenizer.json"
+    if not path.is_file():
+        raise ModelLoadError(f"no tokenizer.json in {model_dir}; export the model with `wina-onnx export`")
+    return Tokenizer.from_file(str(path))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+class CausalLM:
+    """A text-generation-with-past ONNX model with its KV cache bookkeeping.
+
+    Attributes discovered from the session: num_layers, num_kv_heads, head_dim,
+    dtype (of the KV cache), vocab_size (when static), takes_position_ids.
+    """
+
+    def __init__(self, session: ort.InferenceSession, model_dir: str | Path | None = None) -> None:
+        self.session = session
+        self.model_dir = Path(model_dir) if model_dir is not None else None
+        inputs = {i.name: i for i in session.get_inputs()}
+        if "input_ids" not in inputs:
+            raise ModelLoadError("the model has no input_ids input; export with task text-generation-with-past")
+        layers = sorted({int(m.group(1)) for name in inputs if (m := _PAST_RE.match(name))})
+        if not layers or layers != list(range(len(layers))):
+            raise ModelLoadError("the model has no past_key_values.{i}.key/value inputs (export with past)")
+        self.num_layers = len(layers)
+        key = inputs["past_key_values.0.key"]
+        self.dtype = np.dtype(_ORT_DTYPES.get(key.type, np.float32))
+        config = _read_json(self.model_dir / "config.json") if self.model_dir else {}
+        self.num_kv_heads = self._dim(key.shape, 1, config, "num_key_value_heads", "num_attention_heads")
+        self.head_dim = self._dim(key.shape, 3, config, "head_dim")
+        self.takes_position_ids = "position_ids" in inputs
+        self.takes_attention_mask = "attention_mask" in inputs
+        logits = next(o for o in session.get_outputs() if o.name == "logits")
+        self.vocab_size = logits.shape[-1] if isinstance(logits.shape[-1], int) else config.get("vocab_size")
+        self.output_names = ["logits"] + [
+            f"present.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")
+        ]
+        generation = _read_json(self.model_dir / "generation_config.json") if self.model_dir else {}
+        eos = generation.get("eos_token_id", config.get("eos_token_id"))
+        self.eos_token_ids: list[int] = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        self._tokenizer = None
+
+    @staticmethod
+    def _dim(shape: list, axis: int, config: dict, *keys: str) -> int:
+        # Optimum exports these axes as static ints; fall back to config.json otherwise.
+        if isinstance(shape[axis], int):
+            return shape[axis]
+        if keys[0] == "head_dim" and "head_dim" not in config and config.get("hidden_size"):
+            return config["hidden_size"] // config["num_attention_heads"]
+        for k in keys:
+            if k in config:
+                return int(config[k])
+        raise ModelLoadError(f"cannot tell the KV cache's {keys[0]} from the model; keep config.json beside it")
+
+    @classmethod
+    def from_path(
+        cls,
+        model_path: str | Path,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+        optimization_level: str | None = None,
+    ) -> "CausalLM":
+        """Load model.onnx (or a folder holding it) with `load_session`."""
+        model_path = Path(model_path)
+        if model_path.is_dir():
+            model_path = model_path / "model.onnx"
+        session = load_session(
+            model_path, threads=threads, providers=providers, optimization_level=optimization_level
+        )
+        return cls(session, model_path.parent)
+
+    @property
+    def tokenizer(self):
+        """The tokenizer from tokenizer.json beside the model (loaded once)."""
+        if self._tokenizer is None:
+            if self.model_dir is None:
+                raise ModelLoadError("no model folder known: pass model_dir to CausalLM to get its tokenizer")
+            self._tokenizer = load_tokenizer(self.model_dir)
+        return self._tokenizer
+
+    def empty_past(self, batch: int = 1) -> Past:
+        """A KV cache of length 0 for `batch` sequences."""
+        shape = (batch, self.num_kv_heads, 0, self.head_dim)
+        return [(np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)) for _ in range(self.num_layers)]
+
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        past: Past | None = None,
+        past_length: int | None = None,
+    ) -> tuple[np.ndarray, Past]:
+        """Run `input_ids` [b, s] after a cache of `past_length` tokens; return (logits, present).
+
+        past None means an empty cache. past_length defaults to the cache's length.
+        No padding: every sequence of the batch has the same length (mask of ones).
+        """
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None, :]
+        batch, seq = input_ids.shape
+        if past is None:
+            past = self.empty_past(batch)
+        if len(past) != self.num_layers:
+            raise ValueError(f"past has {len(past)} layers, the model {self.num_layers}")
+        cached = past[0][0].shape[2]
+        if past_length is None:
+            past_length = cached
+        elif past_length != cached:
+            raise ValueError(f"past_length={past_length} but the cache holds {cached} positions")
+        feeds: dict[str, np.ndarray] = {"input_ids": input_ids}
+        if self.takes_attention_mask:
+            feeds["attention_mask"] = np.ones((batch, past_length + seq), dtype=np.int64)
+        if self.takes_position_ids:
+            positions = np.arange(past_length, past_length + seq, dtype=np.int64)
+            feeds["position_ids"] = np.broadcast_to(positions, (batch, seq)).copy()
+        for i, (k, v) in enumerate(past):
+            feeds[f"past_key_values.{i}.key"] = k
+            feeds[f"past_key_values.{i}.value"] = v
+        outputs = self.session.run(self.output_names, feeds)
+        present = [(outputs[1 + 2 * i], outputs[2 + 2 * i]) for i in range(self.num_layers)]
+        return outputs[0], present
