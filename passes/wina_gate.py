@@ -205,7 +205,8 @@ def _gate_inputs(
     """Create the initializers a gate reads (scale, k or threshold); describe the gate."""
     sparsity = config.allocation.for_node(candidate.node_name)
     uses_norm = _uses_norm(config, candidate)
-    scale_key = (candidate.weight_name, uses_norm)
+    # One norm vector per weight; one vector of ones per K, shared by every TEAL gate.
+    scale_key = (candidate.weight_name, True) if uses_norm else (f"ones_{candidate.k}", False)
     if scale_key not in scales:
         if uses_norm:
             weight = numpy_helper.to_array(initializers[candidate.weight_name])

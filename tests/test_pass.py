@@ -148,3 +148,12 @@ def test_pass_on_half_precision_onnx_backend_runs() -> None:
     apply_wina_gates(model, GateConfig(backend="onnx", allocation=Allocation.uniform(0.5)))
     expected = reference.wina_sparse_matmul(x, weight, reference.weight_row_norms(weight), k=16).astype(np.float32)
     np.testing.assert_allclose(_run(model, x).astype(np.float32), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_teal_gates_share_one_ones_vector_per_k() -> None:
+    model = mixed_model()
+    extra = onnx.helper.make_node("MatMul", ["q", "w1"], ["o"], name="/model/layers.0/self_attn/o_proj/MatMul")
+    model.graph.node.append(extra)
+    apply_wina_gates(model, GateConfig(mode="teal"))
+    names = [i.name for i in model.graph.initializer]
+    assert len(names) == len(set(names)) and names.count("wina_ones_8") == 1
