@@ -63,6 +63,12 @@ def test_batch_forward_matches_single(tiny_lm: CausalLM, text_ids: np.ndarray) -
         np.testing.assert_allclose(batch[b], single[0], atol=1e-4, rtol=0)
 
 
+def test_session_only_finds_tokenizer_and_eos(tiny_llama_dir: Path) -> None:
+    lm = CausalLM(load_session(tiny_llama_dir, threads=1))  # a folder means its model.onnx
+    assert lm.model_dir == tiny_llama_dir
+    assert lm.tokenizer.get_vocab_size() == 49152 and lm.eos_token_ids == [2]
+
+
 def test_wrong_past_length_is_refused(tiny_lm: CausalLM, text_ids: np.ndarray) -> None:
     _, past = tiny_lm.forward(text_ids[None, :4])
     with pytest.raises(ValueError, match="past_length"):
@@ -217,3 +223,22 @@ def test_smollm2_generates_text(smollm2_dir: Path) -> None:
     text = generate_text(lm, "What is the capital of France?", 24, chat=True)
     assert text.strip()
     assert "Paris" in text
+
+
+def test_progress_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from wina_onnx.progress import Progress
+
+    stream = io.StringIO()
+    report = Progress("job", total=2, stream=stream)
+    report.step("a")
+    report.step("b")
+    report.done("ok")
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("[job] 1/2 elapsed") and "eta" in lines[0] and lines[0].endswith(" a")
+    assert lines[1].startswith("[job] 2/2") and lines[2].startswith("[job] done in")
+    quiet = Progress("job", total=1, enabled=False)
+    quiet.step()
+    quiet.done()
+    assert capsys.readouterr().err == ""

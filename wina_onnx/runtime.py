@@ -82,8 +82,11 @@ def load_session(
 
     The library is registered only if the model uses the "ai.wina" domain, so dense
     models run even where the library was not built. providers defaults to CPU.
+    A folder means the model.onnx inside it.
     """
     model_path = Path(model_path)
+    if model_path.is_dir():
+        model_path = model_path / "model.onnx"
     if not model_path.is_file():
         raise ModelLoadError(f"{model_path} does not exist")
     options = session_options(threads=threads, optimization_level=optimization_level)
@@ -127,7 +130,12 @@ class CausalLM:
     """
 
     def __init__(self, session: ort.InferenceSession, model_dir: str | Path | None = None) -> None:
+        """Wrap `session`; model_dir (default: the session's model folder) holds tokenizer.json."""
         self.session = session
+        if model_dir is None:
+            # Tokenizer and config files live beside the model: find them from its path.
+            path = getattr(session, "_model_path", None)
+            model_dir = Path(path).parent if isinstance(path, (str, Path)) and path else None
         self.model_dir = Path(model_dir) if model_dir is not None else None
         inputs = {i.name: i for i in session.get_inputs()}
         if "input_ids" not in inputs:
