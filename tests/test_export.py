@@ -50,6 +50,17 @@ def test_missing_local_paths_raise(tmp_path: Path) -> None:
         export_model(str(tmp_path), tmp_path / "out", progress=False)
 
 
+def test_half_precision_needs_cuda(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: half-precision export is allowed")
+    with pytest.raises(ExportError, match="CUDA"):
+        export_model(None, tmp_path / "out", dtype="float16", progress=False)
+    with pytest.raises(ExportError, match="unknown dtype"):
+        export_model(None, tmp_path / "out", dtype="int3", progress=False)
+
+
 def test_local_folder_export(tiny_llama_hf_dir: Path, tmp_path: Path) -> None:
     out = export_model(str(tiny_llama_hf_dir), tmp_path / "onnx", progress=False, validate=False)
     assert out == tmp_path / "onnx" / "model.onnx"

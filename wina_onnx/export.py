@@ -153,6 +153,12 @@ def export_model(
         raise ExportError(f"unknown dtype {dtype!r}; choose float32, float16 or bfloat16")
     output_dir = Path(output_dir).resolve()
     report = Progress("export", enabled=progress)
+    if _DTYPES[dtype] != "fp32":
+        import torch
+
+        if not torch.cuda.is_available():
+            # Optimum exports half precision only on a CUDA device.
+            raise ExportError(f"exporting in {dtype} needs a CUDA GPU (Optimum); export float32 on this machine")
 
     # Decide what to load before importing the heavy libraries, so errors come fast.
     gguf: Path | None = None
