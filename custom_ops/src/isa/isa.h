@@ -1,0 +1,54 @@
+// Interface between the driver (sparse_kernel.cc) and the per-ISA inner loops.
+//
+// The inner loops are compiled once per instruction set (isa_generic.cc, isa_avx2.cc,
+// isa_avx512.cc, each with its own -m flags) from the same source, isa/kernels_impl.h.
+// At kernel creation the driver picks the best table the CPU supports (isa_dispatch.cc).
+// This header holds only plain data types, so it is safe to share between them.
+#pragma once
+
+#include <cstdint>
+
+namespace wina {
+
+// Element type of B (and X, Y, bias): the order is the index into the tables below.
+enum DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kNumDTypes = 3 };
+
+// One tile of consecutive tokens for the prefill kernel. Its rows are the union of
+// the rows kept by any of its tokens, in increasing index order: row idx[u] is
+// multiplied by xs[u * tile_stride + t] for token t (0 where token t masks it).
+struct TileDesc {
+  const int32_t* idx;
+  const float* xs;
+  int64_t count;    // number of union rows
+  int32_t tokens;   // tokens in this tile, 1..tile_stride
+  int64_t y_row;    // row of the first token in the float output
+};
+
+// acc[0 : n1 - n0] += sum_r val[r] * float(B[idx[r], n0 : n1])
+using DecodeFn = void (*)(const void* b, int64_t ldb, int64_t n0, int64_t n1,
+                          const int32_t* idx, const float* val, int64_t count,
+                          float* acc);
+
+// For every tile and token t, columns [n0, n1):
+//   y[(tile.y_row + t) * ldy + n] = bias[n] (or 0) + sum_u xs[u, t] * float(B[idx[u], n])
+using TilesFn = void (*)(const void* b, int64_t ldb, int64_t n0, int64_t n1,
+                         const TileDesc* tiles, int64_t num_tiles, int32_t tile_stride,
+                         const float* bias, float* y, int64_t ldy);
+
+struct IsaKernels {
+  const char* name;            // "avx512", "avx2" or "generic"
+  int32_t tile_stride;         // tokens per prefill tile (register blocking height)
+  int32_t column_block;        // columns per prefill micro-block (register blocking width)
+  DecodeFn decode[kNumDTypes];
+  TilesFn tiles[kNumDTypes];
+};
+
+const IsaKernels& isa_kernels_generic();
+const IsaKernels& isa_kernels_avx2();    // needs AVX2, FMA and F16C
+const IsaKernels& isa_kernels_avx512();  // needs AVX-512 F, BW, VL, DQ
+
+// The best table for this CPU. WINA_ONNX_ISA=generic|avx2|avx512 caps the choice
+// (used by the tests to exercise every path on one machine).
+const IsaKernels& select_isa_kernels();
+
+}  // namespace wina

@@ -1,0 +1,312 @@
+#include "sparse_kernel.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "half_bits.h"
+
+namespace wina {
+
+namespace {
+
+size_t element_size(DType dt) { return dt == kFloat32 ? 4 : 2; }
+
+// Cores worth splitting work for (the pool never has more useful threads).
+int64_t machine_threads() {
+  static const int64_t n = [] {
+    const unsigned hc = std::thread::hardware_concurrency();
+    return static_cast<int64_t>(hc == 0 ? 1 : std::min(hc, 64u));
+  }();
+  return n;
+}
+
+void widen_row(DType dt, const void* src, int64_t n, float* dst) {
+  if (dt == kFloat32) {
+    std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+  } else if (dt == kFloat16) {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < n; ++i) dst[i] = half_bits_to_float(s[i]);
+  } else {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits_to_float(s[i]);
+  }
+}
+
+void narrow_row(DType dt, const float* src, int64_t n, void* dst) {
+  if (dt == kFloat32) {
+    if (static_cast<const void*>(src) != dst) std::memcpy(dst, src, static_cast<size_t>(n) * sizeof(float));
+  } else if (dt == kFloat16) {
+    uint16_t* d = static_cast<uint16_t*>(dst);
+    for (int64_t i = 0; i < n; ++i) d[i] = float_to_half_bits(src[i]);
+  } else {
+    uint16_t* d = static_cast<uint16_t*>(dst);
+    for (int64_t i = 0; i < n; ++i) d[i] = float_to_bf16_bits(src[i]);
+  }
+}
+
+// Grow-only buffers of the thread that calls Compute (concurrent Run calls use
+// different threads, so they never share them).
+struct Scratch {
+  std::vector<float> xf, bias, acc, xs;
+  std::vector<uint8_t> keep;
+  std::vector<int32_t> idx;
+  std::vector<TileDesc> tiles;
+};
+
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+template <typename V>
+typename V::value_type* sized(V& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+// ---------------------------------------------------------------------------
+// Decode: one token. The kept rows are listed once; tasks take contiguous slices
+// of that list and sum into their own float32 partial row, then one pass adds
+// the partials (and bias) and writes y. Each task streams whole weight rows.
+
+constexpr int64_t kMaxDecodeTasks = 8;
+constexpr int64_t kDecodeBytesPerTask = 48 * 1024;
+
+struct DecodeJob {
+  const SparseMatMulArgs* args;
+  const IsaKernels* kernels;
+  const int32_t* idx;
+  const float* val;
+  int64_t count;
+  int64_t tasks;
+  float* partials;  // [tasks, N]
+};
+
+void decode_task(void* data, size_t task) {
+  const DecodeJob& job = *static_cast<const DecodeJob*>(data);
+  const int64_t N = job.args->N;
+  const int64_t lo = job.count * static_cast<int64_t>(task) / job.tasks;
+  const int64_t hi = job.count * static_cast<int64_t>(task + 1) / job.tasks;
+  float* acc = job.partials + static_cast<int64_t>(task) * N;
+  std::memset(acc, 0, static_cast<size_t>(N) * sizeof(float));
+  job.kernels->decode[job.args->dtype](job.args->b, N, 0, N, job.idx + lo, job.val + lo, hi - lo, acc);
+}
+
+void decode(const SparseMatMulArgs& a, const IsaKernels& kernels, const ParallelRunner& parallel) {
+  Scratch& s = scratch();
+  const int64_t K = a.K, N = a.N;
+  float* xf = sized(s.xf, static_cast<size_t>(K));
+  uint8_t* keep = sized(s.keep, static_cast<size_t>(K));
+  widen_row(a.dtype, a.x, K, xf);
+  gate_row(xf, a.score_scale, K, a.gating, keep);
+
+  int32_t* idx = sized(s.idx, static_cast<size_t>(K));
+  float* val = sized(s.xs, static_cast<size_t>(K));
+  int64_t count = 0;
+  for (int64_t i = 0; i < K; ++i) {
+    if (keep[i]) {
+      idx[count] = static_cast<int32_t>(i);
+      val[count] = xf[i];
+      ++count;
+    }
+  }
+
+  const int64_t bytes = count * N * static_cast<int64_t>(element_size(a.dtype));
+  int64_t tasks = std::min({machine_threads(), kMaxDecodeTasks, bytes / kDecodeBytesPerTask});
+  tasks = std::max<int64_t>(1, std::min(tasks, count));
+
+  float* partials = sized(s.acc, static_cast<size_t>(tasks * N));
+  DecodeJob job{&a, &kernels, idx, val, count, tasks, partials};
+  if (tasks == 1) {
+    decode_task(&job, 0);
+  } else {
+    parallel.run(parallel.context, decode_task, static_cast<size_t>(tasks), &job);
+  }
+
+  // y = bias + sum of the partials, in task order.
+  float* out = a.dtype == kFloat32 ? static_cast<float*>(a.y) : sized(s.xf, static_cast<size_t>(N));
+  const float* bias = nullptr;
+  if (a.bias != nullptr) {
+    if (a.dtype == kFloat32) {
+      bias = static_cast<const float*>(a.bias);
+    } else {
+      float* bf = sized(s.bias, static_cast<size_t>(N));
+      widen_row(a.dtype, a.bias, N, bf);
+      bias = bf;
+    }
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    float v = partials[n];
+    for (int64_t t = 1; t < tasks; ++t) v += partials[t * N + n];
+    out[n] = bias ? bias[n] + v : v;
+  }
+  if (a.dtype != kFloat32) narrow_row(a.dtype, out, N, a.y);
+}
+
+// ---------------------------------------------------------------------------
+// Prefill: tokens in tiles of `tile_stride`; each tile lists the union of the rows
+// its tokens keep (with x = 0 where a token masks the row), so a row masked for
+// the whole tile is never read and each kept row is read once per tile and
+// column block. Tasks are (block of tiles) x (range of columns).
+
+constexpr int64_t kTokensPerBlock = 64;
+
+struct GateJob {
+  const SparseMatMulArgs* args;
+  int32_t stride;
+  float* xf;        // [M, K]
+  uint8_t* keep;    // [M, K]
+  int32_t* idx;     // [tiles, K]
+  float* xs;        // [tiles, K, stride]
+  TileDesc* tiles;  // [tiles]
+};
+
+void gate_tile(void* data, size_t tile_index) {
+  const GateJob& job = *static_cast<const GateJob*>(data);
+  const SparseMatMulArgs& a = *job.args;
+  const int64_t K = a.K, S = job.stride;
+  const int64_t t0 = static_cast<int64_t>(tile_index) * S;
+  const int64_t tokens = std::min<int64_t>(S, a.M - t0);
+  const size_t esize = element_size(a.dtype);
+  float* xf = job.xf + t0 * K;
+  uint8_t* keep = job.keep + t0 * K;
+  for (int64_t t = 0; t < tokens; ++t) {
+    widen_row(a.dtype, static_cast<const char*>(a.x) + static_cast<size_t>((t0 + t) * K) * esize, K,
+              xf + t * K);
+    gate_row(xf + t * K, a.score_scale, K, a.gating, keep + t * K);
+  }
+  int32_t* idx = job.idx + static_cast<int64_t>(tile_index) * K;
+  float* xs = job.xs + static_cast<int64_t>(tile_index) * K * S;
+  int64_t count = 0;
+  for (int64_t i = 0; i < K; ++i) {
+    uint8_t any = 0;
+    for (int64_t t = 0; t < tokens; ++t) any |= keep[t * K + i];
+    if (!any) continue;
+    idx[count] = static_cast<int32_t>(i);
+    float* xu = xs + count * S;
+    for (int64_t t = 0; t < S; ++t) xu[t] = (t < tokens && keep[t * K + i]) ? xf[t * K + i] : 0.0f;
+    ++count;
+  }
+  job.tiles[tile_index] = TileDesc{idx, xs, count, static_cast<int32_t>(tokens), t0};
+}
+
+struct TilesJob {
+  const SparseMatMulArgs* args;
+  const IsaKernels* kernels;
+  const TileDesc* tiles;
+  int64_t num_tiles;
+  int64_t tiles_per_block;
+  int64_t column_chunks;
+  int64_t chunk_width;
+  const float* bias;
+  float* yf;  // [M, N]: y itself for float32
+};
+
+void tiles_task(void* data, size_t item) {
+  const TilesJob& job = *static_cast<const TilesJob*>(data);
+  const SparseMatMulArgs& a = *job.args;
+  const int64_t block = static_cast<int64_t>(item) / job.column_chunks;
+  const int64_t chunk = static_cast<int64_t>(item) % job.column_chunks;
+  const int64_t first = block * job.tiles_per_block;
+  const int64_t count = std::min(job.tiles_per_block, job.num_tiles - first);
+  const int64_t n0 = chunk * job.chunk_width;
+  const int64_t n1 = std::min(a.N, n0 + job.chunk_width);
+  if (count <= 0 || n0 >= n1) return;
+  job.kernels->tiles[a.dtype](a.b, a.N, n0, n1, job.tiles + first, count, job.kernels->tile_stride,
+                              job.bias, job.yf, a.N);
+  if (a.dtype != kFloat32) {
+    const size_t esize = element_size(a.dtype);
+    const int64_t r0 = job.tiles[first].y_row;
+    const int64_t r1 = job.tiles[first + count - 1].y_row + job.tiles[first + count - 1].tokens;
+    for (int64_t r = r0; r < r1; ++r)
+      narrow_row(a.dtype, job.yf + r * a.N + n0, n1 - n0,
+                 static_cast<char*>(a.y) + static_cast<size_t>(r * a.N + n0) * esize);
+  }
+}
+
+void prefill(const SparseMatMulArgs& a, const IsaKernels& kernels, const ParallelRunner& parallel) {
+  Scratch& s = scratch();
+  const int64_t M = a.M, K = a.K, N = a.N;
+  const int64_t S = kernels.tile_stride;
+  const int64_t num_tiles = (M + S - 1) / S;
+
+  GateJob gate{&a,
+               static_cast<int32_t>(S),
+               sized(s.xf, static_cast<size_t>(M * K)),
+               sized(s.keep, static_cast<size_t>(M * K)),
+               sized(s.idx, static_cast<size_t>(num_tiles * K)),
+               sized(s.xs, static_cast<size_t>(num_tiles * K * S)),
+               sized(s.tiles, static_cast<size_t>(num_tiles))};
+  if (num_tiles == 1 || M * K < 4096) {
+    for (int64_t t = 0; t < num_tiles; ++t) gate_tile(&gate, static_cast<size_t>(t));
+  } else {
+    parallel.run(parallel.context, gate_tile, static_cast<size_t>(num_tiles), &gate);
+  }
+  if (N == 0) return;
+
+  const float* bias = nullptr;
+  if (a.bias != nullptr) {
+    if (a.dtype == kFloat32) {
+      bias = static_cast<const float*>(a.bias);
+    } else {
+      float* bf = sized(s.bias, static_cast<size_t>(N));
+      widen_row(a.dtype, a.bias, N, bf);
+      bias = bf;
+    }
+  }
+  float* yf = a.dtype == kFloat32 ? static_cast<float*>(a.y) : sized(s.acc, static_cast<size_t>(M * N));
+
+  // Work items: blocks of tiles (about kTokensPerBlock tokens, whose packed inputs
+  // stay in L2 while the columns go by) times column chunks (multiples of the
+  // micro-block width), enough of them to keep every core busy.
+  const int64_t tiles_per_block = std::max<int64_t>(1, kTokensPerBlock / S);
+  const int64_t blocks = (num_tiles + tiles_per_block - 1) / tiles_per_block;
+  const int64_t width = kernels.column_block;
+  const int64_t max_chunks = std::max<int64_t>(1, (N + width - 1) / width);
+  const int64_t want = 4 * machine_threads();
+  const int64_t chunks = std::clamp<int64_t>((want + blocks - 1) / blocks, 1, max_chunks);
+  const int64_t chunk_width = ((N + chunks - 1) / chunks + width - 1) / width * width;
+  const int64_t column_chunks = (N + chunk_width - 1) / chunk_width;
+
+  TilesJob job{&a, &kernels, gate.tiles, num_tiles, tiles_per_block, column_chunks, chunk_width, bias, yf};
+  const int64_t items = blocks * column_chunks;
+  const int64_t flops = M * K * N;
+  if (items == 1 || flops < (1 << 16)) {
+    for (int64_t i = 0; i < items; ++i) tiles_task(&job, static_cast<size_t>(i));
+  } else {
+    parallel.run(parallel.context, tiles_task, static_cast<size_t>(items), &job);
+  }
+}
+
+void fill_bias_only(const SparseMatMulArgs& a) {
+  // K == 0: nothing to multiply; y = bias or 0.
+  Scratch& s = scratch();
+  float* row = sized(s.acc, static_cast<size_t>(a.N));
+  if (a.bias != nullptr) {
+    widen_row(a.dtype, a.bias, a.N, row);
+  } else {
+    std::fill(row, row + a.N, 0.0f);
+  }
+  const size_t esize = element_size(a.dtype);
+  for (int64_t m = 0; m < a.M; ++m)
+    narrow_row(a.dtype, row, a.N, static_cast<char*>(a.y) + static_cast<size_t>(m * a.N) * esize);
+}
+
+}  // namespace
+
+void sparse_matmul(const SparseMatMulArgs& args, const IsaKernels& kernels,
+                   const ParallelRunner& parallel) {
+  if (args.M == 0 || args.N == 0) return;
+  if (args.K == 0) {
+    fill_bias_only(args);
+  } else if (args.M == 1) {
+    decode(args, kernels, parallel);
+  } else {
+    prefill(args, kernels, parallel);
+  }
+}
+
+}  // namespace wina

@@ -1,0 +1,37 @@
+// The CPU computation of WinaSparseMatMul on validated, flattened inputs:
+// gating, the choice of decode (one token) or prefill (tiled) path, the split of
+// the work into tasks for the intra-op thread pool, and the output conversion.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "gating.h"
+#include "isa/isa.h"
+
+namespace wina {
+
+// Runs fn(data, i) for i in [0, total), possibly in parallel; returns when all are done.
+struct ParallelRunner {
+  void* context;
+  void (*run)(void* context, void (*fn)(void*, size_t), size_t total, void* data);
+};
+
+struct SparseMatMulArgs {
+  DType dtype;
+  const void* x;              // [M, K], dtype
+  const void* b;              // [K, N], dtype
+  const float* score_scale;   // [K]
+  const void* bias;           // [N], dtype, or nullptr
+  void* y;                    // [M, N], dtype
+  int64_t M, K, N;
+  GatingParams gating;
+};
+
+// Computes y. The split into tasks depends only on the shapes, the kept set and the
+// machine's core count, never on the pool size, so the result does not depend on
+// intra_op_num_threads.
+void sparse_matmul(const SparseMatMulArgs& args, const IsaKernels& kernels,
+                   const ParallelRunner& parallel);
+
+}  // namespace wina

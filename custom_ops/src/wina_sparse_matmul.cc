@@ -1,0 +1,251 @@
+#include "wina_sparse_matmul.h"
+
+#include <sstream>
+#include <stdexcept>
+#include <vector>
+
+#include "sparse_kernel.h"
+
+namespace wina {
+
+namespace {
+
+// A problem with the node's inputs or attributes; becomes ORT_INVALID_ARGUMENT.
+struct InvalidArgument : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+const char* const kInputNames[kNumInputs] = {"X", "B", "score_scale", "threshold", "k", "bias"};
+
+std::string input_label(size_t index) {
+  return std::string("input '") + kInputNames[index] + "' (index " + std::to_string(index) + ")";
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::ostringstream s;
+  s << '[';
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << ']';
+  return s.str();
+}
+
+const char* type_name(ONNXTensorElementDataType t) {
+  switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
+    default: return "another type";
+  }
+}
+
+ONNXTensorElementDataType onnx_type(DType dt) {
+  switch (dt) {
+    case kFloat16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+    case kBFloat16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+    default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+}
+
+DType dtype_of(ONNXTensorElementDataType t) {
+  switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return kFloat16;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return kBFloat16;
+    default: return kFloat32;
+  }
+}
+
+struct InputView {
+  Ort::ConstValue value{nullptr};
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<int64_t> shape;
+  int64_t elements = 0;
+  bool present() const { return static_cast<const OrtValue*>(value) != nullptr; }
+};
+
+InputView read_input(Ort::KernelContext& ctx, size_t index) {
+  InputView in;
+  if (index >= ctx.GetInputCount()) return in;
+  in.value = ctx.GetInput(index);
+  if (!in.present()) return in;
+  if (!in.value.IsTensor()) throw InvalidArgument(input_label(index) + " must be a tensor");
+  auto info = in.value.GetTensorTypeAndShapeInfo();
+  in.type = info.GetElementType();
+  in.shape = info.GetShape();
+  in.elements = static_cast<int64_t>(info.GetElementCount());
+  return in;
+}
+
+void expect_type(const InputView& in, size_t index, ONNXTensorElementDataType want, const char* why) {
+  if (in.type != want) {
+    throw InvalidArgument(input_label(index) + " has element type " + type_name(in.type) +
+                          " but must be " + type_name(want) + why);
+  }
+}
+
+void expect_scalar(const InputView& in, size_t index) {
+  if (in.shape.size() > 1 || in.elements != 1) {
+    throw InvalidArgument(input_label(index) + " must be a scalar (shape [] or [1]), got shape " +
+                          shape_str(in.shape));
+  }
+}
+
+void parallel_run(void* context, void (*fn)(void*, size_t), size_t total, void* data) {
+  Ort::KernelContext ctx(static_cast<OrtKernelContext*>(context));
+  ctx.ParallelFor(fn, total, 0, data);
+}
+
+}  // namespace
+
+WinaSparseMatMulKernel::WinaSparseMatMulKernel(const OrtKernelInfo* info, DType dtype)
+    : dtype_(dtype), gating_(Gating::kTopK), kernels_(&select_isa_kernels()) {
+  Ort::ConstKernelInfo kinfo(info);
+  std::string name;
+  try {
+    name = kinfo.GetNodeName();
+  } catch (const Ort::Exception&) {
+  }
+  node_ = std::string(kOpType) + " node '" + name + "'";
+
+  std::string gating;
+  try {
+    gating = kinfo.GetAttribute<std::string>(kAttrGating);
+  } catch (const Ort::Exception&) {
+    throw InvalidArgument(node_ + ": attribute '" + kAttrGating + "' is missing; it must be \"" +
+                          kGatingTopK + "\" or \"" + kGatingThreshold + "\"");
+  }
+  if (gating == kGatingTopK) {
+    gating_ = Gating::kTopK;
+  } else if (gating == kGatingThreshold) {
+    gating_ = Gating::kThreshold;
+  } else {
+    throw InvalidArgument(node_ + ": unknown gating '" + gating + "'; attribute '" + kAttrGating +
+                          "' must be \"" + kGatingTopK + "\" or \"" + kGatingThreshold + "\"");
+  }
+}
+
+OrtStatusPtr WinaSparseMatMulKernel::ComputeV2(OrtKernelContext* context) {
+  try {
+    Compute(context);
+    return nullptr;
+  } catch (const InvalidArgument& e) {
+    return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (node_ + ": " + e.what()).c_str());
+  } catch (const Ort::Exception& e) {
+    return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), (node_ + ": " + e.what()).c_str());
+  } catch (const std::exception& e) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, (node_ + ": " + e.what()).c_str());
+  } catch (...) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, (node_ + ": unknown error").c_str());
+  }
+}
+
+void WinaSparseMatMulKernel::Compute(OrtKernelContext* context) {
+  Ort::KernelContext ctx(context);
+  const ONNXTensorElementDataType t = onnx_type(dtype_);
+
+  const InputView x = read_input(ctx, kInputX);
+  const InputView b = read_input(ctx, kInputB);
+  const InputView scale = read_input(ctx, kInputScoreScale);
+  if (!x.present() || !b.present() || !scale.present())
+    throw InvalidArgument("inputs 'X', 'B' and 'score_scale' are required");
+  expect_type(x, kInputX, t, "");
+  expect_type(b, kInputB, t, " (the type of input 'X')");
+  expect_type(scale, kInputScoreScale, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "");
+
+  if (x.shape.empty()) throw InvalidArgument(input_label(kInputX) + " must have rank >= 1, got a scalar");
+  if (b.shape.size() != 2) {
+    throw InvalidArgument(input_label(kInputB) + " must be a 2-D [K, N] weight, got rank " +
+                          std::to_string(b.shape.size()) + " shape " + shape_str(b.shape));
+  }
+  const int64_t K = x.shape.back();
+  const int64_t N = b.shape[1];
+  if (b.shape[0] != K) {
+    throw InvalidArgument("shape mismatch: " + input_label(kInputB) + " has shape " + shape_str(b.shape) +
+                          " (K = " + std::to_string(b.shape[0]) + ") but " + input_label(kInputX) +
+                          " has shape " + shape_str(x.shape) + " (K = last dimension = " +
+                          std::to_string(K) + ")");
+  }
+  if (scale.shape.size() != 1 || scale.shape[0] != K) {
+    throw InvalidArgument("shape mismatch: " + input_label(kInputScoreScale) + " must have shape [" +
+                          std::to_string(K) + "] (K), got " + shape_str(scale.shape));
+  }
+
+  GatingParams gating;
+  gating.mode = gating_;
+  if (gating_ == Gating::kTopK) {
+    const InputView k = read_input(ctx, kInputK);
+    if (!k.present())
+      throw InvalidArgument("gating='topk' needs " + input_label(kInputK) + ", which is missing");
+    expect_type(k, kInputK, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, "");
+    expect_scalar(k, kInputK);
+    gating.k = *k.value.GetTensorData<int64_t>();
+  } else {
+    const InputView thr = read_input(ctx, kInputThreshold);
+    if (!thr.present())
+      throw InvalidArgument("gating='threshold' needs " + input_label(kInputThreshold) + ", which is missing");
+    expect_type(thr, kInputThreshold, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "");
+    expect_scalar(thr, kInputThreshold);
+    gating.threshold = *thr.value.GetTensorData<float>();
+  }
+
+  const InputView bias = read_input(ctx, kInputBias);
+  if (bias.present()) {
+    expect_type(bias, kInputBias, t, " (the type of input 'X')");
+    if (bias.shape.size() != 1 || bias.shape[0] != N) {
+      throw InvalidArgument("shape mismatch: " + input_label(kInputBias) + " must have shape [" +
+                            std::to_string(N) + "] (N, the columns of 'B'), got " + shape_str(bias.shape));
+    }
+  }
+
+  std::vector<int64_t> out_shape(x.shape.begin(), x.shape.end() - 1);
+  out_shape.push_back(N);
+  auto y = ctx.GetOutput(0, out_shape);
+  const int64_t M = K > 0 ? x.elements / K : [&] {
+    int64_t m = 1;
+    for (size_t i = 0; i + 1 < x.shape.size(); ++i) m *= x.shape[i];
+    return m;
+  }();
+
+  SparseMatMulArgs args;
+  args.dtype = dtype_;
+  args.x = x.value.GetTensorRawData();
+  args.b = b.value.GetTensorRawData();
+  args.score_scale = scale.value.GetTensorData<float>();
+  args.bias = bias.present() ? bias.value.GetTensorRawData() : nullptr;
+  args.y = y.GetTensorMutableRawData();
+  args.M = M;
+  args.K = K;
+  args.N = N;
+  args.gating = gating;
+  sparse_matmul(args, *kernels_, ParallelRunner{context, parallel_run});
+}
+
+OrtStatusPtr WinaSparseMatMulOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
+                                                void** kernel) const {
+  try {
+    *kernel = new WinaSparseMatMulKernel(info, dtype_of(type_));
+    return nullptr;
+  } catch (const InvalidArgument& e) {
+    return api.CreateStatus(ORT_INVALID_ARGUMENT, e.what());
+  } catch (const std::exception& e) {
+    return api.CreateStatus(ORT_FAIL, (std::string(kOpType) + ": " + e.what()).c_str());
+  }
+}
+
+ONNXTensorElementDataType WinaSparseMatMulOp::GetInputType(size_t index) const {
+  switch (index) {
+    case kInputScoreScale:
+    case kInputThreshold: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    case kInputK: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+    default: return type_;  // X, B, bias
+  }
+}
+
+OrtCustomOpInputOutputCharacteristic WinaSparseMatMulOp::GetInputCharacteristic(size_t index) const {
+  return index >= kInputThreshold ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+                                  : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+}
+
+}  // namespace wina

@@ -1,0 +1,164 @@
+"""Single-op ONNX models around `WinaSparseMatMul`, and running them in ONNX Runtime.
+
+Used by tests/test_op_cpu.py (imported as a plain module: tests/ is on sys.path
+under pytest's default import mode) and by benchmarks that need the same models.
+X is a graph input with a dynamic shape; B, score_scale, threshold, k and bias are
+initializers, as in models rewritten by the pass.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import ml_dtypes
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from wina_onnx import schema
+
+IR_VERSION = 10  # onnx 1.23 writes IR 14 by default, newer than some ORT builds read
+OPSET_IMPORTS = (("", 18), (schema.DOMAIN, schema.DOMAIN_VERSION))
+
+NUMPY_TO_ONNX = {
+    np.dtype(np.float32): TensorProto.FLOAT,
+    np.dtype(np.float16): TensorProto.FLOAT16,
+    np.dtype(ml_dtypes.bfloat16): TensorProto.BFLOAT16,
+}
+
+DTYPES = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+}
+
+
+def onnx_type(dtype: np.dtype) -> int:
+    return NUMPY_TO_ONNX[np.dtype(dtype)]
+
+
+def finish_model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    """A ModelProto for `graph` that ONNX Runtime 1.2x reads (IR 10, our opsets)."""
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in OPSET_IMPORTS]
+    )
+    model.ir_version = IR_VERSION
+    return model
+
+
+def wina_model(
+    b: np.ndarray,
+    score_scale: np.ndarray,
+    *,
+    gating: str | None,
+    threshold: float | np.ndarray | None = None,
+    k: int | np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    x_dtype: np.dtype | None = None,
+    x_rank: int | None = 2,
+    node_name: str = "wina",
+) -> onnx.ModelProto:
+    """Model Y = WinaSparseMatMul(X, B, score_scale[, threshold][, k][, bias]).
+
+    threshold / k / bias None leave that optional input out ("" in the node).
+    threshold and k may be arrays to test shapes other than a scalar.
+    gating None omits the attribute (to test the error). x_rank None leaves the
+    shape of X unspecified, so one session takes X of any rank.
+    """
+    dtype = np.dtype(x_dtype if x_dtype is not None else b.dtype)
+    inits = [
+        numpy_helper.from_array(np.asarray(b), "B"),
+        numpy_helper.from_array(np.asarray(score_scale), "score_scale"),
+    ]
+    inputs = ["X", "B", "score_scale", "", "", ""]
+    if threshold is not None:
+        inits.append(numpy_helper.from_array(np.asarray(threshold, dtype=np.float32), "threshold"))
+        inputs[schema.INPUT_THRESHOLD] = "threshold"
+    if k is not None:
+        inits.append(numpy_helper.from_array(np.asarray(k, dtype=np.int64), "k"))
+        inputs[schema.INPUT_K] = "k"
+    if bias is not None:
+        inits.append(numpy_helper.from_array(np.asarray(bias), "bias"))
+        inputs[schema.INPUT_BIAS] = "bias"
+    while inputs and inputs[-1] == "":
+        inputs.pop()
+    attrs = {} if gating is None else {schema.ATTR_GATING: gating}
+    node = helper.make_node(
+        schema.OP_TYPE, inputs, ["Y"], name=node_name, domain=schema.DOMAIN, **attrs
+    )
+    if x_rank is None:
+        x_dims = None
+    else:
+        x_dims = [f"d{i}" for i in range(x_rank - 1)] + [int(b.shape[0]) if b.ndim >= 1 else "K"]
+    graph = helper.make_graph(
+        [node],
+        "wina_single_op",
+        [helper.make_tensor_value_info("X", onnx_type(dtype), x_dims)],
+        [helper.make_tensor_value_info("Y", onnx_type(dtype), None)],
+        initializer=inits,
+    )
+    return finish_model(graph)
+
+
+def session(model: onnx.ModelProto, *, threads: int | None = 1, library: str | None = None):
+    """An ORT CPU session for `model` with the op library registered."""
+    import onnxruntime as ort
+
+    import wina_onnx
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.register_custom_ops_library(library or wina_onnx.get_library_path())
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def to_ort_value(array: np.ndarray):
+    """An OrtValue for `array`; bfloat16 goes in as its raw 16-bit pattern."""
+    import onnxruntime as ort
+
+    if array.dtype == np.dtype(ml_dtypes.bfloat16):
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            np.ascontiguousarray(array).view(np.uint16), TensorProto.BFLOAT16
+        )
+    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+
+
+def from_ort_value(value, dtype: np.dtype) -> np.ndarray:
+    """The array held by an OrtValue output, as `dtype`."""
+    if np.dtype(dtype) == np.dtype(ml_dtypes.bfloat16):
+        # OrtValue.numpy() has no NumPy type for bfloat16: copy the raw bits out.
+        import ctypes
+
+        out = np.empty(value.shape(), dtype=np.uint16)
+        if out.size:
+            ctypes.memmove(out.ctypes.data, value.data_ptr(), out.nbytes)
+        return out.view(ml_dtypes.bfloat16)
+    return np.asarray(value.numpy()).astype(dtype, copy=False)
+
+
+def run(sess, x: np.ndarray) -> np.ndarray:
+    """Run the single-op model on X and return Y as X's dtype."""
+    import onnxruntime as ort
+
+    outputs = sess.run_with_ort_values(["Y"], {"X": to_ort_value(x)}, ort.RunOptions())
+    return from_ort_value(outputs[0], x.dtype)
+
+
+def matmul_model(
+    weights: Sequence[np.ndarray], *, x_dtype: np.dtype = np.float32
+) -> onnx.ModelProto:
+    """Model with one X [M, K] feeding len(weights) standard MatMuls, outputs Y0..Yn."""
+    k = int(weights[0].shape[0])
+    nodes, inits, outs = [], [], []
+    for g, w in enumerate(weights):
+        inits.append(numpy_helper.from_array(w, f"W{g}"))
+        nodes.append(helper.make_node("MatMul", ["X", f"W{g}"], [f"Y{g}"], name=f"mm{g}"))
+        outs.append(helper.make_tensor_value_info(f"Y{g}", onnx_type(x_dtype), None))
+    graph = helper.make_graph(
+        nodes, "matmuls", [helper.make_tensor_value_info("X", onnx_type(x_dtype), ["M", k])],
+        outs, initializer=inits,
+    )
+    return finish_model(graph)
