@@ -40,6 +40,9 @@ def main() -> int:
     parser.add_argument("--backend", default="custom-op", choices=["custom-op", "onnx"])
     parser.add_argument("--norm-on", default="all", choices=["all", "reference"])
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-bos", action="store_true",
+                        help="encode the text without the tokenizer's start token (default: with it, "
+                             "as the reference measurement did)")
     parser.add_argument("--out", required=True, help="raw results (JSON)")
     args = parser.parse_args()
 
@@ -58,7 +61,7 @@ def main() -> int:
     dense = work / "smollm2" / "model.onnx"
     if not dense.is_file():
         export_model(None, dense.parent)
-    ids = tokenize_text(load_tokenizer(dense.parent), read_text(args.data))
+    ids = tokenize_text(load_tokenizer(dense.parent), read_text(args.data), add_special_tokens=not args.no_bos)
 
     configs: list[tuple[str, str | None, float]] = [("dense", None, 0.0)]
     configs += [(f"{mode}-{int(s * 100)}", mode, s) for mode in MODES for s in SPARSITIES]
@@ -89,7 +92,7 @@ def main() -> int:
         "command": " ".join(["python"] + sys.argv),
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to fp32), exported with Optimum",
         "data": Path(args.data).name, "windows": args.windows, "window": args.window,
-        "backend": args.backend, "norm_on": args.norm_on, "gating": "topk (uniform)",
+        "backend": args.backend, "start_token": not args.no_bos, "norm_on": args.norm_on, "gating": "topk (uniform)",
         "versions": {"wina_onnx": wina_onnx.__version__, "onnxruntime": onnxruntime.__version__,
                      "python": platform.python_version()},
         "date": time.strftime("%Y-%m-%d"), "results": rows,

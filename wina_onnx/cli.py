@@ -166,10 +166,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """
     from .bench import bench_models
 
-    paths = {Path(p).parent.name + "/" + Path(p).name if len(args.models) > 1 else p: Path(p) for p in args.models}
+    paths = {str(p): Path(p) for p in args.models}
     result = bench_models(paths, prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens,
                           repeats=args.repeats, threads=args.threads)
-    print(json.dumps(result.to_json(), indent=1) if args.json else result.table())
+    print(json.dumps(result.to_dict(), indent=1) if args.json else result.table())
     return 0
 
 
@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("export", cmd_export)
     p.add_argument("model", nargs="?", default=None, help="folder, .gguf file or hub id (default: SmolLM2-135M)")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="weights dtype")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                   help="weights dtype (float16 needs a CUDA GPU for the export)")
 
     p = add("calibrate", cmd_calibrate)
     p.add_argument("model", help="model.onnx (dense)")

@@ -81,7 +81,7 @@ def run_demo(
         result = perplexity(lm, eval_ids, window=512, max_windows=windows, progress=progress)
         results[name] = {"perplexity": result.perplexity, "tokens": result.tokens}
     speed = bench_models(models, prompt_tokens=64, decode_tokens=32, repeats=3, threads=threads)
-    speed_json = speed.to_json()
+    speed_json = speed.to_dict()
 
     print(f"\nSmolLM2-135M-Instruct, fp32, sparsity {sparsity}, perplexity on {windows} windows of 512 tokens "
           f"(second half of the text; calibration on the first half)")

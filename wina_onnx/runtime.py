@@ -205,13 +205,13 @@ class CausalLM:
         shape = (batch, self.num_kv_heads, 0, self.head_dim)
         return [(np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)) for _ in range(self.num_layers)]
 
-    def forward(
+    def feeds(
         self,
         input_ids: np.ndarray,
         past: Past | None = None,
         past_length: int | None = None,
-    ) -> tuple[np.ndarray, Past]:
-        """Run `input_ids` [b, s] after a cache of `past_length` tokens; return (logits, present).
+    ) -> dict[str, np.ndarray]:
+        """The session inputs for `input_ids` [b, s] after a cache of `past_length` tokens.
 
         past None means an empty cache. past_length defaults to the cache's length.
         No padding: every sequence of the batch has the same length (mask of ones).
@@ -238,6 +238,16 @@ class CausalLM:
         for i, (k, v) in enumerate(past):
             feeds[f"past_key_values.{i}.key"] = k
             feeds[f"past_key_values.{i}.value"] = v
+        return feeds
+
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        past: Past | None = None,
+        past_length: int | None = None,
+    ) -> tuple[np.ndarray, Past]:
+        """Run `input_ids` [b, s] after the cache `past`; return (logits, present). See `feeds`."""
+        feeds = self.feeds(input_ids, past, past_length)
         outputs = self.session.run(self.output_names, feeds)
         present = [(outputs[1 + 2 * i], outputs[2 + 2 * i]) for i in range(self.num_layers)]
         return outputs[0], present
