@@ -8,6 +8,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 from graphs import mixed_model, projection_model
+from op_models import from_ort_value, to_ort_value
+from op_models import session as op_session
 from onnx import TensorProto, numpy_helper
 
 from wina_onnx import get_library_path, reference, schema
@@ -125,18 +127,9 @@ def test_custom_op_backend_in_half_precision_matches_the_oracle(dtype: int, tol:
     x = np.random.default_rng(4).standard_normal((7, 64)).astype(np_type)
     apply_wina_gates(model, GateConfig(allocation=Allocation.uniform(0.5)))
     expected = reference.wina_sparse_matmul(x, weight, reference.weight_row_norms(weight), k=32).astype(np.float32)
-    if dtype == TensorProto.BFLOAT16:
-        options = ort.SessionOptions()
-        options.register_custom_ops_library(get_library_path())
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        x_value = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(x.view(np.uint16), TensorProto.BFLOAT16)
-        binding = session.io_binding()
-        binding.bind_ortvalue_input("x", x_value)
-        binding.bind_output("y")
-        session.run_with_iobinding(binding)
-        got = binding.get_outputs()[0].numpy().view(np_type).astype(np.float32)
-    else:
-        got = _run(model, x).astype(np.float32)
+    sess = op_session(model, threads=None)
+    (y,) = sess.run_with_ort_values(["y"], {"x": to_ort_value(x)}, ort.RunOptions())
+    got = from_ort_value(y, np_type).astype(np.float32)
     scale = np.abs(expected).max()
     np.testing.assert_allclose(got / scale, expected / scale, atol=tol)
 
