@@ -38,7 +38,8 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, object]:
 
 
 def _record_metadata(model: onnx.ModelProto, config: GateConfig, report: GateReport) -> None:
-    calibration = getattr(config.calibration, "source", None)
+    # Only threshold gating reads the calibration; top-k models do not depend on it.
+    calibration = getattr(config.calibration, "source", None) if config.gating == schema.GATING_THRESHOLD else None
     settings = {
         "mode": config.mode,
         "gating": config.gating,
