@@ -22,7 +22,8 @@ def optimized_copy(dense_dir: Path, out_dir: Path, **config) -> Path:
     """Optimize dense_dir/model.onnx into out_dir (with its tokenizer files); return the model path."""
     sparsity = config.pop("sparsity", 0.5)
     out = out_dir / "model.onnx"
-    optimize_model(dense_dir / "model.onnx", out, GateConfig(allocation=Allocation.uniform(sparsity), **config))
+    optimize_model(dense_dir / "model.onnx", out, GateConfig(allocation=Allocation.uniform(sparsity), **config),
+                   progress=False)
     for sidecar in dense_dir.glob("*.json"):
         shutil.copy2(sidecar, out_dir / sidecar.name)
     return out

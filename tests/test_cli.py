@@ -22,7 +22,8 @@ def wina(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def assert_one_line_error(result: subprocess.CompletedProcess, phrase: str) -> None:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
+    # Progress lines start with "[stage]"; the error itself must be a single line.
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("[")]
     assert len(lines) == 1 and phrase in lines[0], result.stderr
 
 

@@ -120,7 +120,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from .optimize import optimize_model
 
     config = gate_config_from_args(args)
-    report = optimize_model(args.model, args.output, config, force=args.force)
+    report = optimize_model(args.model, args.output, config, force=args.force, progress=not args.quiet)
     _copy_sidecar_files(Path(args.model), Path(args.output))
     if args.json:
         print(json.dumps({"gated": [r.to_json() for r in report.gated],
@@ -262,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gate_options(p)
     p.add_argument("--force", action="store_true", help="gate a model wina-onnx already optimized")
     p.add_argument("--json", action="store_true", help="machine-readable report")
+    _add_quiet(p)
 
     p = add("eval", cmd_eval)
     p.add_argument("model", help="model.onnx with its tokenizer.json beside it")

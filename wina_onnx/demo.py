@@ -70,7 +70,7 @@ def run_demo(
         config = GateConfig(mode=variant.mode, gating=variant.gating, allocation=Allocation.uniform(sparsity),
                             calibration=calibration)
         stage("demo", f"optimizing {variant.name} at sparsity {sparsity}", enabled=progress)
-        optimize_model(dense, out, config)
+        optimize_model(dense, out, config, progress=progress)
         for sidecar in dense.parent.glob("*.json"):
             (out.parent / sidecar.name).write_bytes(sidecar.read_bytes())
         models[variant.name] = out

@@ -11,6 +11,7 @@ from . import __version__, schema
 from .errors import AlreadyOptimizedError, ConfigError, NothingToGateError
 from .modelio import load_model, save_model_atomic, uses_external_data
 from .passes import GateConfig, GateReport, apply_wina_gates
+from .progress import stage
 
 META_VERSION = schema.META_PREFIX + "version"
 META_CONFIG = schema.META_PREFIX + "config"
@@ -69,6 +70,7 @@ def optimize_model(
     *,
     force: bool = False,
     check: bool = True,
+    progress: bool = True,
 ) -> GateReport:
     """Gate every eligible MatMul of the model at `input_path`; write it to `output_path`.
 
@@ -80,6 +82,7 @@ def optimize_model(
     if output_path.resolve() == input_path.resolve():
         raise ConfigError("the output path is the input path; write the optimized model to a new file")
     config.validate()
+    stage("optimize", f"loading {input_path}", enabled=progress)
     model = load_model(input_path)
     if is_optimized(model) and not force:
         raise AlreadyOptimizedError(
@@ -87,13 +90,16 @@ def optimize_model(
             "(or pass --force to gate the MatMuls that are still dense)"
         )
     external = uses_external_data(load_model(input_path, load_weights=False))
+    stage("optimize", f"gating ({config.mode}, {config.gating}, {config.backend})", enabled=progress)
     report = apply_wina_gates(model, config)
     if not report.changed:
         reasons = "; ".join(report.summary().splitlines()[1:]) or "the model has no MatMul"
         raise NothingToGateError(f"no eligible MatMul in the model: {reasons}")
     _record_metadata(model, config, report)
     if check:
+        stage("optimize", "checking the rewritten model (onnx.checker, shape inference)", enabled=progress)
         _check(model)
+    stage("optimize", f"writing {output_path}", enabled=progress)
     save_model_atomic(model, output_path, external_data=True if external else None)
     return report
 
