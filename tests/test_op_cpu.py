@@ -106,6 +106,44 @@ def test_keep_set_is_exact(k, gating, dtype_name):
             np.testing.assert_array_equal(y.astype(np.float32), expected.astype(np.float32))
 
 
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_topk_every_k_with_ties(isa, monkeypatch):
+    """Every k from -1 to K + 1 on rows full of ties (equal scores, -0/+0, NaN)."""
+    monkeypatch.setenv("WINA_ONNX_ISA", isa)
+    k_features = 70
+    rng = np.random.default_rng(11)
+    x = (rng.integers(-3, 4, size=(4, k_features)) * 0.25).astype(np.float32)
+    x[0, 5] = np.nan
+    x[1, :] = x[1, 0]
+    x[2, 10:20] = -0.0
+    x[3, ::3] = np.inf
+    scale = rng.choice(np.array([0.5, 1.0], np.float32), size=k_features)
+    b = np.eye(k_features, dtype=np.float32)
+    for k in range(-1, k_features + 2):
+        sess = session(wina_model(b, scale, gating="topk", k=k))
+        for m in (1, 4):
+            with np.errstate(invalid="ignore"):  # inf * 0 in the oracle's dense product
+                expected = reference.wina_sparse_matmul(x[:m], b, scale, k=k)
+            np.testing.assert_array_equal(run(sess, x[:m]), expected)
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_topk_scores_in_one_narrow_band(isa, monkeypatch):
+    """Scores that differ only in their low bits (the selection's worst case)."""
+    monkeypatch.setenv("WINA_ONNX_ISA", isa)
+    k_features = 3000
+    rng = np.random.default_rng(12)
+    x = (1.0 + rng.integers(0, 50, size=(2, k_features)) * 2.0**-20).astype(np.float32)
+    scale = np.ones(k_features, np.float32)
+    eye = np.eye(k_features, dtype=np.float32)
+    for k in (1, 777, 1500, 2999):
+        sess = session(wina_model(eye, scale, gating="topk", k=k))
+        for m in (1, 2):
+            # With B = I, Y is the masked X: its nonzeros are exactly the kept features.
+            y = run(sess, x[:m])
+            np.testing.assert_array_equal(y != 0, reference.keep_mask(x[:m], scale, k=k))
+
+
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 def test_masked_result_differs_from_dense(dtype_name):
     """Gating chosen so that the masked product is far from the dense one."""

@@ -4,10 +4,14 @@
 //   threshold: keep score[i] > threshold.
 //   topk:      keep the k largest scores; among equal scores the lower index wins
 //              (the order (score descending, index ascending)), k clipped to [0, K].
-// The NumPy oracle wina_onnx.reference.keep_mask is the specification.
+// The NumPy oracle wina_onnx.reference.keep_mask is the specification. The inner
+// loops (including the O(K) top-k selection) are in isa/gating_impl.h, compiled
+// per instruction set.
 #pragma once
 
 #include <cstdint>
+
+#include "isa/isa.h"
 
 namespace wina {
 
@@ -19,9 +23,10 @@ struct GatingParams {
   int64_t k = 0;           // used when mode == kTopK (any value; clipped to [0, K])
 };
 
-// Writes keep[i] in {0, 1} for i < K and returns how many features are kept.
-// x is the token's input already widened to float32. Thread-safe.
-int64_t gate_row(const float* x, const float* score_scale, int64_t K, const GatingParams& params,
-                 uint8_t* keep);
+// Lists the kept features of one token in increasing index order: idx[c] = i and
+// val[c] = x[i] (x already widened to float32); returns their count. idx and val
+// need room for K + 16 entries. Thread-safe (per-thread work space).
+int64_t gate_token(const IsaKernels& kernels, const float* x, const float* score_scale, int64_t K,
+                   const GatingParams& params, int32_t* idx, float* val);
 
 }  // namespace wina

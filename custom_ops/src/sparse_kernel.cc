@@ -6,6 +6,7 @@
 #include <thread>
 #include <vector>
 
+#include "gating.h"
 #include "half_bits.h"
 
 namespace wina {
@@ -51,7 +52,6 @@ void narrow_row(DType dt, const float* src, int64_t n, void* dst) {
 // different threads, so they never share them).
 struct Scratch {
   std::vector<float> xf, bias, acc, xs;
-  std::vector<uint8_t> keep;
   std::vector<int32_t> idx;
   std::vector<TileDesc> tiles;
 };
@@ -98,25 +98,20 @@ void decode_task(void* data, size_t task) {
 void decode(const SparseMatMulArgs& a, const IsaKernels& kernels, const ParallelRunner& parallel) {
   Scratch& s = scratch();
   const int64_t K = a.K, N = a.N;
-  float* xf = sized(s.xf, static_cast<size_t>(K));
-  uint8_t* keep = sized(s.keep, static_cast<size_t>(K));
+  float* xf = sized(s.xf, static_cast<size_t>(K + 16));
+  int32_t* idx = sized(s.idx, static_cast<size_t>(K + 16));
+  float* val = sized(s.xs, static_cast<size_t>(K + 16));
+  // score_scale is a per-node weight, usually cold: ask for all of it at once.
+  for (int64_t i = 0; i < K; i += 16) __builtin_prefetch(a.score_scale + i);
   widen_row(a.dtype, a.x, K, xf);
-  gate_row(xf, a.score_scale, K, a.gating, keep);
-
-  int32_t* idx = sized(s.idx, static_cast<size_t>(K));
-  float* val = sized(s.xs, static_cast<size_t>(K));
-  int64_t count = 0;
-  for (int64_t i = 0; i < K; ++i) {
-    if (keep[i]) {
-      idx[count] = static_cast<int32_t>(i);
-      val[count] = xf[i];
-      ++count;
-    }
-  }
+  const int64_t count = gate_token(kernels, xf, a.score_scale, K, a.gating, idx, val);
 
   const int64_t bytes = count * N * static_cast<int64_t>(element_size(a.dtype));
   int64_t tasks = std::min({machine_threads(), kMaxDecodeTasks, bytes / kDecodeBytesPerTask});
   tasks = std::max<int64_t>(1, std::min(tasks, count));
+#ifdef WINA_FORCE_TASKS
+  tasks = WINA_FORCE_TASKS;
+#endif
 
   float* partials = sized(s.acc, static_cast<size_t>(tasks * N));
   DecodeJob job{&a, &kernels, idx, val, count, tasks, partials};
@@ -156,12 +151,18 @@ constexpr int64_t kTokensPerBlock = 64;
 
 struct GateJob {
   const SparseMatMulArgs* args;
+  const IsaKernels* kernels;
   int32_t stride;
-  float* xf;        // [M, K]
-  uint8_t* keep;    // [M, K]
   int32_t* idx;     // [tiles, K]
   float* xs;        // [tiles, K, stride]
   TileDesc* tiles;  // [tiles]
+};
+
+// Work space of one tile's gating, per thread.
+struct TileScratch {
+  std::vector<float> xf, val, dense;
+  std::vector<int32_t> idx;
+  std::vector<uint8_t> any;
 };
 
 void gate_tile(void* data, size_t tile_index) {
@@ -171,23 +172,30 @@ void gate_tile(void* data, size_t tile_index) {
   const int64_t t0 = static_cast<int64_t>(tile_index) * S;
   const int64_t tokens = std::min<int64_t>(S, a.M - t0);
   const size_t esize = element_size(a.dtype);
-  float* xf = job.xf + t0 * K;
-  uint8_t* keep = job.keep + t0 * K;
+
+  thread_local TileScratch ts;
+  float* xf = sized(ts.xf, static_cast<size_t>(K + 16));
+  float* val = sized(ts.val, static_cast<size_t>(K + 16));
+  int32_t* list = sized(ts.idx, static_cast<size_t>(K + 16));
+  float* dense = sized(ts.dense, static_cast<size_t>(K * S));  // [K, S]: x where kept, else 0
+  uint8_t* any = sized(ts.any, static_cast<size_t>(K));         // kept by any token of the tile
+  std::fill(dense, dense + K * S, 0.0f);
+  std::fill(any, any + K, uint8_t{0});
   for (int64_t t = 0; t < tokens; ++t) {
-    widen_row(a.dtype, static_cast<const char*>(a.x) + static_cast<size_t>((t0 + t) * K) * esize, K,
-              xf + t * K);
-    gate_row(xf + t * K, a.score_scale, K, a.gating, keep + t * K);
+    widen_row(a.dtype, static_cast<const char*>(a.x) + static_cast<size_t>((t0 + t) * K) * esize, K, xf);
+    const int64_t kept = gate_token(*job.kernels, xf, a.score_scale, K, a.gating, list, val);
+    for (int64_t c = 0; c < kept; ++c) {
+      dense[list[c] * S + t] = val[c];
+      any[list[c]] = 1;
+    }
   }
   int32_t* idx = job.idx + static_cast<int64_t>(tile_index) * K;
   float* xs = job.xs + static_cast<int64_t>(tile_index) * K * S;
   int64_t count = 0;
   for (int64_t i = 0; i < K; ++i) {
-    uint8_t any = 0;
-    for (int64_t t = 0; t < tokens; ++t) any |= keep[t * K + i];
-    if (!any) continue;
+    if (!any[i]) continue;
     idx[count] = static_cast<int32_t>(i);
-    float* xu = xs + count * S;
-    for (int64_t t = 0; t < S; ++t) xu[t] = (t < tokens && keep[t * K + i]) ? xf[t * K + i] : 0.0f;
+    std::memcpy(xs + count * S, dense + i * S, static_cast<size_t>(S) * sizeof(float));
     ++count;
   }
   job.tiles[tile_index] = TileDesc{idx, xs, count, static_cast<int32_t>(tokens), t0};
@@ -234,9 +242,8 @@ void prefill(const SparseMatMulArgs& a, const IsaKernels& kernels, const Paralle
   const int64_t num_tiles = (M + S - 1) / S;
 
   GateJob gate{&a,
+               &kernels,
                static_cast<int32_t>(S),
-               sized(s.xf, static_cast<size_t>(M * K)),
-               sized(s.keep, static_cast<size_t>(M * K)),
                sized(s.idx, static_cast<size_t>(num_tiles * K)),
                sized(s.xs, static_cast<size_t>(num_tiles * K * S)),
                sized(s.tiles, static_cast<size_t>(num_tiles))};

@@ -35,10 +35,26 @@ using TilesFn = void (*)(const void* b, int64_t ldb, int64_t n0, int64_t n1,
                          const TileDesc* tiles, int64_t num_tiles, int32_t tile_stride,
                          const float* bias, float* y, int64_t ldy);
 
+// Work space of the gating: keys, candidates and ranks hold K entries, hist 2048.
+struct GateScratch {
+  uint32_t* keys;
+  int32_t* candidates;
+  uint64_t* ranks;
+  uint32_t* hist;
+};
+
+// Gating of one token (see gating.h for the rule): lists the kept features in
+// increasing index order, idx[c] = i and val[c] = x[i], and returns their count.
+// idx and val need room for K + 16 entries (vector stores may run past the count).
+using GateFn = int64_t (*)(const float* x, const float* score_scale, int64_t K, int32_t topk,
+                           float threshold, int64_t k, const GateScratch& scratch, int32_t* idx,
+                           float* val);
+
 struct IsaKernels {
   const char* name;            // "avx512", "avx2" or "generic"
   int32_t tile_stride;         // tokens per prefill tile (register blocking height)
   int32_t column_block;        // columns per prefill micro-block (register blocking width)
+  GateFn gate;
   DecodeFn decode[kNumDTypes];
   TilesFn tiles[kNumDTypes];
 };

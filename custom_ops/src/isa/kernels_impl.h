@@ -151,16 +151,37 @@ static inline void decode_rows(const void* b, int64_t ldb, int64_t n0, int64_t n
   }
 }
 
+// Rows per pass of the decode kernel: more rows in flight keep more DRAM requests
+// outstanding; 16 broadcast weights still fit the AVX-512 register file.
+#if defined(__AVX512F__)
+constexpr int kDecodeRows = 16;
+#else
 constexpr int kDecodeRows = 8;
+#endif
+constexpr int kPrefetchLines = 2;
 
 template <int DT>
 static void decode_impl(const void* b, int64_t ldb, int64_t n0, int64_t n1,
                         const int32_t* idx, const float* val, int64_t count, float* acc) {
   const int64_t n = n1 - n0;
   if (n <= 0) return;
+  const int64_t elems_per_line = 64 / (DT == kFloat32 ? 4 : 2);
+  const int64_t head = n < kPrefetchLines * elems_per_line ? n : kPrefetchLines * elems_per_line;
   int64_t r = 0;
-  for (; r + kDecodeRows <= count; r += kDecodeRows)
+  for (; r + kDecodeRows <= count; r += kDecodeRows) {
+    // Start the next group's rows now: the hardware prefetcher follows a row once it
+    // is being read, but cannot foresee the jump to the next (sparse) rows.
+    const int64_t next_end = r + 2 * kDecodeRows < count ? r + 2 * kDecodeRows : count;
+    for (int64_t q = r + kDecodeRows; q < next_end; ++q) {
+      const int64_t off = static_cast<int64_t>(idx[q]) * ldb + n0;
+      for (int64_t e = 0; e < head; e += elems_per_line) prefetch_b<DT>(b, off + e);
+    }
     decode_rows<DT, kDecodeRows>(b, ldb, n0, n, idx + r, val + r, acc);
+  }
+  if (kDecodeRows > 8 && r + 8 <= count) {
+    decode_rows<DT, 8>(b, ldb, n0, n, idx + r, val + r, acc);
+    r += 8;
+  }
   if (r + 4 <= count) {
     decode_rows<DT, 4>(b, ldb, n0, n, idx + r, val + r, acc);
     r += 4;
@@ -255,6 +276,8 @@ static void tiles_impl(const void* b, int64_t ldb, int64_t n0, int64_t n1,
 }  // namespace
 }  // namespace wina
 
+#include "gating_impl.h"
+
 // The including file names its table with this macro.
 #define WINA_DEFINE_ISA_TABLE(func, isa_name)                                        \
   namespace wina {                                                                   \
@@ -263,6 +286,7 @@ static void tiles_impl(const void* b, int64_t ldb, int64_t n0, int64_t n1,
         isa_name,                                                                    \
         TS,                                                                          \
         NV * VW,                                                                     \
+        gate_impl,                                                                   \
         {decode_impl<kFloat32>, decode_impl<kFloat16>, decode_impl<kBFloat16>},      \
         {tiles_impl<kFloat32>, tiles_impl<kFloat16>, tiles_impl<kBFloat16>}};        \
     return table;                                                                    \
