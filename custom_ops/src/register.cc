@@ -4,6 +4,9 @@
 #include <mutex>
 
 #include "wina_sparse_matmul.h"
+#ifdef WINA_ONNX_WITH_CUDA
+#include "cuda/wina_sparse_matmul_cuda.h"
+#endif
 
 namespace {
 
@@ -35,6 +38,18 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     domain.Add(&op_float);
     domain.Add(&op_float16);
     domain.Add(&op_bfloat16);
+#ifdef WINA_ONNX_WITH_CUDA
+    // The same op for the CUDA execution provider; a session without it never creates
+    // these kernels, so nothing of CUDA runs (or must be installed) on a CPU-only machine.
+    static wina::WinaSparseMatMulCudaOp cuda_float(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+    static wina::WinaSparseMatMulCudaOp cuda_float16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
+    static wina::WinaSparseMatMulCudaOp cuda_bfloat16(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16);
+    if (api_base->GetApi(wina::kMinCudaApiVersion) != nullptr) {
+      domain.Add(&cuda_float);
+      domain.Add(&cuda_float16);
+      domain.Add(&cuda_bfloat16);
+    }
+#endif
     Ort::UnownedSessionOptions(options).Add(domain);
     // The session options refer to the domain until they and every session made
     // from them are gone; nothing tells us when, so the small domain object is

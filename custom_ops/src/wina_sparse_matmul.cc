@@ -10,11 +10,6 @@ namespace wina {
 
 namespace {
 
-// A problem with the node's inputs or attributes; becomes ORT_INVALID_ARGUMENT.
-struct InvalidArgument : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
 const char* const kInputNames[kNumInputs] = {"X", "B", "score_scale", "threshold", "k", "bias"};
 
 std::string input_label(size_t index) {
@@ -99,52 +94,65 @@ void parallel_run(void* context, void (*fn)(void*, size_t), size_t total, void* 
 
 }  // namespace
 
-WinaSparseMatMulKernel::WinaSparseMatMulKernel(const OrtKernelInfo* info, DType dtype)
-    : dtype_(dtype), gating_(Gating::kTopK), kernels_(&select_isa_kernels()) {
+NodeConfig read_node_config(const OrtKernelInfo* info) {
   Ort::ConstKernelInfo kinfo(info);
+  NodeConfig config;
   std::string name;
   try {
     name = kinfo.GetNodeName();
   } catch (const Ort::Exception&) {
   }
-  node_ = std::string(kOpType) + " node '" + name + "'";
+  config.node = std::string(kOpType) + " node '" + name + "'";
 
   std::string gating;
   try {
     gating = kinfo.GetAttribute<std::string>(kAttrGating);
   } catch (const Ort::Exception&) {
-    throw InvalidArgument(node_ + ": attribute '" + kAttrGating + "' is missing; it must be \"" +
+    throw InvalidArgument(config.node + ": attribute '" + kAttrGating + "' is missing; it must be \"" +
                           kGatingTopK + "\" or \"" + kGatingThreshold + "\"");
   }
   if (gating == kGatingTopK) {
-    gating_ = Gating::kTopK;
+    config.gating = Gating::kTopK;
   } else if (gating == kGatingThreshold) {
-    gating_ = Gating::kThreshold;
+    config.gating = Gating::kThreshold;
   } else {
-    throw InvalidArgument(node_ + ": unknown gating '" + gating + "'; attribute '" + kAttrGating +
+    throw InvalidArgument(config.node + ": unknown gating '" + gating + "'; attribute '" + kAttrGating +
                           "' must be \"" + kGatingTopK + "\" or \"" + kGatingThreshold + "\"");
   }
+  return config;
+}
+
+OrtStatusPtr status_from_current_exception(const std::string& node) {
+  try {
+    throw;
+  } catch (const InvalidArgument& e) {
+    return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (node + ": " + e.what()).c_str());
+  } catch (const Ort::Exception& e) {
+    return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), (node + ": " + e.what()).c_str());
+  } catch (const std::exception& e) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, (node + ": " + e.what()).c_str());
+  } catch (...) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, (node + ": unknown error").c_str());
+  }
+}
+
+WinaSparseMatMulKernel::WinaSparseMatMulKernel(const OrtKernelInfo* info, DType dtype)
+    : dtype_(dtype), gating_(Gating::kTopK), kernels_(&select_isa_kernels()) {
+  NodeConfig config = read_node_config(info);
+  gating_ = config.gating;
+  node_ = std::move(config.node);
 }
 
 OrtStatusPtr WinaSparseMatMulKernel::ComputeV2(OrtKernelContext* context) {
   try {
     Compute(context);
     return nullptr;
-  } catch (const InvalidArgument& e) {
-    return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (node_ + ": " + e.what()).c_str());
-  } catch (const Ort::Exception& e) {
-    return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), (node_ + ": " + e.what()).c_str());
-  } catch (const std::exception& e) {
-    return Ort::GetApi().CreateStatus(ORT_FAIL, (node_ + ": " + e.what()).c_str());
   } catch (...) {
-    return Ort::GetApi().CreateStatus(ORT_FAIL, (node_ + ": unknown error").c_str());
+    return status_from_current_exception(node_);
   }
 }
 
-void WinaSparseMatMulKernel::Compute(OrtKernelContext* context) {
-  Ort::KernelContext ctx(context);
-  const ONNXTensorElementDataType t = onnx_type(dtype_);
-
+OpInputs read_op_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType t, Gating gating_mode) {
   const InputView x = read_input(ctx, kInputX);
   const InputView b = read_input(ctx, kInputB);
   const InputView scale = read_input(ctx, kInputScoreScale);
@@ -172,22 +180,21 @@ void WinaSparseMatMulKernel::Compute(OrtKernelContext* context) {
                           std::to_string(K) + "] (K), got " + shape_str(scale.shape));
   }
 
-  GatingParams gating;
-  gating.mode = gating_;
-  if (gating_ == Gating::kTopK) {
+  OpInputs in;
+  if (gating_mode == Gating::kTopK) {
     const InputView k = read_input(ctx, kInputK);
     if (!k.present())
       throw InvalidArgument("gating='topk' needs " + input_label(kInputK) + ", which is missing");
     expect_type(k, kInputK, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, "");
     expect_scalar(k, kInputK);
-    gating.k = *k.value.GetTensorData<int64_t>();
+    in.k = k.value.GetTensorData<int64_t>();
   } else {
     const InputView thr = read_input(ctx, kInputThreshold);
     if (!thr.present())
       throw InvalidArgument("gating='threshold' needs " + input_label(kInputThreshold) + ", which is missing");
     expect_type(thr, kInputThreshold, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "");
     expect_scalar(thr, kInputThreshold);
-    gating.threshold = *thr.value.GetTensorData<float>();
+    in.threshold = thr.value.GetTensorData<float>();
   }
 
   const InputView bias = read_input(ctx, kInputBias);
@@ -199,25 +206,47 @@ void WinaSparseMatMulKernel::Compute(OrtKernelContext* context) {
     }
   }
 
-  std::vector<int64_t> out_shape(x.shape.begin(), x.shape.end() - 1);
-  out_shape.push_back(N);
-  auto y = ctx.GetOutput(0, out_shape);
-  const int64_t M = K > 0 ? x.elements / K : [&] {
+  in.out_shape.assign(x.shape.begin(), x.shape.end() - 1);
+  in.out_shape.push_back(N);
+  in.M = K > 0 ? x.elements / K : [&] {
     int64_t m = 1;
     for (size_t i = 0; i + 1 < x.shape.size(); ++i) m *= x.shape[i];
     return m;
   }();
+  in.K = K;
+  in.N = N;
+  in.x = x.value.GetTensorRawData();
+  in.b = b.value.GetTensorRawData();
+  in.score_scale = scale.value.GetTensorData<float>();
+  in.bias = bias.present() ? bias.value.GetTensorRawData() : nullptr;
+  in.device_id = x.value.GetTensorMemoryInfo().GetDeviceId();
+  return in;
+}
+
+void WinaSparseMatMulKernel::Compute(OrtKernelContext* context) {
+  Ort::KernelContext ctx(context);
+  const OpInputs in = read_op_inputs(ctx, onnx_type(dtype_), gating_);
+
+  GatingParams gating;
+  gating.mode = gating_;
+  if (gating_ == Gating::kTopK) {
+    gating.k = *in.k;
+  } else {
+    gating.threshold = *in.threshold;
+  }
+
+  auto y = ctx.GetOutput(0, in.out_shape);
 
   SparseMatMulArgs args;
   args.dtype = dtype_;
-  args.x = x.value.GetTensorRawData();
-  args.b = b.value.GetTensorRawData();
-  args.score_scale = scale.value.GetTensorData<float>();
-  args.bias = bias.present() ? bias.value.GetTensorRawData() : nullptr;
+  args.x = in.x;
+  args.b = in.b;
+  args.score_scale = in.score_scale;
+  args.bias = in.bias;
   args.y = y.GetTensorMutableRawData();
-  args.M = M;
-  args.K = K;
-  args.N = N;
+  args.M = in.M;
+  args.K = in.K;
+  args.N = in.N;
   args.gating = gating;
   sparse_matmul(args, *kernels_, ParallelRunner{context, parallel_run});
 }
@@ -234,18 +263,26 @@ OrtStatusPtr WinaSparseMatMulOp::CreateKernelV2(const OrtApi& api, const OrtKern
   }
 }
 
-ONNXTensorElementDataType WinaSparseMatMulOp::GetInputType(size_t index) const {
+ONNXTensorElementDataType op_input_type(ONNXTensorElementDataType type, size_t index) {
   switch (index) {
     case kInputScoreScale:
     case kInputThreshold: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
     case kInputK: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-    default: return type_;  // X, B, bias
+    default: return type;  // X, B, bias
   }
 }
 
-OrtCustomOpInputOutputCharacteristic WinaSparseMatMulOp::GetInputCharacteristic(size_t index) const {
+OrtCustomOpInputOutputCharacteristic op_input_characteristic(size_t index) {
   return index >= kInputThreshold ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
                                   : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+}
+
+ONNXTensorElementDataType WinaSparseMatMulOp::GetInputType(size_t index) const {
+  return op_input_type(type_, index);
+}
+
+OrtCustomOpInputOutputCharacteristic WinaSparseMatMulOp::GetInputCharacteristic(size_t index) const {
+  return op_input_characteristic(index);
 }
 
 }  // namespace wina

@@ -11,7 +11,9 @@
 //   name, so that ONNX Runtime picks the kernel by the type of X.
 #pragma once
 
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "isa/isa.h"
 #include "ort_api.h"
@@ -36,6 +38,43 @@ enum InputIndex : size_t {
 inline constexpr const char* kAttrGating = "gating";
 inline constexpr const char* kGatingTopK = "topk";
 inline constexpr const char* kGatingThreshold = "threshold";
+
+// A problem with the node's inputs or attributes; becomes ORT_INVALID_ARGUMENT.
+struct InvalidArgument : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// The node's attribute, read once when the kernel is created (shared by the CPU and
+// CUDA kernels). Throws InvalidArgument for a missing or unknown gating.
+struct NodeConfig {
+  Gating gating = Gating::kTopK;
+  std::string node;  // "WinaSparseMatMul node 'name'" for error messages
+};
+NodeConfig read_node_config(const OrtKernelInfo* info);
+
+// The inputs of one call, validated (types, ranks, shapes, scalars), in the flattened
+// view X [M, K] x B [K, N]. Pointers are where ORT put the tensors: host memory for
+// the CPU kernel, device memory for the CUDA kernel (threshold and k included).
+struct OpInputs {
+  const void* x = nullptr;
+  const void* b = nullptr;
+  const float* score_scale = nullptr;
+  const float* threshold = nullptr;  // set for gating "threshold"
+  const int64_t* k = nullptr;        // set for gating "topk"
+  const void* bias = nullptr;        // or nullptr
+  std::vector<int64_t> out_shape;    // [..., N]
+  int64_t M = 0, K = 0, N = 0;
+  int device_id = 0;                 // of X's memory
+};
+// Throws InvalidArgument naming the offending input.
+OpInputs read_op_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType type, Gating gating);
+
+// Inside a catch block: the current exception as an OrtStatus, prefixed with `node`.
+OrtStatusPtr status_from_current_exception(const std::string& node);
+
+// Input types and characteristics of the op's schema, shared by the op objects.
+ONNXTensorElementDataType op_input_type(ONNXTensorElementDataType type, size_t index);
+OrtCustomOpInputOutputCharacteristic op_input_characteristic(size_t index);
 
 class WinaSparseMatMulKernel {
  public:

@@ -1,0 +1,754 @@
+// CUDA kernels of WinaSparseMatMul and their launchers (declared in wina_sparse_matmul_impl.cuh,
+// which describes the algorithm). One explicit instantiation per element type at the end.
+//
+// Kernels are launched only through launch() below, which takes a Stream and refuses the
+// default streams; cmake/cuda.cmake rejects the triple-chevron syntax in this folder.
+#include "cuda/wina_sparse_matmul_impl.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <utility>
+
+namespace wina {
+namespace cuda {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// ---------------------------------------------------------------------------------
+// Launching
+
+template <typename... KernelArgs, typename... Args>
+cudaError_t launch(Stream stream, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, bool pdl,
+                   Args&&... args) {
+  if (!stream.valid()) return cudaErrorInvalidResourceHandle;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = 0;
+  config.stream = stream.get();
+  cudaLaunchAttribute attribute[1];
+  if (pdl) {
+    // The kernel may start while the previous one on the stream finishes; it waits
+    // for it (grid_dependency_wait) before reading what that one wrote.
+    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[0].val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = attribute;
+    config.numAttrs = 1;
+  }
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+// Programmatic dependent launch (sm_90+); no-ops elsewhere and when not launched that way.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// ---------------------------------------------------------------------------------
+// Element types
+
+template <typename T>
+struct Elem;
+
+template <>
+struct Elem<float> {
+  static __device__ __forceinline__ float to_float(float v) { return v; }
+  static __device__ __forceinline__ float from_float(float v) { return v; }
+  static __device__ __forceinline__ void unpack(const uint4& u, float* f) {
+    f[0] = __uint_as_float(u.x);
+    f[1] = __uint_as_float(u.y);
+    f[2] = __uint_as_float(u.z);
+    f[3] = __uint_as_float(u.w);
+  }
+};
+
+template <>
+struct Elem<__half> {
+  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+  static __device__ __forceinline__ void unpack(const uint4& u, float* f) {
+    const __half2* h = reinterpret_cast<const __half2*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 t = __half22float2(h[i]);
+      f[2 * i] = t.x;
+      f[2 * i + 1] = t.y;
+    }
+  }
+};
+
+template <>
+struct Elem<__nv_bfloat16> {
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+  static __device__ __forceinline__ void unpack(const uint4& u, float* f) {
+    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 t = __bfloat1622float2(h[i]);
+      f[2 * i] = t.x;
+      f[2 * i + 1] = t.y;
+    }
+  }
+};
+
+// 16 bytes of a weight row: read once, so it bypasses L1.
+__device__ __forceinline__ uint4 load_weights16(const void* p) {
+  uint4 r;
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
+  return r;
+}
+
+// ---------------------------------------------------------------------------------
+// Gating
+
+// An unsigned key with the order of the float scores: NaN ranks as +inf and -0 ties +0.
+__device__ __forceinline__ uint32_t order_key(float s) {
+  uint32_t u = __float_as_uint(s);
+  if (s != s) u = 0x7f800000u;
+  if (u == 0x80000000u) u = 0u;
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ __forceinline__ uint32_t score_key(float x, float scale) { return order_key(fabsf(x) * scale); }
+
+// Per-token rule keep(i) = key_i > key || (key_i == key && i <= cut).
+struct Gate {
+  const float* threshold;  // kThreshold: the scalar
+  const uint32_t* keys;    // kTopK: per token, from topk_select_kernel
+  const int32_t* cuts;
+};
+
+template <GateMode MODE>
+__device__ __forceinline__ void token_gate(const Gate& gate, int m, uint32_t& key, int& cut) {
+  if (MODE == GateMode::kThreshold) {
+    const float t = *gate.threshold;
+    key = (t != t) ? 0xffffffffu : order_key(t);  // a NaN threshold keeps nothing
+    cut = -1;
+  } else {
+    key = gate.keys[m];
+    cut = gate.cuts[m];
+  }
+}
+
+__device__ __forceinline__ bool keep(uint32_t key, int i, uint32_t gate_key, int gate_cut) {
+  return key > gate_key || (key == gate_key && i <= gate_cut);
+}
+
+// ---------------------------------------------------------------------------------
+// Top-k: per token (one block each), the k-th largest key by a 4-pass radix select
+// (8 bits a pass, from the top), then the index of the last tie to keep.
+
+constexpr int kSelectThreads = 1024;
+
+template <typename T, int ITEMS>  // ITEMS > 0: K <= ITEMS * kSelectThreads, keys in registers
+__global__ void __launch_bounds__(kSelectThreads)
+    topk_select_kernel(const T* __restrict__ x, const float* __restrict__ scale, const int64_t* k_ptr,
+                       int K, uint32_t* __restrict__ gate_keys, int32_t* __restrict__ gate_cuts) {
+  __shared__ int s_hist[256];
+  __shared__ int s_sel[3];
+  __shared__ unsigned s_ballot[kSelectThreads / 32];
+  __shared__ int s_total;
+  __shared__ int s_found;
+
+  const int m = blockIdx.x;
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const T* xr = x + static_cast<int64_t>(m) * K;
+
+  const int64_t k_raw = *k_ptr;
+  const int kk = static_cast<int>(k_raw < 0 ? 0 : (k_raw > K ? K : k_raw));
+  if (kk == 0 || kk == K) {  // nothing kept / everything kept
+    if (tid == 0) {
+      gate_keys[m] = kk == 0 ? 0xffffffffu : 0u;
+      gate_cuts[m] = -1;
+    }
+    return;
+  }
+
+  constexpr int kRegItems = ITEMS > 0 ? ITEMS : 1;
+  const int chunks = ITEMS > 0 ? ITEMS : (K + kSelectThreads - 1) / kSelectThreads;
+  uint32_t reg_keys[kRegItems];
+  if constexpr (ITEMS > 0) {
+#pragma unroll
+    for (int j = 0; j < ITEMS; ++j) {
+      const int i = j * kSelectThreads + tid;
+      reg_keys[j] = i < K ? score_key(Elem<T>::to_float(xr[i]), scale[i]) : 0u;
+    }
+  }
+  auto key_at = [&](int j, int i) -> uint32_t {
+    if constexpr (ITEMS > 0) {
+      return reg_keys[j];
+    } else {
+      return score_key(Elem<T>::to_float(xr[i]), scale[i]);
+    }
+  };
+
+  if (tid == 0) s_found = -1;
+  uint32_t prefix = 0, prefix_mask = 0;
+  int remaining = kk;  // keys still to take among those matching prefix
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    if (tid < 256) s_hist[tid] = 0;
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < (ITEMS > 0 ? ITEMS : chunks); ++j) {
+      const int i = j * kSelectThreads + tid;
+      const bool valid = i < K;
+      const uint32_t key = valid ? key_at(j, i) : 0u;
+      const bool candidate = valid && (key & prefix_mask) == prefix;
+      const unsigned digit = (key >> shift) & 0xffu;
+      const unsigned active = __ballot_sync(kFullMask, candidate);
+      if (candidate) {
+        const unsigned peers = __match_any_sync(active, digit);
+        if (lane == __ffs(peers) - 1) atomicAdd(&s_hist[digit], __popc(peers));
+      }
+    }
+    __syncthreads();
+    if (warp == 0) {
+      // Lane l holds bins 255 - 8l ... 255 - 8l - 7: a scan in descending digit order.
+      int c[8];
+      int local = 0;
+#pragma unroll
+      for (int t = 0; t < 8; ++t) {
+        c[t] = s_hist[255 - (lane * 8 + t)];
+        local += c[t];
+      }
+      int inclusive = local;
+#pragma unroll
+      for (int offset = 1; offset < 32; offset <<= 1) {
+        const int other = __shfl_up_sync(kFullMask, inclusive, offset);
+        if (lane >= offset) inclusive += other;
+      }
+      const int exclusive = inclusive - local;
+      if (exclusive < remaining && remaining <= inclusive) {
+        int run = exclusive;
+#pragma unroll
+        for (int t = 0; t < 8; ++t) {
+          if (run + c[t] >= remaining) {
+            s_sel[0] = 255 - (lane * 8 + t);
+            s_sel[1] = run;
+            s_sel[2] = c[t];
+            break;
+          }
+          run += c[t];
+        }
+      }
+    }
+    __syncthreads();
+    const uint32_t digit = static_cast<uint32_t>(s_sel[0]);
+    remaining -= s_sel[1];
+    const int in_bin = s_sel[2];
+    prefix |= digit << shift;
+    prefix_mask |= 0xffu << shift;
+    if (in_bin == remaining) {
+      // The whole bin is kept: keep every key >= prefix (its lower bits are zero).
+      if (tid == 0) {
+        gate_keys[m] = prefix == 0 ? 0u : prefix - 1;
+        gate_cuts[m] = -1;
+      }
+      return;
+    }
+  }
+
+  // prefix is the k-th key; keep the first `remaining` indices holding it.
+  int running = 0;
+  for (int j = 0; j < chunks; ++j) {
+    const int i = j * kSelectThreads + tid;
+    bool equal = false;
+    if constexpr (ITEMS > 0) {
+#pragma unroll
+      for (int jj = 0; jj < ITEMS; ++jj)
+        if (jj == j) equal = i < K && reg_keys[jj] == prefix;
+    } else {
+      equal = i < K && key_at(j, i) == prefix;
+    }
+    const unsigned ballot = __ballot_sync(kFullMask, equal);
+    if (lane == 0) s_ballot[warp] = ballot;
+    __syncthreads();
+    if (warp == 0) {
+      const unsigned mine = s_ballot[lane];
+      const int count = __popc(mine);
+      int inclusive = count;
+#pragma unroll
+      for (int offset = 1; offset < 32; offset <<= 1) {
+        const int other = __shfl_up_sync(kFullMask, inclusive, offset);
+        if (lane >= offset) inclusive += other;
+      }
+      const int exclusive = inclusive - count;
+      const int need = remaining - running;
+      if (exclusive < need && need <= inclusive) {
+        unsigned bits = mine;
+        for (int t = exclusive + 1; t < need; ++t) bits &= bits - 1;
+        s_found = j * kSelectThreads + lane * 32 + (__ffs(bits) - 1);
+      }
+      if (lane == 31) s_total = inclusive;
+    }
+    __syncthreads();
+    if (s_found >= 0) break;
+    running += s_total;
+    __syncthreads();  // s_total is rewritten in the next chunk
+  }
+  if (tid == 0) {
+    gate_keys[m] = prefix;
+    gate_cuts[m] = s_found;
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Decode: fused gating and split-K product over the kept rows.
+
+constexpr int kDecodeThreads = 256;
+constexpr int kColThreads = 64;                             // threads across a column tile
+constexpr int kRowGroups = kDecodeThreads / kColThreads;    // threads along the rows
+constexpr int kUnroll = 4;                                  // rows in flight per thread
+
+template <typename T>
+__host__ __device__ constexpr int vec_elems() {
+  return 16 / static_cast<int>(sizeof(T));
+}
+template <typename T>
+__host__ __device__ constexpr int tile_cols() {
+  return kColThreads * vec_elems<T>();
+}
+
+// Block (tile, split): columns [tile * TN, +TN) of the partial sums of rows
+// [split * rows_per_split, +rows_per_split), for every token.
+// partial: [splits, M, N] float32.
+template <typename T, int MT, bool VEC, GateMode MODE>
+__global__ void __launch_bounds__(kDecodeThreads)
+    decode_partial_kernel(const T* __restrict__ x, const T* __restrict__ b, const float* __restrict__ scale,
+                          Gate gate, float* __restrict__ partial, int M, int K, int64_t N,
+                          int rows_per_split) {
+  constexpr int V = vec_elems<T>();
+  constexpr int TN = tile_cols<T>();
+  __shared__ int s_rows[kMaxSlabRows];
+  __shared__ float s_x[MT][kMaxSlabRows];
+  __shared__ int s_warp_count[kDecodeThreads / 32];
+  __shared__ __align__(16) float s_red[kRowGroups - 1][TN];
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int split = blockIdx.y;
+  const int r0 = split * rows_per_split;
+  const int r1 = min(r0 + rows_per_split, K);
+
+  uint32_t gate_key[MT];
+  int gate_cut[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    if (m < M) {
+      token_gate<MODE>(gate, m, gate_key[m], gate_cut[m]);
+    } else {
+      gate_key[m] = 0xffffffffu;
+      gate_cut[m] = -1;
+    }
+  }
+
+  // 1. Gate the slab's rows for every token; list the rows kept by any token, in order.
+  int count = 0;
+  for (int rb = r0; rb < r1; rb += kDecodeThreads) {
+    const int r = rb + tid;
+    float xv[MT];
+    bool any = false;
+    const float sc = r < r1 ? scale[r] : 0.0f;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      xv[m] = 0.0f;
+      if (m < M && r < r1) {
+        const float xf = Elem<T>::to_float(x[static_cast<int64_t>(m) * K + r]);
+        if (keep(score_key(xf, sc), r, gate_key[m], gate_cut[m])) {
+          xv[m] = xf;
+          any = true;
+        }
+      }
+    }
+    const unsigned ballot = __ballot_sync(kFullMask, any);
+    if (lane == 0) s_warp_count[warp] = __popc(ballot);
+    __syncthreads();
+    int offset = 0, total = 0;
+#pragma unroll
+    for (int w = 0; w < kDecodeThreads / 32; ++w) {
+      const int c = s_warp_count[w];
+      offset += w < warp ? c : 0;
+      total += c;
+    }
+    if (any) {
+      const int pos = count + offset + __popc(ballot & ((1u << lane) - 1u));
+      s_rows[pos] = r;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) s_x[m][pos] = xv[m];
+    }
+    count += total;
+    __syncthreads();
+  }
+  allow_dependent_launch();
+
+  // 2. Multiply: row group rg takes kept rows rg, rg + kRowGroups, ...
+  const int ct = tid % kColThreads;
+  const int rg = tid / kColThreads;
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * TN + static_cast<int64_t>(ct) * V;
+  float acc[MT][V];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int v = 0; v < V; ++v) acc[m][v] = 0.0f;
+
+  if (col < N) {
+    if constexpr (VEC) {
+      const T* bcol = b + col;
+      int j = rg;
+      for (; j + (kUnroll - 1) * kRowGroups < count; j += kUnroll * kRowGroups) {
+        uint4 w[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u)
+          w[u] = load_weights16(bcol + static_cast<int64_t>(s_rows[j + u * kRowGroups]) * N);
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          float f[V];
+          Elem<T>::unpack(w[u], f);
+#pragma unroll
+          for (int m = 0; m < MT; ++m) {
+            const float xm = s_x[m][j + u * kRowGroups];
+#pragma unroll
+            for (int v = 0; v < V; ++v) acc[m][v] = fmaf(xm, f[v], acc[m][v]);
+          }
+        }
+      }
+      for (; j < count; j += kRowGroups) {
+        const uint4 w = load_weights16(bcol + static_cast<int64_t>(s_rows[j]) * N);
+        float f[V];
+        Elem<T>::unpack(w, f);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          const float xm = s_x[m][j];
+#pragma unroll
+          for (int v = 0; v < V; ++v) acc[m][v] = fmaf(xm, f[v], acc[m][v]);
+        }
+      }
+    } else {
+      for (int j = rg; j < count; j += kRowGroups) {
+        const T* brow = b + static_cast<int64_t>(s_rows[j]) * N;
+        float f[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) f[v] = col + v < N ? Elem<T>::to_float(brow[col + v]) : 0.0f;
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          const float xm = s_x[m][j];
+#pragma unroll
+          for (int v = 0; v < V; ++v) acc[m][v] = fmaf(xm, f[v], acc[m][v]);
+        }
+      }
+    }
+  }
+
+  // 3. Add the row groups in a fixed order and store the slab's partial sums.
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    if (m >= M) break;
+    if (rg > 0) {
+#pragma unroll
+      for (int v = 0; v < V; ++v) s_red[rg - 1][ct * V + v] = acc[m][v];
+    }
+    __syncthreads();
+    if (rg == 0 && col < N) {
+      float* out = partial + (static_cast<int64_t>(split) * M + m) * N + col;
+      float sum[V];
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        float s = acc[m][v];
+#pragma unroll
+        for (int g = 0; g < kRowGroups - 1; ++g) s += s_red[g][ct * V + v];
+        sum[v] = s;
+      }
+      if constexpr (VEC) {
+#pragma unroll
+        for (int v = 0; v < V; v += 4)
+          *reinterpret_cast<float4*>(out + v) = make_float4(sum[v], sum[v + 1], sum[v + 2], sum[v + 3]);
+      } else {
+#pragma unroll
+        for (int v = 0; v < V; ++v)
+          if (col + v < N) out[v] = sum[v];
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// y[m, n] = T(sum over splits of partial[s, m, n] (+ bias[n])), summed in a fixed order.
+// splits == 0 writes the bias (or zeros): the K == 0 case.
+constexpr int kReduceCols = 32;
+constexpr int kReduceLanes = 8;
+
+template <typename T>
+__global__ void __launch_bounds__(kReduceCols * kReduceLanes)
+    reduce_splits_kernel(const float* __restrict__ partial, int splits, const T* __restrict__ bias,
+                         T* __restrict__ y, int M, int64_t N) {
+  __shared__ float s_sum[kReduceLanes][kReduceCols + 1];
+  grid_dependency_wait();
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kReduceCols + threadIdx.x;
+  const int m = blockIdx.y;
+  float acc = 0.0f;
+  if (n < N) {
+#pragma unroll 4
+    for (int s = threadIdx.y; s < splits; s += kReduceLanes) acc += partial[(static_cast<int64_t>(s) * M + m) * N + n];
+  }
+  s_sum[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && n < N) {
+    float total = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kReduceLanes; ++i) total += s_sum[i][threadIdx.x];
+    if (bias != nullptr) total += Elem<T>::to_float(bias[n]);
+    y[static_cast<int64_t>(m) * N + n] = Elem<T>::from_float(total);
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Prefill: gated X into the workspace, then a tiled GEMM.
+
+template <typename T, GateMode MODE>
+__global__ void mask_kernel(const T* __restrict__ x, const float* __restrict__ scale, Gate gate,
+                            T* __restrict__ xg, int64_t M, int K) {
+  const int64_t total = M * K;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int m = static_cast<int>(idx / K);
+    const int i = static_cast<int>(idx - static_cast<int64_t>(m) * K);
+    uint32_t gate_key;
+    int gate_cut;
+    token_gate<MODE>(gate, m, gate_key, gate_cut);
+    const T v = x[idx];
+    xg[idx] = keep(score_key(Elem<T>::to_float(v), scale[i]), i, gate_key, gate_cut) ? v : Elem<T>::from_float(0.0f);
+  }
+}
+
+constexpr int kGemmBM = 64, kGemmBN = 64, kGemmBK = 16;
+constexpr int kGemmThreads = 256;  // 16 x 16, each 4 x 4 outputs
+
+template <typename T>
+__global__ void __launch_bounds__(kGemmThreads)
+    gemm_kernel(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ bias,
+                T* __restrict__ y, int M, int K, int64_t N) {
+  __shared__ float s_a[kGemmBK][kGemmBM + 4];
+  __shared__ float s_b[kGemmBK][kGemmBN + 4];
+  const int tid = threadIdx.x;
+  const int tx = tid % 16;
+  const int ty = tid / 16;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.y) * kGemmBM;
+  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kGemmBN;
+  float acc[4][4] = {};
+  for (int k0 = 0; k0 < K; k0 += kGemmBK) {
+#pragma unroll
+    for (int q = 0; q < kGemmBM * kGemmBK / kGemmThreads; ++q) {
+      const int e = tid + q * kGemmThreads;
+      const int r = e / kGemmBK, kk = e % kGemmBK;
+      const int64_t gr = row0 + r;
+      const int gk = k0 + kk;
+      s_a[kk][r] = (gr < M && gk < K) ? Elem<T>::to_float(a[gr * K + gk]) : 0.0f;
+    }
+#pragma unroll
+    for (int q = 0; q < kGemmBK * kGemmBN / kGemmThreads; ++q) {
+      const int e = tid + q * kGemmThreads;
+      const int kk = e / kGemmBN, c = e % kGemmBN;
+      const int gk = k0 + kk;
+      const int64_t gc = col0 + c;
+      s_b[kk][c] = (gk < K && gc < N) ? Elem<T>::to_float(b[static_cast<int64_t>(gk) * N + gc]) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kGemmBK; ++kk) {
+      float av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) av[i] = s_a[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) bv[j] = s_b[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t r = row0 + ty + 16 * i;
+    if (r >= M) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t c = col0 + tx + 16 * j;
+      if (c >= N) continue;
+      float v = acc[i][j];
+      if (bias != nullptr) v += Elem<T>::to_float(bias[c]);
+      y[r * N + c] = Elem<T>::from_float(v);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Host side
+
+constexpr size_t kAlign = 256;
+size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+size_t gate_bytes(const Problem& p) {
+  return p.mode == GateMode::kTopK ? 2 * align_up(static_cast<size_t>(p.M) * 4) : 0;
+}
+
+template <typename T, int MT, GateMode MODE>
+cudaError_t launch_decode_mt(const Problem& p, const Plan& plan, const Gate& gate, float* partial, Stream stream) {
+  const dim3 grid(static_cast<unsigned>((p.N + tile_cols<T>() - 1) / tile_cols<T>()),
+                  static_cast<unsigned>(plan.splits));
+  const dim3 block(kDecodeThreads);
+  const T* x = static_cast<const T*>(p.x);
+  const T* b = static_cast<const T*>(p.b);
+  const int M = static_cast<int>(p.M), K = static_cast<int>(p.K), rows = static_cast<int>(plan.rows_per_split);
+  if (plan.vectorized)
+    return launch(stream, decode_partial_kernel<T, MT, true, MODE>, grid, block, false, x, b, p.score_scale, gate,
+                  partial, M, K, p.N, rows);
+  return launch(stream, decode_partial_kernel<T, MT, false, MODE>, grid, block, false, x, b, p.score_scale, gate,
+                partial, M, K, p.N, rows);
+}
+
+template <typename T, GateMode MODE>
+cudaError_t launch_decode(const Problem& p, const Plan& plan, const Gate& gate, float* partial, Stream stream) {
+  if (p.M <= 1) return launch_decode_mt<T, 1, MODE>(p, plan, gate, partial, stream);
+  if (p.M <= 2) return launch_decode_mt<T, 2, MODE>(p, plan, gate, partial, stream);
+  if (p.M <= 4) return launch_decode_mt<T, 4, MODE>(p, plan, gate, partial, stream);
+  return launch_decode_mt<T, 8, MODE>(p, plan, gate, partial, stream);
+}
+
+template <typename T>
+cudaError_t launch_reduce(const Problem& p, const float* partial, int splits, bool pdl, Stream stream) {
+  const dim3 grid(static_cast<unsigned>((p.N + kReduceCols - 1) / kReduceCols), static_cast<unsigned>(p.M));
+  const dim3 block(kReduceCols, kReduceLanes);
+  return launch(stream, reduce_splits_kernel<T>, grid, block, pdl, partial, splits, static_cast<const T*>(p.bias),
+                static_cast<T*>(p.y), static_cast<int>(p.M), p.N);
+}
+
+template <typename T>
+cudaError_t launch_select(const Problem& p, const Gate& gate, Stream stream) {
+  const dim3 grid(static_cast<unsigned>(p.M));
+  const dim3 block(kSelectThreads);
+  const T* x = static_cast<const T*>(p.x);
+  const int K = static_cast<int>(p.K);
+  uint32_t* keys = const_cast<uint32_t*>(gate.keys);
+  int32_t* cuts = const_cast<int32_t*>(gate.cuts);
+  if (p.K <= 4 * kSelectThreads)
+    return launch(stream, topk_select_kernel<T, 4>, grid, block, false, x, p.score_scale, p.k, K, keys, cuts);
+  if (p.K <= 8 * kSelectThreads)
+    return launch(stream, topk_select_kernel<T, 8>, grid, block, false, x, p.score_scale, p.k, K, keys, cuts);
+  if (p.K <= 16 * kSelectThreads)
+    return launch(stream, topk_select_kernel<T, 16>, grid, block, false, x, p.score_scale, p.k, K, keys, cuts);
+  return launch(stream, topk_select_kernel<T, 0>, grid, block, false, x, p.score_scale, p.k, K, keys, cuts);
+}
+
+template <typename T, GateMode MODE>
+cudaError_t launch_prefill(const Problem& p, const Gate& gate, T* xg, Stream stream) {
+  const int64_t total = p.M * p.K;
+  const unsigned mask_blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65536));
+  cudaError_t err = launch(stream, mask_kernel<T, MODE>, dim3(mask_blocks), dim3(256), false,
+                           static_cast<const T*>(p.x), p.score_scale, gate, xg, p.M, static_cast<int>(p.K));
+  if (err != cudaSuccess) return err;
+  const dim3 grid(static_cast<unsigned>((p.N + kGemmBN - 1) / kGemmBN), static_cast<unsigned>((p.M + kGemmBM - 1) / kGemmBM));
+  return launch(stream, gemm_kernel<T>, grid, dim3(kGemmThreads), false, static_cast<const T*>(xg),
+                static_cast<const T*>(p.b), static_cast<const T*>(p.bias), static_cast<T*>(p.y), static_cast<int>(p.M),
+                static_cast<int>(p.K), p.N);
+}
+
+}  // namespace
+
+template <typename T>
+Plan MakePlan(const Problem& p, const DeviceInfo& device, int blocks_per_sm) {
+  Plan plan;
+  plan.decode = p.M <= kMaxDecodeTokens;
+  plan.pdl = device.cc_major >= 9;
+  if (!plan.decode || p.M == 0 || p.K == 0 || p.N == 0) return plan;
+  constexpr int64_t V = vec_elems<T>();
+  plan.vectorized = p.N % V == 0 && reinterpret_cast<uintptr_t>(p.b) % 16 == 0;
+  const int64_t tiles = (p.N + tile_cols<T>() - 1) / tile_cols<T>();
+  const int64_t target = static_cast<int64_t>(blocks_per_sm > 0 ? blocks_per_sm : 4) * std::max(device.sm_count, 1);
+  const int64_t want_splits = std::max<int64_t>(1, (target + tiles - 1) / tiles);
+  int64_t rows = (p.K + want_splits - 1) / want_splits;
+  rows = (rows + 31) / 32 * 32;
+  rows = std::min<int64_t>(std::max<int64_t>(rows, 64), kMaxSlabRows);
+  plan.rows_per_split = rows;
+  plan.splits = (p.K + rows - 1) / rows;
+  return plan;
+}
+
+template <typename T>
+size_t WorkspaceBytes(const Problem& p, const Plan& plan) {
+  if (p.M == 0 || p.N == 0 || p.K == 0) return 0;
+  size_t bytes = gate_bytes(p);
+  if (plan.decode) {
+    bytes += align_up(static_cast<size_t>(plan.splits) * static_cast<size_t>(p.M) * static_cast<size_t>(p.N) * 4);
+  } else {
+    bytes += align_up(static_cast<size_t>(p.M) * static_cast<size_t>(p.K) * sizeof(T));
+  }
+  return bytes;
+}
+
+template <typename T>
+cudaError_t LaunchWinaSparseMatMul(const Problem& p, const Plan& plan, void* workspace, Stream stream) {
+  if (!stream.valid()) return cudaErrorInvalidResourceHandle;
+  if (p.M < 0 || p.K < 0 || p.N < 0 || p.K > INT_MAX || p.M > INT_MAX || p.M > 65535 * kGemmBM)
+    return cudaErrorInvalidValue;
+  if (p.M == 0 || p.N == 0) return cudaSuccess;
+  if (p.K == 0) return launch_reduce<T>(p, nullptr, 0, false, stream);  // Y = bias or 0
+  if (plan.decode && (p.M > kMaxDecodeTokens || plan.rows_per_split <= 0 || plan.rows_per_split > kMaxSlabRows ||
+                      plan.rows_per_split % 32 != 0 ||
+                      plan.splits != (p.K + plan.rows_per_split - 1) / plan.rows_per_split || plan.splits > 65535))
+    return cudaErrorInvalidValue;
+  if (workspace == nullptr) return cudaErrorInvalidValue;
+
+  char* ws = static_cast<char*>(workspace);
+  Gate gate{p.threshold, nullptr, nullptr};
+  if (p.mode == GateMode::kTopK) {
+    gate.keys = reinterpret_cast<const uint32_t*>(ws);
+    gate.cuts = reinterpret_cast<const int32_t*>(ws + align_up(static_cast<size_t>(p.M) * 4));
+    ws += gate_bytes(p);
+    const cudaError_t err = launch_select<T>(p, gate, stream);
+    if (err != cudaSuccess) return err;
+  }
+  if (plan.decode) {
+    float* partial = reinterpret_cast<float*>(ws);
+    const cudaError_t err = p.mode == GateMode::kTopK
+                                ? launch_decode<T, GateMode::kTopK>(p, plan, gate, partial, stream)
+                                : launch_decode<T, GateMode::kThreshold>(p, plan, gate, partial, stream);
+    if (err != cudaSuccess) return err;
+    return launch_reduce<T>(p, partial, static_cast<int>(plan.splits), plan.pdl, stream);
+  }
+  T* xg = reinterpret_cast<T*>(ws);
+  return p.mode == GateMode::kTopK ? launch_prefill<T, GateMode::kTopK>(p, gate, xg, stream)
+                                   : launch_prefill<T, GateMode::kThreshold>(p, gate, xg, stream);
+}
+
+#define WINA_INSTANTIATE(T)                                                                        \
+  template Plan MakePlan<T>(const Problem&, const DeviceInfo&, int);                               \
+  template size_t WorkspaceBytes<T>(const Problem&, const Plan&);                                  \
+  template cudaError_t LaunchWinaSparseMatMul<T>(const Problem&, const Plan&, void*, Stream);
+
+WINA_INSTANTIATE(float)
+WINA_INSTANTIATE(__half)
+WINA_INSTANTIATE(__nv_bfloat16)
+#undef WINA_INSTANTIATE
+
+}  // namespace cuda
+}  // namespace wina

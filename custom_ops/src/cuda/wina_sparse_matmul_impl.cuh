@@ -1,0 +1,95 @@
+// Launchers of the CUDA kernels of WinaSparseMatMul (kernels in wina_sparse_matmul_impl.cu).
+//
+// Every launcher returns the cudaError_t of its launches; the caller checks it and
+// turns it into an ONNX Runtime error. Every launch goes to the Stream it is given,
+// and a Stream is never the default stream (see Stream below; CMake also refuses
+// the triple-chevron launch syntax in src/cuda, so no launch can bypass it).
+//
+// Semantics: docs/op-schema.md; the NumPy oracle wina_onnx/reference.py.
+//   decode  (M <= kMaxDecodeTokens): one fused kernel scores and gates the rows of a
+//           K slab for every token, compacts the rows kept by any token, and multiplies
+//           only those rows (16-byte loads, fp32 accumulation) into per-slab partial
+//           sums; a second small kernel adds the slabs in a fixed order, adds the bias
+//           and rounds to T. No atomics on the data: the result is deterministic.
+//   prefill (more tokens): a masking kernel writes the gated X into the workspace,
+//           then a tiled fp32-accumulating GEMM multiplies it by B.
+//   topk:   first a per-token radix select over the score bits finds the k-th score
+//           and the last index kept among ties (ties keep lower indices), all on the
+//           device; every later kernel applies the same per-token rule
+//             keep(i) = key(score_i) > key_t  ||  (key(score_i) == key_t && i <= cut_t)
+//           where key() maps a float score (NaN -> +inf, -0 -> +0) to an unsigned
+//           integer of the same order. Threshold gating is that rule with
+//           key_t = key(threshold), cut_t = -1, computed inside the kernels.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace wina {
+namespace cuda {
+
+// A stream that is not the default stream: launchers refuse (cudaErrorInvalidResourceHandle)
+// the legacy and per-thread default streams, so work never lands outside ORT's stream.
+class Stream {
+ public:
+  explicit Stream(cudaStream_t stream) : stream_(stream) {}
+  bool valid() const {
+    return stream_ != nullptr && stream_ != cudaStreamLegacy && stream_ != cudaStreamPerThread;
+  }
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_;
+};
+
+enum class GateMode : int { kThreshold = 0, kTopK = 1 };
+
+// Most tokens the fused decode kernel takes; more go through the prefill path.
+inline constexpr int64_t kMaxDecodeTokens = 8;
+
+// One call, in the flattened view X [M, K] x B [K, N]; every pointer is device memory.
+struct Problem {
+  const void* x = nullptr;             // [M, K], T
+  const void* b = nullptr;             // [K, N], T, row-major
+  const float* score_scale = nullptr;  // [K]
+  const float* threshold = nullptr;    // scalar, GateMode::kThreshold
+  const int64_t* k = nullptr;          // scalar, GateMode::kTopK
+  const void* bias = nullptr;          // [N], T, or nullptr
+  void* y = nullptr;                   // [M, N], T
+  int64_t M = 0, K = 0, N = 0;
+  GateMode mode = GateMode::kThreshold;
+};
+
+// How a call is split into blocks; MakePlan chooses one, a benchmark may override it.
+struct Plan {
+  bool decode = true;        // fused decode path (M <= kMaxDecodeTokens), else prefill
+  int64_t rows_per_split = 0;  // decode: rows of B per K slab (a multiple of 32, <= kMaxSlabRows)
+  int64_t splits = 0;        // decode: number of K slabs = ceil(K / rows_per_split)
+  bool vectorized = false;   // decode: 16-byte loads (N * sizeof(T) % 16 == 0, aligned B)
+  bool pdl = false;          // programmatic dependent launch of the reduction (sm_90+)
+};
+inline constexpr int64_t kMaxSlabRows = 512;
+
+struct DeviceInfo {
+  int sm_count = 0;
+  int cc_major = 0;
+};
+
+// The plan for a problem on a device. blocks_per_sm: decode blocks to aim for per
+// multiprocessor (0: the built-in default).
+template <typename T>
+Plan MakePlan(const Problem& p, const DeviceInfo& device, int blocks_per_sm = 0);
+
+// Bytes of device scratch the plan needs (0 allowed: then workspace may be nullptr).
+template <typename T>
+size_t WorkspaceBytes(const Problem& p, const Plan& plan);
+
+// Enqueues the whole computation of Y on `stream`. The workspace must hold
+// WorkspaceBytes(p, plan) bytes and stay untouched until the work is done (stream order).
+template <typename T>
+cudaError_t LaunchWinaSparseMatMul(const Problem& p, const Plan& plan, void* workspace, Stream stream);
+
+}  // namespace cuda
+}  // namespace wina
