@@ -147,7 +147,8 @@ void decode(const SparseMatMulArgs& a, const IsaKernels& kernels, const Parallel
 // the whole tile is never read and each kept row is read once per tile and
 // column block. Tasks are (block of tiles) x (range of columns).
 
-constexpr int64_t kTokensPerBlock = 64;
+constexpr int64_t kTokensPerBlock = 128;
+constexpr int64_t kMinTilesToPack = 3;
 
 struct GateJob {
   const SparseMatMulArgs* args;
@@ -213,6 +214,13 @@ struct TilesJob {
   float* yf;  // [M, N]: y itself for float32
 };
 
+// Work space of one prefill item, per thread.
+struct PackScratch {
+  std::vector<float> pack;
+  std::vector<int32_t> used;
+  std::vector<uint8_t> any;
+};
+
 void tiles_task(void* data, size_t item) {
   const TilesJob& job = *static_cast<const TilesJob*>(data);
   const SparseMatMulArgs& a = *job.args;
@@ -223,8 +231,30 @@ void tiles_task(void* data, size_t item) {
   const int64_t n0 = chunk * job.chunk_width;
   const int64_t n1 = std::min(a.N, n0 + job.chunk_width);
   if (count <= 0 || n0 >= n1) return;
-  job.kernels->tiles[a.dtype](a.b, a.N, n0, n1, job.tiles + first, count, job.kernels->tile_stride,
-                              job.bias, job.yf, a.N);
+
+  // With several tiles, each weight column block is packed once (rows any tile
+  // keeps, as float32) and then read by every tile from a contiguous panel.
+  const TileDesc* tiles = job.tiles + first;
+  float* pack = nullptr;
+  const int32_t* used = nullptr;
+  int64_t num_used = 0;
+  if (count >= kMinTilesToPack) {
+    thread_local PackScratch ps;
+    const int64_t K = a.K;
+    uint8_t* any = sized(ps.any, static_cast<size_t>(K));
+    std::fill(any, any + K, uint8_t{0});
+    for (int64_t t = 0; t < count; ++t)
+      for (int64_t u = 0; u < tiles[t].count; ++u) any[tiles[t].idx[u]] = 1;
+    int32_t* list = sized(ps.used, static_cast<size_t>(K));
+    for (int64_t i = 0; i < K; ++i) {
+      list[num_used] = static_cast<int32_t>(i);
+      num_used += any[i];
+    }
+    used = list;
+    pack = sized(ps.pack, static_cast<size_t>(K * job.kernels->column_block));
+  }
+  job.kernels->tiles[a.dtype](a.b, a.N, n0, n1, tiles, count, job.kernels->tile_stride, used, num_used,
+                              pack, job.bias, job.yf, a.N);
   if (a.dtype != kFloat32) {
     const size_t esize = element_size(a.dtype);
     const int64_t r0 = job.tiles[first].y_row;

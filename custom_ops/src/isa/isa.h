@@ -31,8 +31,13 @@ using DecodeFn = void (*)(const void* b, int64_t ldb, int64_t n0, int64_t n1,
 
 // For every tile and token t, columns [n0, n1):
 //   y[(tile.y_row + t) * ldy + n] = bias[n] (or 0) + sum_u xs[u, t] * float(B[idx[u], n])
+// With `pack` (room for K * column_block floats), each column block of the rows
+// listed in used_rows (the union of the tiles' rows) is first copied, as float32,
+// into pack[row * column_block ...]: a small contiguous panel that the tiles then
+// read from L2 instead of strided (and cache-set-conflicting) weight rows.
 using TilesFn = void (*)(const void* b, int64_t ldb, int64_t n0, int64_t n1,
                          const TileDesc* tiles, int64_t num_tiles, int32_t tile_stride,
+                         const int32_t* used_rows, int64_t num_used, float* pack,
                          const float* bias, float* y, int64_t ldy);
 
 // Work space of the gating: keys, candidates and ranks hold K entries, hist 2048.

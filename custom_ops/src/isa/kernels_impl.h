@@ -195,8 +195,9 @@ static void decode_impl(const void* b, int64_t ldb, int64_t n0, int64_t n1,
 constexpr int TS = WINA_TILE_STRIDE;
 constexpr int NV = WINA_TILE_NV;
 
+// Weight columns from bc0, output (and bias) columns from c0.
 template <int DT, int TM, int V>
-static inline void tile_block(const void* b, int64_t ldb, int64_t c0, const TileDesc& tile,
+static inline void tile_block(const void* b, int64_t ldb, int64_t bc0, int64_t c0, const TileDesc& tile,
                               const float* bias, float* y, int64_t ldy) {
   vf acc[TM][V];
 #pragma GCC unroll 16
@@ -209,7 +210,7 @@ static inline void tile_block(const void* b, int64_t ldb, int64_t c0, const Tile
   const float* xs = tile.xs;
   const int64_t count = tile.count;
   for (int64_t u = 0; u < count; ++u) {
-    const int64_t off = static_cast<int64_t>(idx[u]) * ldb + c0;
+    const int64_t off = static_cast<int64_t>(idx[u]) * ldb + bc0;
     vf bv[V];
 #pragma GCC unroll 16
     for (int v = 0; v < V; ++v) bv[v] = load_b<DT>(b, off + v * VW);
@@ -249,26 +250,41 @@ static inline void tile_tail(const void* b, int64_t ldb, int64_t c0, int64_t col
 }
 
 template <int DT, int V, int TM>
-static inline void tile_dispatch(const void* b, int64_t ldb, int64_t c0, const TileDesc& tile,
+static inline void tile_dispatch(const void* b, int64_t ldb, int64_t bc0, int64_t c0, const TileDesc& tile,
                                  const float* bias, float* y, int64_t ldy) {
   if (tile.tokens == TM) {
-    tile_block<DT, TM, V>(b, ldb, c0, tile, bias, y, ldy);
+    tile_block<DT, TM, V>(b, ldb, bc0, c0, tile, bias, y, ldy);
     return;
   }
-  if constexpr (TM > 1) tile_dispatch<DT, V, TM - 1>(b, ldb, c0, tile, bias, y, ldy);
+  if constexpr (TM > 1) tile_dispatch<DT, V, TM - 1>(b, ldb, bc0, c0, tile, bias, y, ldy);
 }
 
 template <int DT>
 static void tiles_impl(const void* b, int64_t ldb, int64_t n0, int64_t n1,
                        const TileDesc* tiles, int64_t num_tiles, int32_t tile_stride,
+                       const int32_t* used_rows, int64_t num_used, float* pack,
                        const float* bias, float* y, int64_t ldy) {
   (void)tile_stride;  // always TS: the driver builds the tiles with our table's stride
   constexpr int NB = NV * VW;
   int64_t c = n0;
-  for (; c + NB <= n1; c += NB)
-    for (int64_t i = 0; i < num_tiles; ++i) tile_dispatch<DT, NV, TS>(b, ldb, c, tiles[i], bias, y, ldy);
+  for (; c + NB <= n1; c += NB) {
+    if (pack != nullptr) {
+      for (int64_t r = 0; r < num_used; ++r) {
+        const int64_t row = used_rows[r];
+        const int64_t off = row * ldb + c;
+        float* dst = pack + row * NB;
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; ++v) v_storeu(dst + v * VW, load_b<DT>(b, off + v * VW));
+      }
+      for (int64_t i = 0; i < num_tiles; ++i)
+        tile_dispatch<kFloat32, NV, TS>(pack, NB, 0, c, tiles[i], bias, y, ldy);
+    } else {
+      for (int64_t i = 0; i < num_tiles; ++i)
+        tile_dispatch<DT, NV, TS>(b, ldb, c, c, tiles[i], bias, y, ldy);
+    }
+  }
   for (; c + VW <= n1; c += VW)
-    for (int64_t i = 0; i < num_tiles; ++i) tile_dispatch<DT, 1, TS>(b, ldb, c, tiles[i], bias, y, ldy);
+    for (int64_t i = 0; i < num_tiles; ++i) tile_dispatch<DT, 1, TS>(b, ldb, c, c, tiles[i], bias, y, ldy);
   if (c < n1)
     for (int64_t i = 0; i < num_tiles; ++i) tile_tail<DT>(b, ldb, c, n1 - c, tiles[i], bias, y, ldy);
 }
