@@ -100,8 +100,18 @@ def wina_model(
     return finish_model(graph)
 
 
-def session(model: onnx.ModelProto, *, threads: int | None = 1, library: str | None = None):
-    """An ORT CPU session for `model` with the op library registered."""
+def session(
+    model: onnx.ModelProto,
+    *,
+    threads: int | None = 1,
+    library: str | None = None,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    config: dict[str, str] | None = None,
+):
+    """An ORT session for `model` with the op library registered (CPU unless `providers`).
+
+    config: session config entries, e.g. {"session.disable_cpu_ep_fallback": "1"}.
+    """
     import onnxruntime as ort
 
     import wina_onnx
@@ -109,10 +119,10 @@ def session(model: onnx.ModelProto, *, threads: int | None = 1, library: str | N
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     options.register_custom_ops_library(library or wina_onnx.get_library_path())
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
 
 
 def to_ort_value(array: np.ndarray):

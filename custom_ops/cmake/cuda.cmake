@@ -28,6 +28,9 @@ else()
   set(_wina_cuda_default OFF)
 endif()
 option(WINA_ONNX_CUDA "Build the CUDA kernels of WinaSparseMatMul" ${_wina_cuda_default})
+# Source lines in the machine code, for compute-sanitizer and ncu (the code is the same,
+# the library about three times larger).
+option(WINA_ONNX_CUDA_LINEINFO "Build the CUDA kernels with -lineinfo" OFF)
 
 if(WINA_ONNX_CUDA)
   if(NOT WINA_NVCC_EXECUTABLE AND NOT CMAKE_CUDA_COMPILER)
@@ -63,23 +66,30 @@ function(wina_add_cuda_kernels target)
     return()
   endif()
   set(_dir "${CMAKE_CURRENT_SOURCE_DIR}/src/cuda")
-  add_library(wina_cuda_kernels OBJECT
-    "${_dir}/wina_sparse_matmul_cuda.cc"
-    "${_dir}/wina_sparse_matmul_impl.cu")
-  target_include_directories(wina_cuda_kernels PRIVATE "${ORT_HEADERS_DIR}" "${CMAKE_CURRENT_SOURCE_DIR}/src"
-                             ${CUDAToolkit_INCLUDE_DIRS})
+  # The kernels and their launchers (no ONNX Runtime in them).
+  add_library(wina_cuda_kernels OBJECT "${_dir}/wina_sparse_matmul_impl.cu")
+  target_include_directories(wina_cuda_kernels PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}/src")
   set_target_properties(wina_cuda_kernels PROPERTIES
     CUDA_RUNTIME_LIBRARY None
     CUDA_SEPARABLE_COMPILATION OFF
     CUDA_VISIBILITY_PRESET hidden)
-  target_compile_options(wina_cuda_kernels PRIVATE
-    $<$<COMPILE_LANGUAGE:CXX>:-O3 -Wall -Wextra>
-    # -lineinfo maps SASS to source for compute-sanitizer and ncu; it does not change the code.
-    $<$<COMPILE_LANGUAGE:CUDA>:-O3 -lineinfo -Xcompiler=-Wall>)
+  target_compile_options(wina_cuda_kernels PRIVATE -O3 -Xcompiler=-Wall)
+  if(WINA_ONNX_CUDA_LINEINFO)
+    target_compile_options(wina_cuda_kernels PRIVATE -lineinfo)
+  endif()
 
-  target_sources(${target} PRIVATE $<TARGET_OBJECTS:wina_cuda_kernels>)
+  # The ORT kernel (host C++) and the kernels go into the op library.
+  target_sources(${target} PRIVATE "${_dir}/wina_sparse_matmul_cuda.cc" $<TARGET_OBJECTS:wina_cuda_kernels>)
   target_compile_definitions(${target} PRIVATE WINA_ONNX_WITH_CUDA=1)
   target_include_directories(${target} PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
   set_target_properties(${target} PROPERTIES LINKER_LANGUAGE CXX CUDA_RUNTIME_LIBRARY None)
   target_link_libraries(${target} PRIVATE CUDA::cudart_static)
+
+  # Stand-alone check and timing of the launchers, built only on request:
+  #   cmake --build <build dir> --target wina_cuda_launcher_bench
+  add_executable(wina_cuda_launcher_bench EXCLUDE_FROM_ALL
+    "${_dir}/tools/launcher_bench.cu" $<TARGET_OBJECTS:wina_cuda_kernels>)
+  target_include_directories(wina_cuda_launcher_bench PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}/src")
+  set_target_properties(wina_cuda_launcher_bench PROPERTIES CUDA_RUNTIME_LIBRARY Static)
+  target_compile_options(wina_cuda_launcher_bench PRIVATE -O3)
 endfunction()

@@ -503,20 +503,22 @@ __global__ void __launch_bounds__(kReduceCols * kReduceLanes)
   __shared__ float s_sum[kReduceLanes][kReduceCols + 1];
   grid_dependency_wait();
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kReduceCols + threadIdx.x;
-  const int m = blockIdx.y;
-  float acc = 0.0f;
-  if (n < N) {
+  for (int m = blockIdx.y; m < M; m += gridDim.y) {
+    float acc = 0.0f;
+    if (n < N) {
 #pragma unroll 4
-    for (int s = threadIdx.y; s < splits; s += kReduceLanes) acc += partial[(static_cast<int64_t>(s) * M + m) * N + n];
-  }
-  s_sum[threadIdx.y][threadIdx.x] = acc;
-  __syncthreads();
-  if (threadIdx.y == 0 && n < N) {
-    float total = 0.0f;
+      for (int s = threadIdx.y; s < splits; s += kReduceLanes) acc += partial[(static_cast<int64_t>(s) * M + m) * N + n];
+    }
+    s_sum[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && n < N) {
+      float total = 0.0f;
 #pragma unroll
-    for (int i = 0; i < kReduceLanes; ++i) total += s_sum[i][threadIdx.x];
-    if (bias != nullptr) total += Elem<T>::to_float(bias[n]);
-    y[static_cast<int64_t>(m) * N + n] = Elem<T>::from_float(total);
+      for (int i = 0; i < kReduceLanes; ++i) total += s_sum[i][threadIdx.x];
+      if (bias != nullptr) total += Elem<T>::to_float(bias[n]);
+      y[static_cast<int64_t>(m) * N + n] = Elem<T>::from_float(total);
+    }
+    __syncthreads();
   }
 }
 
@@ -636,7 +638,8 @@ cudaError_t launch_decode(const Problem& p, const Plan& plan, const Gate& gate, 
 
 template <typename T>
 cudaError_t launch_reduce(const Problem& p, const float* partial, int splits, bool pdl, Stream stream) {
-  const dim3 grid(static_cast<unsigned>((p.N + kReduceCols - 1) / kReduceCols), static_cast<unsigned>(p.M));
+  const dim3 grid(static_cast<unsigned>((p.N + kReduceCols - 1) / kReduceCols),
+                  static_cast<unsigned>(std::min<int64_t>(p.M, 65535)));
   const dim3 block(kReduceCols, kReduceLanes);
   return launch(stream, reduce_splits_kernel<T>, grid, block, pdl, partial, splits, static_cast<const T*>(p.bias),
                 static_cast<T*>(p.y), static_cast<int>(p.M), p.N);

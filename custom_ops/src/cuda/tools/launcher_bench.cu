@@ -1,0 +1,496 @@
+// Stand-alone check and timing of the WinaSparseMatMul CUDA launchers, without ONNX Runtime.
+//
+// Built on demand (not part of the library): cmake --build <dir> --target wina_cuda_launcher_bench
+//
+//   wina_cuda_launcher_bench check [quick]  launchers against a host reference (the oracle's
+//                                           rules: NaN scores = +inf, top-k ties to lower indices),
+//                                           every dtype, decode and prefill paths, odd shapes
+//   wina_cuda_launcher_bench bench [quick]  one token, float16, 4096x4096, 4096x14336, 14336x4096,
+//                                           sparsity 0 / 0.5 / 0.65, threshold and top-k, over
+//                                           several plans; each case is a CUDA graph of 32 calls on
+//                                           rotating weight copies (>= 512 MiB, past the L2), timed
+//                                           by events over its replays; median per call
+//   wina_cuda_launcher_bench profile        one plain call per case (fp16, one token), for ncu
+//
+// Exit status 1 when a check fails or a CUDA call errs.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "cuda/wina_sparse_matmul_impl.cuh"
+
+using wina::cuda::GateMode;
+using wina::cuda::Plan;
+using wina::cuda::Problem;
+
+#define CHECK(call)                                                                          \
+  do {                                                                                       \
+    cudaError_t err_ = (call);                                                               \
+    if (err_ != cudaSuccess) {                                                               \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(err_)); \
+      std::exit(1);                                                                          \
+    }                                                                                        \
+  } while (0)
+
+namespace {
+
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+  uint64_t next() {
+    s ^= s << 13;
+    s ^= s >> 7;
+    s ^= s << 17;
+    return s;
+  }
+  float uniform() { return (next() >> 40) * (1.0f / 16777216.0f); }        // [0, 1)
+  float normal() {                                                          // approx. N(0, 1)
+    float a = 0;
+    for (int i = 0; i < 4; ++i) a += uniform();
+    return (a - 2.0f) * 1.7320508f;
+  }
+};
+
+template <typename T> T from_f(float v);
+template <> float from_f<float>(float v) { return v; }
+template <> __half from_f<__half>(float v) { return __float2half_rn(v); }
+template <> __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+float to_f(float v) { return v; }
+float to_f(__half v) { return __half2float(v); }
+float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> const char* type_name();
+template <> const char* type_name<float>() { return "float32"; }
+template <> const char* type_name<__half>() { return "float16"; }
+template <> const char* type_name<__nv_bfloat16>() { return "bfloat16"; }
+
+float host_score(float x, float scale) {
+  float s = std::fabs(x) * scale;
+  return std::isnan(s) ? INFINITY : s;
+}
+
+// keep[m * K + i] by the oracle's rules.
+std::vector<char> host_keep(const std::vector<float>& x, const std::vector<float>& scale, int64_t M, int64_t K,
+                            GateMode mode, float threshold, int64_t k) {
+  std::vector<char> keep(static_cast<size_t>(M * K), 0);
+  std::vector<float> s(static_cast<size_t>(K));
+  std::vector<int64_t> order(static_cast<size_t>(K));
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t i = 0; i < K; ++i) s[i] = host_score(x[m * K + i], scale[i]);
+    if (mode == GateMode::kThreshold) {
+      for (int64_t i = 0; i < K; ++i) keep[m * K + i] = s[i] > threshold;
+    } else {
+      const int64_t kk = std::min<int64_t>(std::max<int64_t>(k, 0), K);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return s[a] > s[b]; });
+      for (int64_t r = 0; r < kk; ++r) keep[m * K + order[r]] = 1;
+    }
+  }
+  return keep;
+}
+
+struct DeviceBuffers {
+  std::vector<void*> ptrs;
+  void* alloc(size_t bytes) {
+    void* p = nullptr;
+    CHECK(cudaMalloc(&p, bytes ? bytes : 1));
+    ptrs.push_back(p);
+    return p;
+  }
+  ~DeviceBuffers() {
+    for (void* p : ptrs) cudaFree(p);
+  }
+};
+
+wina::cuda::DeviceInfo device_info() {
+  int dev = 0;
+  CHECK(cudaGetDevice(&dev));
+  wina::cuda::DeviceInfo info;
+  CHECK(cudaDeviceGetAttribute(&info.sm_count, cudaDevAttrMultiProcessorCount, dev));
+  CHECK(cudaDeviceGetAttribute(&info.cc_major, cudaDevAttrComputeCapabilityMajor, dev));
+  return info;
+}
+
+// ---------------------------------------------------------------------------------
+// check
+
+struct CheckCase {
+  int64_t M, K, N;
+  GateMode mode;
+  float sparsity;   // fraction masked (threshold from the score quantile; k = K - round(s K))
+  bool bias;
+  int special;      // 0 random, 1 ties (few magnitudes), 2 NaN in x, 3 threshold NaN / k < 0
+};
+
+template <typename T>
+bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::DeviceInfo& dev, uint64_t seed) {
+  Rng rng(seed);
+  const int64_t M = c.M, K = c.K, N = c.N;
+  std::vector<T> hx(static_cast<size_t>(M * K)), hb(static_cast<size_t>(K * N)), hbias(static_cast<size_t>(N));
+  std::vector<float> fx(hx.size()), fb(hb.size()), fbias(hbias.size()), scale(static_cast<size_t>(K));
+  for (size_t i = 0; i < hx.size(); ++i) {
+    float v = c.special == 1 ? std::floor(rng.uniform() * 9.0f - 4.0f) * 0.5f : rng.normal();
+    if (c.special == 2 && i % 97 == 5) v = NAN;
+    hx[i] = from_f<T>(v);
+    fx[i] = to_f(hx[i]);
+  }
+  for (size_t i = 0; i < hb.size(); ++i) {
+    hb[i] = from_f<T>(rng.normal() / std::sqrt(static_cast<float>(std::max<int64_t>(K, 1))));
+    fb[i] = to_f(hb[i]);
+  }
+  for (size_t i = 0; i < hbias.size(); ++i) {
+    hbias[i] = from_f<T>(rng.normal());
+    fbias[i] = to_f(hbias[i]);
+  }
+  for (int64_t i = 0; i < K; ++i) scale[i] = c.special == 1 ? 0.5f * (1 + (rng.next() % 3)) : 0.5f + rng.uniform();
+
+  float threshold = 0.0f;
+  int64_t k = K - static_cast<int64_t>(std::lround(c.sparsity * K));
+  if (c.mode == GateMode::kThreshold) {
+    std::vector<float> s;
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t i = 0; i < K; ++i) {
+        const float v = host_score(fx[m * K + i], scale[i]);
+        if (std::isfinite(v)) s.push_back(v);
+      }
+    std::sort(s.begin(), s.end());
+    threshold = c.sparsity <= 0.0f || s.empty() ? -1.0f : s[std::min(s.size() - 1, static_cast<size_t>(c.sparsity * s.size()))];
+    if (c.special == 3) threshold = NAN;
+  } else if (c.special == 3) {
+    k = -3;
+  }
+
+  const std::vector<char> keep = host_keep(fx, scale, M, K, c.mode, threshold, k);
+  std::vector<double> ref(static_cast<size_t>(M * N), 0.0);
+  double ref_scale = 1e-3;
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t n = 0; n < N; ++n) {
+      double acc = 0.0;
+      for (int64_t i = 0; i < K; ++i)
+        if (keep[m * K + i]) acc += static_cast<double>(fx[m * K + i]) * fb[i * N + n];
+      if (c.bias) acc += fbias[n];
+      ref[m * N + n] = acc;
+      if (std::isfinite(acc)) ref_scale = std::max(ref_scale, std::fabs(acc));
+    }
+  }
+
+  DeviceBuffers buf;
+  T* dx = static_cast<T*>(buf.alloc(hx.size() * sizeof(T)));
+  T* db = static_cast<T*>(buf.alloc(hb.size() * sizeof(T)));
+  T* dbias = static_cast<T*>(buf.alloc(hbias.size() * sizeof(T)));
+  T* dy = static_cast<T*>(buf.alloc(static_cast<size_t>(M * N) * sizeof(T)));
+  float* dscale = static_cast<float*>(buf.alloc(scale.size() * sizeof(float)));
+  float* dthr = static_cast<float*>(buf.alloc(sizeof(float)));
+  int64_t* dk = static_cast<int64_t*>(buf.alloc(sizeof(int64_t)));
+  CHECK(cudaMemcpy(dx, hx.data(), hx.size() * sizeof(T), cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(db, hb.data(), hb.size() * sizeof(T), cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(dbias, hbias.data(), hbias.size() * sizeof(T), cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(dscale, scale.data(), scale.size() * sizeof(float), cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(dthr, &threshold, sizeof(float), cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(dk, &k, sizeof(int64_t), cudaMemcpyHostToDevice));
+  CHECK(cudaMemset(dy, 0xff, static_cast<size_t>(M * N) * sizeof(T)));  // poison: NaN in every type
+
+  Problem p;
+  p.x = dx;
+  p.b = db;
+  p.score_scale = dscale;
+  p.threshold = dthr;
+  p.k = dk;
+  p.bias = c.bias ? dbias : nullptr;
+  p.y = dy;
+  p.M = M;
+  p.K = K;
+  p.N = N;
+  p.mode = c.mode;
+  const Plan plan = wina::cuda::MakePlan<T>(p, dev);
+  void* ws = buf.alloc(wina::cuda::WorkspaceBytes<T>(p, plan));
+  CHECK(wina::cuda::LaunchWinaSparseMatMul<T>(p, plan, ws, wina::cuda::Stream(stream)));
+  CHECK(cudaStreamSynchronize(stream));
+  std::vector<T> hy(static_cast<size_t>(M * N));
+  CHECK(cudaMemcpy(hy.data(), dy, hy.size() * sizeof(T), cudaMemcpyDeviceToHost));
+
+  const double tol = sizeof(T) == 4 ? 1e-4 : (std::strcmp(type_name<T>(), "float16") == 0 ? 4e-3 : 1.6e-2);
+  double max_err = 0.0;
+  int64_t bad = 0;
+  for (size_t i = 0; i < hy.size(); ++i) {
+    const double y = to_f(hy[i]);
+    if (std::isnan(ref[i])) {
+      if (!std::isnan(y)) ++bad;
+      continue;
+    }
+    if (!std::isfinite(y)) {
+      ++bad;
+      continue;
+    }
+    const double e = std::fabs(y - ref[i]) / ref_scale;
+    max_err = std::max(max_err, e);
+    if (e > tol) ++bad;
+  }
+  const bool ok = bad == 0;
+  if (!ok) {
+    std::printf("FAIL %-8s M=%-3lld K=%-5lld N=%-5lld %-9s s=%.2f bias=%d special=%d plan(decode=%d rows=%lld vec=%d) "
+                "max_rel_err=%.3g bad=%lld\n",
+                type_name<T>(), (long long)M, (long long)K, (long long)N,
+                c.mode == GateMode::kTopK ? "topk" : "threshold", c.sparsity, c.bias, c.special, plan.decode,
+                (long long)plan.rows_per_split, plan.vectorized, max_err, (long long)bad);
+  }
+  return ok;
+}
+
+int check_all(bool quick) {
+  cudaStream_t stream;
+  CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const wina::cuda::DeviceInfo dev = device_info();
+  const std::vector<int64_t> Ms = quick ? std::vector<int64_t>{1, 3, 9} : std::vector<int64_t>{1, 2, 3, 5, 8, 9, 64};
+  const std::vector<int64_t> Ks = quick ? std::vector<int64_t>{17, 1000} : std::vector<int64_t>{1, 17, 64, 192, 1000, 4096, 5000};
+  const std::vector<int64_t> Ns = quick ? std::vector<int64_t>{3, 520} : std::vector<int64_t>{1, 3, 8, 77, 512, 1000, 2048};
+  const float sparsities[] = {0.0f, 0.5f, 0.9f, 1.0f};
+  int total = 0, failed = 0;
+  uint64_t seed = 1;
+  for (int t = 0; t < 3; ++t)
+    for (int64_t M : Ms)
+      for (int64_t K : Ks)
+        for (int64_t N : Ns) {
+          if (M * K * N > 600000000LL / 8) continue;  // keep the host reference quick
+          for (int mi = 0; mi < 2; ++mi) {
+            const GateMode mode = mi ? GateMode::kTopK : GateMode::kThreshold;
+            const float s = sparsities[(seed + mi) % 4];
+            const int special = static_cast<int>((seed / 4) % 4);
+            const CheckCase c{M, K, N, mode, s, (seed % 2) == 0, special};
+            bool ok = t == 0 ? run_check<__half>(c, stream, dev, seed)
+                             : (t == 1 ? run_check<__nv_bfloat16>(c, stream, dev, seed) : run_check<float>(c, stream, dev, seed));
+            ++total;
+            failed += ok ? 0 : 1;
+            ++seed;
+          }
+        }
+  // Many tokens of one big decode-shaped problem, and K past the register path of top-k.
+  for (GateMode mode : {GateMode::kThreshold, GateMode::kTopK}) {
+    for (int64_t K : {14336, 20000}) {
+      if (quick && K == 14336) continue;
+      const CheckCase c{1, K, 256, mode, 0.65f, true, 0};
+      failed += run_check<__half>(c, stream, dev, seed++) ? 0 : 1;
+      ++total;
+      const CheckCase c8{8, K, 96, mode, 0.5f, false, 1};
+      failed += run_check<__half>(c8, stream, dev, seed++) ? 0 : 1;
+      ++total;
+    }
+  }
+  std::printf("check: %d cases, %d failed\n", total, failed);
+  CHECK(cudaStreamDestroy(stream));
+  return failed == 0 ? 0 : 1;
+}
+
+// ---------------------------------------------------------------------------------
+// bench
+
+struct BenchResult {
+  double us;
+  double gbs;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+int bench_all(bool quick) {
+  cudaStream_t stream;
+  CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const wina::cuda::DeviceInfo dev = device_info();
+  cudaDeviceProp prop;
+  int dev_id = 0;
+  CHECK(cudaGetDevice(&dev_id));
+  CHECK(cudaGetDeviceProperties(&prop, dev_id));
+  std::printf("device: %s, %d SMs, L2 %d MiB, cc %d.%d\n", prop.name, prop.multiProcessorCount,
+              prop.l2CacheSize >> 20, prop.major, prop.minor);
+  const int64_t shapes[][2] = {{4096, 4096}, {4096, 14336}, {14336, 4096}};
+  const float sparsities[] = {0.0f, 0.5f, 0.65f};
+  const int chain = 32;
+  const int replays = quick ? 10 : 30;
+  const int bpsm_list[] = {1, 2, 4, 8};
+  std::printf("%-12s %-9s %5s %5s %4s %6s %9s %9s %8s\n", "shape", "gating", "s", "bpsm", "pdl", "rows", "us/call",
+              "GB/s", "kept");
+  for (const auto& shape : shapes) {
+    const int64_t K = shape[0], N = shape[1];
+    const size_t wbytes = static_cast<size_t>(K * N) * sizeof(__half);
+    const int copies = static_cast<int>(std::max<size_t>(2, (512ull << 20) / wbytes + 1));
+    Rng rng(K * 31 + N);
+    std::vector<__half> hb(static_cast<size_t>(K * N));
+    for (auto& v : hb) v = __float2half_rn(rng.normal() * 0.02f);
+    std::vector<__half> hx(static_cast<size_t>(K));
+    std::vector<float> fx(static_cast<size_t>(K)), scale(static_cast<size_t>(K));
+    for (int64_t i = 0; i < K; ++i) {
+      hx[i] = __float2half_rn(rng.normal());
+      fx[i] = __half2float(hx[i]);
+      scale[i] = 0.5f + rng.uniform();
+    }
+    DeviceBuffers buf;
+    std::vector<__half*> dbs;
+    for (int c = 0; c < copies; ++c) {
+      __half* d = static_cast<__half*>(buf.alloc(wbytes));
+      CHECK(cudaMemcpy(d, hb.data(), wbytes, cudaMemcpyHostToDevice));
+      dbs.push_back(d);
+    }
+    __half* dx = static_cast<__half*>(buf.alloc(K * sizeof(__half)));
+    float* dscale = static_cast<float*>(buf.alloc(K * sizeof(float)));
+    __half* dy = static_cast<__half*>(buf.alloc(N * sizeof(__half) * chain));
+    float* dthr = static_cast<float*>(buf.alloc(sizeof(float)));
+    int64_t* dk = static_cast<int64_t*>(buf.alloc(sizeof(int64_t)));
+    CHECK(cudaMemcpy(dx, hx.data(), K * sizeof(__half), cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(dscale, scale.data(), K * sizeof(float), cudaMemcpyHostToDevice));
+    std::vector<float> sorted(static_cast<size_t>(K));
+    for (int64_t i = 0; i < K; ++i) sorted[i] = host_score(fx[i], scale[i]);
+    std::sort(sorted.begin(), sorted.end());
+
+    for (float s : sparsities) {
+      const float thr = s <= 0.0f ? -1.0f : sorted[static_cast<size_t>(s * K)];
+      const int64_t kk = K - static_cast<int64_t>(std::lround(s * K));
+      CHECK(cudaMemcpy(dthr, &thr, sizeof(float), cudaMemcpyHostToDevice));
+      CHECK(cudaMemcpy(dk, &kk, sizeof(int64_t), cudaMemcpyHostToDevice));
+      int64_t kept_thr = 0;
+      for (int64_t i = 0; i < K; ++i) kept_thr += host_score(fx[i], scale[i]) > thr;
+      for (GateMode mode : {GateMode::kThreshold, GateMode::kTopK}) {
+        const int64_t kept = mode == GateMode::kTopK ? kk : kept_thr;
+        for (int bpsm : bpsm_list) {
+          for (int pdl = 0; pdl < (dev.cc_major >= 9 ? 2 : 1); ++pdl) {
+            if (quick && (bpsm == 1 || bpsm == 8)) continue;
+            Problem p;
+            p.x = dx;
+            p.score_scale = dscale;
+            p.threshold = dthr;
+            p.k = dk;
+            p.M = 1;
+            p.K = K;
+            p.N = N;
+            p.mode = mode;
+            p.b = dbs[0];
+            Plan plan = wina::cuda::MakePlan<__half>(p, dev, bpsm);
+            plan.pdl = pdl != 0;
+            void* ws[chain];
+            for (int c = 0; c < chain; ++c) ws[c] = buf.alloc(wina::cuda::WorkspaceBytes<__half>(p, plan));
+            cudaGraph_t graph = nullptr;
+            cudaGraphExec_t exec = nullptr;
+            cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
+            for (int c = 0; c < chain && err == cudaSuccess; ++c) {
+              p.b = dbs[c % copies];
+              p.y = dy + c * N;
+              err = wina::cuda::LaunchWinaSparseMatMul<__half>(p, plan, ws[c], wina::cuda::Stream(stream));
+            }
+            const cudaError_t end = cudaStreamEndCapture(stream, &graph);
+            if (err == cudaSuccess) err = end;
+            if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, graph, 0);
+            if (err != cudaSuccess) {
+              std::printf("bpsm=%d pdl=%d: graph capture failed: %s\n", bpsm, pdl, cudaGetErrorString(err));
+              cudaGetLastError();
+              if (graph) cudaGraphDestroy(graph);
+              continue;
+            }
+            for (int w = 0; w < 3; ++w) CHECK(cudaGraphLaunch(exec, stream));
+            cudaEvent_t e0, e1;
+            CHECK(cudaEventCreate(&e0));
+            CHECK(cudaEventCreate(&e1));
+            std::vector<double> times;
+            for (int r = 0; r < replays; ++r) {
+              CHECK(cudaEventRecord(e0, stream));
+              CHECK(cudaGraphLaunch(exec, stream));
+              CHECK(cudaEventRecord(e1, stream));
+              CHECK(cudaEventSynchronize(e1));
+              float ms = 0;
+              CHECK(cudaEventElapsedTime(&ms, e0, e1));
+              times.push_back(ms * 1000.0 / chain);
+            }
+            CHECK(cudaGetLastError());
+            const double us = median(times);
+            const double bytes = static_cast<double>(kept) * N * sizeof(__half);
+            char shape_name[32];
+            std::snprintf(shape_name, sizeof shape_name, "%lldx%lld", (long long)K, (long long)N);
+            std::printf("%-12s %-9s %5.2f %5d %4d %6lld %9.2f %9.0f %8lld\n", shape_name,
+                        mode == GateMode::kTopK ? "topk" : "threshold", s, bpsm, pdl, (long long)plan.rows_per_split,
+                        us, bytes / us / 1e3, (long long)kept);
+            std::fflush(stdout);
+            CHECK(cudaEventDestroy(e0));
+            CHECK(cudaEventDestroy(e1));
+            CHECK(cudaGraphExecDestroy(exec));
+            CHECK(cudaGraphDestroy(graph));
+          }
+        }
+      }
+    }
+  }
+  CHECK(cudaStreamDestroy(stream));
+  return 0;
+}
+
+// One plain (non-graph) call per case, for a profiler: ncu -k regex:decode ... profile
+int profile_all() {
+  cudaStream_t stream;
+  CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const wina::cuda::DeviceInfo dev = device_info();
+  const int64_t shapes[][2] = {{4096, 4096}, {4096, 14336}, {14336, 4096}};
+  for (const auto& shape : shapes) {
+    const int64_t K = shape[0], N = shape[1];
+    Rng rng(K + N);
+    std::vector<__half> hb(static_cast<size_t>(K * N)), hx(static_cast<size_t>(K));
+    std::vector<float> scale(static_cast<size_t>(K)), sorted(static_cast<size_t>(K));
+    for (auto& v : hb) v = __float2half_rn(rng.normal() * 0.02f);
+    for (int64_t i = 0; i < K; ++i) {
+      hx[i] = __float2half_rn(rng.normal());
+      scale[i] = 0.5f + rng.uniform();
+      sorted[i] = host_score(__half2float(hx[i]), scale[i]);
+    }
+    std::sort(sorted.begin(), sorted.end());
+    DeviceBuffers buf;
+    __half* db = static_cast<__half*>(buf.alloc(hb.size() * 2));
+    __half* dx = static_cast<__half*>(buf.alloc(hx.size() * 2));
+    __half* dy = static_cast<__half*>(buf.alloc(N * 2));
+    float* dscale = static_cast<float*>(buf.alloc(K * 4));
+    float* dthr = static_cast<float*>(buf.alloc(4));
+    int64_t* dk = static_cast<int64_t*>(buf.alloc(8));
+    CHECK(cudaMemcpy(db, hb.data(), hb.size() * 2, cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(dx, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(dscale, scale.data(), K * 4, cudaMemcpyHostToDevice));
+    for (float s : {0.0f, 0.5f}) {
+      for (GateMode mode : {GateMode::kThreshold, GateMode::kTopK}) {
+        if (mode == GateMode::kTopK && s == 0.0f) continue;
+        const float thr = s <= 0.0f ? -1.0f : sorted[static_cast<size_t>(s * K)];
+        const int64_t kk = K - static_cast<int64_t>(std::lround(s * K));
+        CHECK(cudaMemcpy(dthr, &thr, 4, cudaMemcpyHostToDevice));
+        CHECK(cudaMemcpy(dk, &kk, 8, cudaMemcpyHostToDevice));
+        Problem p;
+        p.x = dx; p.b = db; p.score_scale = dscale; p.threshold = dthr; p.k = dk; p.y = dy;
+        p.M = 1; p.K = K; p.N = N; p.mode = mode;
+        const Plan plan = wina::cuda::MakePlan<__half>(p, dev);
+        void* ws = buf.alloc(wina::cuda::WorkspaceBytes<__half>(p, plan));
+        std::printf("profile %lldx%lld %s s=%.2f rows=%lld splits=%lld\n", (long long)K, (long long)N,
+                    mode == GateMode::kTopK ? "topk" : "threshold", s, (long long)plan.rows_per_split,
+                    (long long)plan.splits);
+        CHECK(wina::cuda::LaunchWinaSparseMatMul<__half>(p, plan, ws, wina::cuda::Stream(stream)));
+        CHECK(cudaStreamSynchronize(stream));
+      }
+    }
+  }
+  CHECK(cudaStreamDestroy(stream));
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string what = argc > 1 ? argv[1] : "check";
+  if (what == "check") return check_all(argc > 2 && std::string(argv[2]) == "quick");
+  if (what == "bench") return bench_all(argc > 2 && std::string(argv[2]) == "quick");
+  if (what == "profile") return profile_all();
+  std::fprintf(stderr, "usage: %s check [quick] | bench [quick] | profile\n", argv[0]);
+  return 2;
+}
