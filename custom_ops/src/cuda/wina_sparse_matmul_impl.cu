@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdint>
 #include <utility>
@@ -24,13 +25,13 @@ constexpr unsigned kFullMask = 0xffffffffu;
 // Launching
 
 template <typename... KernelArgs, typename... Args>
-cudaError_t launch(Stream stream, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, bool pdl,
+cudaError_t launch(Stream stream, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, bool pdl,
                    Args&&... args) {
   if (!stream.valid()) return cudaErrorInvalidResourceHandle;
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
-  config.dynamicSmemBytes = 0;
+  config.dynamicSmemBytes = smem;
   config.stream = stream.get();
   cudaLaunchAttribute attribute[1];
   if (pdl) {
@@ -151,14 +152,421 @@ __device__ __forceinline__ bool keep(uint32_t key, int i, uint32_t gate_key, int
 }
 
 // ---------------------------------------------------------------------------------
-// Top-k: per token (one block each), the k-th largest key by a 4-pass radix select
-// (8 bits a pass, from the top), then the index of the last tie to keep.
+// Block-wide helpers (blockDim.x == kSelectThreads)
 
 constexpr int kSelectThreads = 1024;
 
+// Exclusive prefix sum of v over the block in thread order; total over the block.
+// s_scan holds 33 ints; the leading barrier makes back-to-back calls safe.
+__device__ __forceinline__ int block_exclusive_scan(int v, int* s_scan, int& total) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  int inclusive = v;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const int other = __shfl_up_sync(kFullMask, inclusive, offset);
+    if (lane >= offset) inclusive += other;
+  }
+  __syncthreads();
+  if (lane == 31) s_scan[warp] = inclusive;
+  __syncthreads();
+  if (warp == 0) {
+    const int mine = lane < static_cast<int>(blockDim.x >> 5) ? s_scan[lane] : 0;
+    int scan = mine;
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+      const int other = __shfl_up_sync(kFullMask, scan, offset);
+      if (lane >= offset) scan += other;
+    }
+    s_scan[lane] = scan - mine;
+    if (lane == 31) s_scan[32] = scan;
+  }
+  __syncthreads();
+  total = s_scan[32];
+  return s_scan[warp] + inclusive - v;
+}
+
+// ---------------------------------------------------------------------------------
+// Top-k (K < 65536): per token (one block each), the k-th largest key by a 2-pass radix
+// select over 16-bit digits (65536 counters of 16 bits, packed in pairs in 128 KiB of shared
+// memory), then the index of the last tie to keep.
+
+constexpr int kSelectSmemBytes = 65536 * 2;
+
+// The bin holding the `remaining`-th largest element, scanning bins from 65535 down.
+// Thread t owns bins 65535 - 64 t ... 65535 - 64 t - 63; the owner's 64 bins are then
+// scanned by warp 0. Result in s_sel: bin, elements in higher bins, elements in the bin.
+__device__ __forceinline__ uint32_t bin_count(const uint32_t* hist, int bin) {
+  return (hist[bin >> 1] >> ((bin & 1) * 16)) & 0xffffu;
+}
+
+__device__ __forceinline__ void find_bin(const uint32_t* hist, int remaining, int* s_scan, int* s_sel) {
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const uint4* words = reinterpret_cast<const uint4*>(hist) + (32736 - 32 * tid) / 4;
+  int local = 0;
+#pragma unroll
+  for (int q = 0; q < 8; ++q) {
+    const uint4 v = words[(q + lane) & 7];  // rotated: no bank conflicts among 8 lanes
+    local += (v.x & 0xffffu) + (v.x >> 16) + (v.y & 0xffffu) + (v.y >> 16) + (v.z & 0xffffu) + (v.z >> 16) +
+             (v.w & 0xffffu) + (v.w >> 16);
+  }
+  int total = 0;
+  const int exclusive = block_exclusive_scan(local, s_scan, total);
+  if (exclusive < remaining && remaining <= exclusive + local) {
+    s_sel[3] = tid;
+    s_sel[4] = exclusive;
+  }
+  __syncthreads();
+  if (tid < 32) {
+    const int hi = 65535 - 64 * s_sel[3];
+    const int c0 = static_cast<int>(bin_count(hist, hi - 2 * lane));
+    const int c1 = static_cast<int>(bin_count(hist, hi - 2 * lane - 1));
+    int inclusive = c0 + c1;
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+      const int other = __shfl_up_sync(kFullMask, inclusive, offset);
+      if (lane >= offset) inclusive += other;
+    }
+    const int before = s_sel[4] + inclusive - c0 - c1;
+    if (before < remaining && remaining <= before + c0 + c1) {
+      const bool first = before + c0 >= remaining;
+      s_sel[0] = first ? hi - 2 * lane : hi - 2 * lane - 1;
+      s_sel[1] = first ? before : before + c0;
+      s_sel[2] = first ? c0 : c1;
+    }
+  }
+  __syncthreads();
+}
+
+__device__ __forceinline__ void zero_hist(uint32_t* hist) {
+  uint4* h = reinterpret_cast<uint4*>(hist);
+#pragma unroll
+  for (int q = 0; q < kSelectSmemBytes / 16 / kSelectThreads; ++q) h[q * kSelectThreads + threadIdx.x] = make_uint4(0, 0, 0, 0);
+}
+
+template <typename T, int ITEMS>  // ITEMS > 0: K <= ITEMS * 1024, keys in registers
+__global__ void __launch_bounds__(kSelectThreads)
+    topk_select_kernel(const T* __restrict__ x, const float* __restrict__ scale, const int64_t* k_ptr, int K,
+                       uint32_t* __restrict__ gate_keys, int32_t* __restrict__ gate_cuts) {
+  extern __shared__ uint4 s_dynamic[];
+  uint32_t* hist = reinterpret_cast<uint32_t*>(s_dynamic);
+  __shared__ int s_scan[33];
+  __shared__ int s_sel[5];
+  __shared__ unsigned s_ballot[kSelectThreads / 32];
+  __shared__ int s_found;
+  __shared__ int s_total;
+  allow_dependent_launch();
+
+  const int m = blockIdx.x;
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const T* xr = x + static_cast<int64_t>(m) * K;
+  const int64_t k_raw = *k_ptr;
+  const int kk = static_cast<int>(k_raw < 0 ? 0 : (k_raw > K ? K : k_raw));
+
+  constexpr int kRegItems = ITEMS > 0 ? ITEMS : 1;
+  const int chunks = (K + kSelectThreads - 1) / kSelectThreads;
+  uint32_t reg_keys[kRegItems];
+  if constexpr (ITEMS > 0) {
+#pragma unroll
+    for (int j = 0; j < ITEMS; ++j) {
+      const int i = j * kSelectThreads + tid;
+      reg_keys[j] = i < K ? score_key(Elem<T>::to_float(xr[i]), scale[i]) : 0u;
+    }
+  }
+  auto key_at = [&](int j, int i) -> uint32_t {
+    if constexpr (ITEMS > 0) {
+      uint32_t key = 0;
+#pragma unroll
+      for (int jj = 0; jj < ITEMS; ++jj)
+        if (jj == j) key = reg_keys[jj];
+      return key;
+    } else {
+      return score_key(Elem<T>::to_float(xr[i]), scale[i]);
+    }
+  };
+
+  uint32_t key_t = 0;  // the rule: keep key > key_t || (key == key_t && i <= cut)
+  int cut = -1;
+  if (kk == 0) {
+    key_t = 0xffffffffu;
+  } else if (kk < K) {
+    int remaining = kk;
+    // Pass 1: the top 16 bits.
+    zero_hist(hist);
+    if (tid == 0) s_found = -1;
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < (ITEMS > 0 ? ITEMS : chunks); ++j) {
+      const int i = j * kSelectThreads + tid;
+      if (i < K) {
+        const uint32_t bin = key_at(j, i) >> 16;
+        atomicAdd(&hist[bin >> 1], 1u << ((bin & 1u) * 16));
+      }
+    }
+    __syncthreads();
+    find_bin(hist, remaining, s_scan, s_sel);
+    const uint32_t high = static_cast<uint32_t>(s_sel[0]);
+    remaining -= s_sel[1];
+    if (s_sel[2] == remaining) {
+      key_t = (high << 16) - 1;  // every key with these top bits, and all above (high > 0)
+    } else {
+      // Pass 2: the low 16 bits of the keys in that bin.
+      __syncthreads();
+      zero_hist(hist);
+      __syncthreads();
+#pragma unroll
+      for (int j = 0; j < (ITEMS > 0 ? ITEMS : chunks); ++j) {
+        const int i = j * kSelectThreads + tid;
+        if (i < K) {
+          const uint32_t key = key_at(j, i);
+          if ((key >> 16) == high) {
+            const uint32_t bin = key & 0xffffu;
+            atomicAdd(&hist[bin >> 1], 1u << ((bin & 1u) * 16));
+          }
+        }
+      }
+      __syncthreads();
+      find_bin(hist, remaining, s_scan, s_sel);
+      const uint32_t kth = (high << 16) | static_cast<uint32_t>(s_sel[0]);
+      remaining -= s_sel[1];
+      if (s_sel[2] == remaining) {
+        key_t = kth - 1;
+      } else {
+        // Keep the first `remaining` indices whose key is the k-th key.
+        key_t = kth;
+        int running = 0;
+        for (int j = 0; j < chunks; ++j) {
+          const int i = j * kSelectThreads + tid;
+          const bool equal = i < K && key_at(j, i) == kth;
+          const unsigned ballot = __ballot_sync(kFullMask, equal);
+          if (lane == 0) s_ballot[warp] = ballot;
+          __syncthreads();
+          if (warp == 0) {
+            const unsigned mine = s_ballot[lane];
+            const int count = __popc(mine);
+            int inclusive = count;
+#pragma unroll
+            for (int offset = 1; offset < 32; offset <<= 1) {
+              const int other = __shfl_up_sync(kFullMask, inclusive, offset);
+              if (lane >= offset) inclusive += other;
+            }
+            const int exclusive = inclusive - count;
+            const int need = remaining - running;
+            if (exclusive < need && need <= inclusive) {
+              unsigned bits = mine;
+              for (int t = exclusive + 1; t < need; ++t) bits &= bits - 1;
+              s_found = j * kSelectThreads + lane * 32 + (__ffs(bits) - 1);
+            }
+            if (lane == 31) s_total = inclusive;
+          }
+          __syncthreads();
+          if (s_found >= 0) break;
+          running += s_total;
+          __syncthreads();
+        }
+        cut = s_found;
+      }
+    }
+  }
+  if (tid == 0) {
+    gate_keys[m] = key_t;
+    gate_cuts[m] = cut;
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Decode: fused gating and split-K product over the kept rows.
+
+constexpr int kDecodeThreads = 256;
+constexpr int kColThreads = 64;                             // threads across a column tile
+constexpr int kRowGroups = kDecodeThreads / kColThreads;    // threads along the rows
+constexpr int kUnroll = 4;                                  // rows in flight per thread
+
+template <typename T>
+__host__ __device__ constexpr int vec_elems() {
+  return 16 / static_cast<int>(sizeof(T));
+}
+template <typename T>
+__host__ __device__ constexpr int tile_cols() {
+  return kColThreads * vec_elems<T>();
+}
+
+// Block (tile, split): columns [tile * TN, +TN) of the partial sums of rows
+// [split * rows_per_split, +rows_per_split), for every token.
+// partial: [splits, M, N] float32.
+template <typename T, int MT, bool VEC, GateMode MODE>
+__global__ void __launch_bounds__(kDecodeThreads)
+    decode_partial_kernel(const T* __restrict__ x, const T* __restrict__ b, const float* __restrict__ scale,
+                          Gate gate, float* __restrict__ partial, int M, int K, int64_t N,
+                          int rows_per_split) {
+  constexpr int V = vec_elems<T>();
+  constexpr int TN = tile_cols<T>();
+  __shared__ int s_rows[kMaxSlabRows];
+  __shared__ float s_x[MT][kMaxSlabRows];
+  __shared__ int s_warp_count[kDecodeThreads / 32];
+  __shared__ __align__(16) float s_red[kRowGroups - 1][TN];
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int split = blockIdx.y;
+  const int r0 = split * rows_per_split;
+  const int r1 = min(r0 + rows_per_split, K);
+
+  grid_dependency_wait();  // top-k: the per-token rule comes from the select kernel
+  uint32_t gate_key[MT];
+  int gate_cut[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    if (m < M) {
+      token_gate<MODE>(gate, m, gate_key[m], gate_cut[m]);
+    } else {
+      gate_key[m] = 0xffffffffu;
+      gate_cut[m] = -1;
+    }
+  }
+
+  // 1. Gate the slab's rows for every token; list the rows kept by any token, in order.
+  int count = 0;
+  for (int rb = r0; rb < r1; rb += kDecodeThreads) {
+    const int r = rb + tid;
+    float xv[MT];
+    bool any = false;
+    const float sc = r < r1 ? scale[r] : 0.0f;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      xv[m] = 0.0f;
+      if (m < M && r < r1) {
+        const float xf = Elem<T>::to_float(x[static_cast<int64_t>(m) * K + r]);
+        if (keep(score_key(xf, sc), r, gate_key[m], gate_cut[m])) {
+          xv[m] = xf;
+          any = true;
+        }
+      }
+    }
+    const unsigned ballot = __ballot_sync(kFullMask, any);
+    if (lane == 0) s_warp_count[warp] = __popc(ballot);
+    __syncthreads();
+    int offset = 0, total = 0;
+#pragma unroll
+    for (int w = 0; w < kDecodeThreads / 32; ++w) {
+      const int c = s_warp_count[w];
+      offset += w < warp ? c : 0;
+      total += c;
+    }
+    if (any) {
+      const int pos = count + offset + __popc(ballot & ((1u << lane) - 1u));
+      s_rows[pos] = r;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) s_x[m][pos] = xv[m];
+    }
+    count += total;
+    __syncthreads();
+  }
+  allow_dependent_launch();
+
+  // 2. Multiply: row group rg takes kept rows rg, rg + kRowGroups, ...
+  const int ct = tid % kColThreads;
+  const int rg = tid / kColThreads;
+  const int64_t col = static_cast<int64_t>(blockIdx.x) * TN + static_cast<int64_t>(ct) * V;
+  float acc[MT][V];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int v = 0; v < V; ++v) acc[m][v] = 0.0f;
+
+  if (col < N) {
+    if constexpr (VEC) {
+      const T* bcol = b + col;
+      int j = rg;
+      for (; j + (kUnroll - 1) * kRowGroups < count; j += kUnroll * kRowGroups) {
+        uint4 w[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u)
+          w[u] = load_weights16(bcol + static_cast<int64_t>(s_rows[j + u * kRowGroups]) * N);
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          float f[V];
+          Elem<T>::unpack(w[u], f);
+#pragma unroll
+          for (int m = 0; m < MT; ++m) {
+            const float xm = s_x[m][j + u * kRowGroups];
+#pragma unroll
+            for (int v = 0; v < V; ++v) acc[m][v] = fmaf(xm, f[v], acc[m][v]);
+          }
+        }
+      }
+      for (; j < count; j += kRowGroups) {
+        const uint4 w = load_weights16(bcol + static_cast<int64_t>(s_rows[j]) * N);
+        float f[V];
+        Elem<T>::unpack(w, f);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          const float xm = s_x[m][j];
+#pragma unroll
+          for (int v = 0; v < V; ++v) acc[m][v] = fmaf(xm, f[v], acc[m][v]);
+        }
+      }
+    } else {
+      for (int j = rg; j < count; j += kRowGroups) {
+        const T* brow = b + static_cast<int64_t>(s_rows[j]) * N;
+        float f[V];
+#pragma unroll
+        for (int v = 0; v < V; ++v) f[v] = col + v < N ? Elem<T>::to_float(brow[col + v]) : 0.0f;
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          const float xm = s_x[m][j];
+#pragma unroll
+          for (int v = 0; v < V; ++v) acc[m][v] = fmaf(xm, f[v], acc[m][v]);
+        }
+      }
+    }
+  }
+
+  // 3. Add the row groups in a fixed order and store the slab's partial sums.
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    if (m >= M) break;
+    if (rg > 0) {
+#pragma unroll
+      for (int v = 0; v < V; ++v) s_red[rg - 1][ct * V + v] = acc[m][v];
+    }
+    __syncthreads();
+    if (rg == 0 && col < N) {
+      float* out = partial + (static_cast<int64_t>(split) * M + m) * N + col;
+      float sum[V];
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        float s = acc[m][v];
+#pragma unroll
+        for (int g = 0; g < kRowGroups - 1; ++g) s += s_red[g][ct * V + v];
+        sum[v] = s;
+      }
+      if constexpr (VEC) {
+#pragma unroll
+        for (int v = 0; v < V; v += 4)
+          *reinterpret_cast<float4*>(out + v) = make_float4(sum[v], sum[v + 1], sum[v + 2], sum[v + 3]);
+      } else {
+#pragma unroll
+        for (int v = 0; v < V; ++v)
+          if (col + v < N) out[v] = sum[v];
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Top-k for K >= 65536 (beyond the 16-bit counters of topk_select_kernel below): per token
+// (one block each), the k-th largest key by a 4-pass radix select (8 bits a pass, from the
+// top), then the index of the last tie to keep.
+
 template <typename T, int ITEMS>  // ITEMS > 0: K <= ITEMS * kSelectThreads, keys in registers
 __global__ void __launch_bounds__(kSelectThreads)
-    topk_select_kernel(const T* __restrict__ x, const float* __restrict__ scale, const int64_t* k_ptr,
+    topk_select_wide_kernel(const T* __restrict__ x, const float* __restrict__ scale, const int64_t* k_ptr,
                        int K, uint32_t* __restrict__ gate_keys, int32_t* __restrict__ gate_cuts) {
   __shared__ int s_hist[256];
   __shared__ int s_sel[3];
@@ -310,187 +718,6 @@ __global__ void __launch_bounds__(kSelectThreads)
   }
 }
 
-// ---------------------------------------------------------------------------------
-// Decode: fused gating and split-K product over the kept rows.
-
-constexpr int kDecodeThreads = 256;
-constexpr int kColThreads = 64;                             // threads across a column tile
-constexpr int kRowGroups = kDecodeThreads / kColThreads;    // threads along the rows
-constexpr int kUnroll = 4;                                  // rows in flight per thread
-
-template <typename T>
-__host__ __device__ constexpr int vec_elems() {
-  return 16 / static_cast<int>(sizeof(T));
-}
-template <typename T>
-__host__ __device__ constexpr int tile_cols() {
-  return kColThreads * vec_elems<T>();
-}
-
-// Block (tile, split): columns [tile * TN, +TN) of the partial sums of rows
-// [split * rows_per_split, +rows_per_split), for every token.
-// partial: [splits, M, N] float32.
-template <typename T, int MT, bool VEC, GateMode MODE>
-__global__ void __launch_bounds__(kDecodeThreads)
-    decode_partial_kernel(const T* __restrict__ x, const T* __restrict__ b, const float* __restrict__ scale,
-                          Gate gate, float* __restrict__ partial, int M, int K, int64_t N,
-                          int rows_per_split) {
-  constexpr int V = vec_elems<T>();
-  constexpr int TN = tile_cols<T>();
-  __shared__ int s_rows[kMaxSlabRows];
-  __shared__ float s_x[MT][kMaxSlabRows];
-  __shared__ int s_warp_count[kDecodeThreads / 32];
-  __shared__ __align__(16) float s_red[kRowGroups - 1][TN];
-
-  const int tid = threadIdx.x;
-  const int lane = tid & 31;
-  const int warp = tid >> 5;
-  const int split = blockIdx.y;
-  const int r0 = split * rows_per_split;
-  const int r1 = min(r0 + rows_per_split, K);
-
-  uint32_t gate_key[MT];
-  int gate_cut[MT];
-#pragma unroll
-  for (int m = 0; m < MT; ++m) {
-    if (m < M) {
-      token_gate<MODE>(gate, m, gate_key[m], gate_cut[m]);
-    } else {
-      gate_key[m] = 0xffffffffu;
-      gate_cut[m] = -1;
-    }
-  }
-
-  // 1. Gate the slab's rows for every token; list the rows kept by any token, in order.
-  int count = 0;
-  for (int rb = r0; rb < r1; rb += kDecodeThreads) {
-    const int r = rb + tid;
-    float xv[MT];
-    bool any = false;
-    const float sc = r < r1 ? scale[r] : 0.0f;
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      xv[m] = 0.0f;
-      if (m < M && r < r1) {
-        const float xf = Elem<T>::to_float(x[static_cast<int64_t>(m) * K + r]);
-        if (keep(score_key(xf, sc), r, gate_key[m], gate_cut[m])) {
-          xv[m] = xf;
-          any = true;
-        }
-      }
-    }
-    const unsigned ballot = __ballot_sync(kFullMask, any);
-    if (lane == 0) s_warp_count[warp] = __popc(ballot);
-    __syncthreads();
-    int offset = 0, total = 0;
-#pragma unroll
-    for (int w = 0; w < kDecodeThreads / 32; ++w) {
-      const int c = s_warp_count[w];
-      offset += w < warp ? c : 0;
-      total += c;
-    }
-    if (any) {
-      const int pos = count + offset + __popc(ballot & ((1u << lane) - 1u));
-      s_rows[pos] = r;
-#pragma unroll
-      for (int m = 0; m < MT; ++m) s_x[m][pos] = xv[m];
-    }
-    count += total;
-    __syncthreads();
-  }
-  allow_dependent_launch();
-
-  // 2. Multiply: row group rg takes kept rows rg, rg + kRowGroups, ...
-  const int ct = tid % kColThreads;
-  const int rg = tid / kColThreads;
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * TN + static_cast<int64_t>(ct) * V;
-  float acc[MT][V];
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int v = 0; v < V; ++v) acc[m][v] = 0.0f;
-
-  if (col < N) {
-    if constexpr (VEC) {
-      const T* bcol = b + col;
-      int j = rg;
-      for (; j + (kUnroll - 1) * kRowGroups < count; j += kUnroll * kRowGroups) {
-        uint4 w[kUnroll];
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u)
-          w[u] = load_weights16(bcol + static_cast<int64_t>(s_rows[j + u * kRowGroups]) * N);
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          float f[V];
-          Elem<T>::unpack(w[u], f);
-#pragma unroll
-          for (int m = 0; m < MT; ++m) {
-            const float xm = s_x[m][j + u * kRowGroups];
-#pragma unroll
-            for (int v = 0; v < V; ++v) acc[m][v] = fmaf(xm, f[v], acc[m][v]);
-          }
-        }
-      }
-      for (; j < count; j += kRowGroups) {
-        const uint4 w = load_weights16(bcol + static_cast<int64_t>(s_rows[j]) * N);
-        float f[V];
-        Elem<T>::unpack(w, f);
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          const float xm = s_x[m][j];
-#pragma unroll
-          for (int v = 0; v < V; ++v) acc[m][v] = fmaf(xm, f[v], acc[m][v]);
-        }
-      }
-    } else {
-      for (int j = rg; j < count; j += kRowGroups) {
-        const T* brow = b + static_cast<int64_t>(s_rows[j]) * N;
-        float f[V];
-#pragma unroll
-        for (int v = 0; v < V; ++v) f[v] = col + v < N ? Elem<T>::to_float(brow[col + v]) : 0.0f;
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          const float xm = s_x[m][j];
-#pragma unroll
-          for (int v = 0; v < V; ++v) acc[m][v] = fmaf(xm, f[v], acc[m][v]);
-        }
-      }
-    }
-  }
-
-  // 3. Add the row groups in a fixed order and store the slab's partial sums.
-#pragma unroll
-  for (int m = 0; m < MT; ++m) {
-    if (m >= M) break;
-    if (rg > 0) {
-#pragma unroll
-      for (int v = 0; v < V; ++v) s_red[rg - 1][ct * V + v] = acc[m][v];
-    }
-    __syncthreads();
-    if (rg == 0 && col < N) {
-      float* out = partial + (static_cast<int64_t>(split) * M + m) * N + col;
-      float sum[V];
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        float s = acc[m][v];
-#pragma unroll
-        for (int g = 0; g < kRowGroups - 1; ++g) s += s_red[g][ct * V + v];
-        sum[v] = s;
-      }
-      if constexpr (VEC) {
-#pragma unroll
-        for (int v = 0; v < V; v += 4)
-          *reinterpret_cast<float4*>(out + v) = make_float4(sum[v], sum[v + 1], sum[v + 2], sum[v + 3]);
-      } else {
-#pragma unroll
-        for (int v = 0; v < V; ++v)
-          if (col + v < N) out[v] = sum[v];
-      }
-    }
-    __syncthreads();
-  }
-}
-
 // y[m, n] = T(sum over splits of partial[s, m, n] (+ bias[n])), summed in a fixed order.
 // splits == 0 writes the bias (or zeros): the K == 0 case.
 constexpr int kReduceCols = 32;
@@ -609,6 +836,8 @@ __global__ void __launch_bounds__(kGemmThreads)
 constexpr size_t kAlign = 256;
 size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
+// Workspace: [gate keys, gate cuts] (top-k), then the partial sums (decode) or the
+// gated X (prefill).
 size_t gate_bytes(const Problem& p) {
   return p.mode == GateMode::kTopK ? 2 * align_up(static_cast<size_t>(p.M) * 4) : 0;
 }
@@ -621,10 +850,12 @@ cudaError_t launch_decode_mt(const Problem& p, const Plan& plan, const Gate& gat
   const T* x = static_cast<const T*>(p.x);
   const T* b = static_cast<const T*>(p.b);
   const int M = static_cast<int>(p.M), K = static_cast<int>(p.K), rows = static_cast<int>(plan.rows_per_split);
+  // Top-k: programmatically dependent on the select kernel (sm_90), which lets it start at once.
+  const bool pdl = plan.pdl && MODE == GateMode::kTopK;
   if (plan.vectorized)
-    return launch(stream, decode_partial_kernel<T, MT, true, MODE>, grid, block, false, x, b, p.score_scale, gate,
+    return launch(stream, decode_partial_kernel<T, MT, true, MODE>, grid, block, 0, pdl, x, b, p.score_scale, gate,
                   partial, M, K, p.N, rows);
-  return launch(stream, decode_partial_kernel<T, MT, false, MODE>, grid, block, false, x, b, p.score_scale, gate,
+  return launch(stream, decode_partial_kernel<T, MT, false, MODE>, grid, block, 0, pdl, x, b, p.score_scale, gate,
                 partial, M, K, p.N, rows);
 }
 
@@ -641,36 +872,55 @@ cudaError_t launch_reduce(const Problem& p, const float* partial, int splits, bo
   const dim3 grid(static_cast<unsigned>((p.N + kReduceCols - 1) / kReduceCols),
                   static_cast<unsigned>(std::min<int64_t>(p.M, 65535)));
   const dim3 block(kReduceCols, kReduceLanes);
-  return launch(stream, reduce_splits_kernel<T>, grid, block, pdl, partial, splits, static_cast<const T*>(p.bias),
+  return launch(stream, reduce_splits_kernel<T>, grid, block, 0, pdl, partial, splits, static_cast<const T*>(p.bias),
                 static_cast<T*>(p.y), static_cast<int>(p.M), p.N);
 }
 
+// Raises the shared-memory limit of the top-k kernel once per device (128 KiB > the default 48).
+template <typename T, int ITEMS>
+cudaError_t allow_select_smem() {
+  static std::atomic<uint64_t> done{0};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
+  if (bit != 0 && (done.load(std::memory_order_acquire) & bit)) return cudaSuccess;
+  err = cudaFuncSetAttribute(topk_select_kernel<T, ITEMS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             kSelectSmemBytes);
+  if (err == cudaSuccess && bit != 0) done.fetch_or(bit, std::memory_order_release);
+  return err;
+}
+
+template <typename T, int ITEMS>
+cudaError_t launch_select_items(const Problem& p, uint32_t* keys, int32_t* cuts, Stream stream) {
+  const cudaError_t err = allow_select_smem<T, ITEMS>();
+  if (err != cudaSuccess) return err;
+  return launch(stream, topk_select_kernel<T, ITEMS>, dim3(static_cast<unsigned>(p.M)), dim3(kSelectThreads),
+                kSelectSmemBytes, false, static_cast<const T*>(p.x), p.score_scale, p.k, static_cast<int>(p.K), keys,
+                cuts);
+}
+
+// The per-token top-k rule (key_t, cut_t) into keys and cuts.
 template <typename T>
-cudaError_t launch_select(const Problem& p, const Gate& gate, Stream stream) {
-  const dim3 grid(static_cast<unsigned>(p.M));
-  const dim3 block(kSelectThreads);
-  const T* x = static_cast<const T*>(p.x);
-  const int K = static_cast<int>(p.K);
-  uint32_t* keys = const_cast<uint32_t*>(gate.keys);
-  int32_t* cuts = const_cast<int32_t*>(gate.cuts);
-  if (p.K <= 4 * kSelectThreads)
-    return launch(stream, topk_select_kernel<T, 4>, grid, block, false, x, p.score_scale, p.k, K, keys, cuts);
-  if (p.K <= 8 * kSelectThreads)
-    return launch(stream, topk_select_kernel<T, 8>, grid, block, false, x, p.score_scale, p.k, K, keys, cuts);
-  if (p.K <= 16 * kSelectThreads)
-    return launch(stream, topk_select_kernel<T, 16>, grid, block, false, x, p.score_scale, p.k, K, keys, cuts);
-  return launch(stream, topk_select_kernel<T, 0>, grid, block, false, x, p.score_scale, p.k, K, keys, cuts);
+cudaError_t launch_select(const Problem& p, uint32_t* keys, int32_t* cuts, Stream stream) {
+  if (p.K >= 65536)
+    return launch(stream, topk_select_wide_kernel<T, 0>, dim3(static_cast<unsigned>(p.M)), dim3(kSelectThreads), 0,
+                  false, static_cast<const T*>(p.x), p.score_scale, p.k, static_cast<int>(p.K), keys, cuts);
+  if (p.K <= 4 * kSelectThreads) return launch_select_items<T, 4>(p, keys, cuts, stream);
+  if (p.K <= 8 * kSelectThreads) return launch_select_items<T, 8>(p, keys, cuts, stream);
+  if (p.K <= 16 * kSelectThreads) return launch_select_items<T, 16>(p, keys, cuts, stream);
+  return launch_select_items<T, 0>(p, keys, cuts, stream);
 }
 
 template <typename T, GateMode MODE>
 cudaError_t launch_prefill(const Problem& p, const Gate& gate, T* xg, Stream stream) {
   const int64_t total = p.M * p.K;
   const unsigned mask_blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65536));
-  cudaError_t err = launch(stream, mask_kernel<T, MODE>, dim3(mask_blocks), dim3(256), false,
+  cudaError_t err = launch(stream, mask_kernel<T, MODE>, dim3(mask_blocks), dim3(256), 0, false,
                            static_cast<const T*>(p.x), p.score_scale, gate, xg, p.M, static_cast<int>(p.K));
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>((p.N + kGemmBN - 1) / kGemmBN), static_cast<unsigned>((p.M + kGemmBM - 1) / kGemmBM));
-  return launch(stream, gemm_kernel<T>, grid, dim3(kGemmThreads), false, static_cast<const T*>(xg),
+  return launch(stream, gemm_kernel<T>, grid, dim3(kGemmThreads), 0, false, static_cast<const T*>(xg),
                 static_cast<const T*>(p.b), static_cast<const T*>(p.bias), static_cast<T*>(p.y), static_cast<int>(p.M),
                 static_cast<int>(p.K), p.N);
 }
@@ -711,7 +961,7 @@ size_t WorkspaceBytes(const Problem& p, const Plan& plan) {
 template <typename T>
 cudaError_t LaunchWinaSparseMatMul(const Problem& p, const Plan& plan, void* workspace, Stream stream) {
   if (!stream.valid()) return cudaErrorInvalidResourceHandle;
-  if (p.M < 0 || p.K < 0 || p.N < 0 || p.K > INT_MAX || p.M > INT_MAX || p.M > 65535 * kGemmBM)
+  if (p.M < 0 || p.K < 0 || p.N < 0 || p.K > INT_MAX / 2 || p.M > INT_MAX || p.M > 65535 * kGemmBM)
     return cudaErrorInvalidValue;
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   if (p.K == 0) return launch_reduce<T>(p, nullptr, 0, false, stream);  // Y = bias or 0
@@ -724,12 +974,14 @@ cudaError_t LaunchWinaSparseMatMul(const Problem& p, const Plan& plan, void* wor
   char* ws = static_cast<char*>(workspace);
   Gate gate{p.threshold, nullptr, nullptr};
   if (p.mode == GateMode::kTopK) {
-    gate.keys = reinterpret_cast<const uint32_t*>(ws);
-    gate.cuts = reinterpret_cast<const int32_t*>(ws + align_up(static_cast<size_t>(p.M) * 4));
-    ws += gate_bytes(p);
-    const cudaError_t err = launch_select<T>(p, gate, stream);
+    uint32_t* keys = reinterpret_cast<uint32_t*>(ws);
+    int32_t* cuts = reinterpret_cast<int32_t*>(ws + align_up(static_cast<size_t>(p.M) * 4));
+    gate.keys = keys;
+    gate.cuts = cuts;
+    const cudaError_t err = launch_select<T>(p, keys, cuts, stream);
     if (err != cudaSuccess) return err;
   }
+  ws += gate_bytes(p);
   if (plan.decode) {
     float* partial = reinterpret_cast<float*>(ws);
     const cudaError_t err = p.mode == GateMode::kTopK

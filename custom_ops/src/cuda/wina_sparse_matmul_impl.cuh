@@ -7,15 +7,17 @@
 //
 // Semantics: docs/op-schema.md; the NumPy oracle wina_onnx/reference.py.
 //   decode  (M <= kMaxDecodeTokens): one fused kernel scores and gates the rows of a
-//           K slab for every token, compacts the rows kept by any token, and multiplies
-//           only those rows (16-byte loads, fp32 accumulation) into per-slab partial
-//           sums; a second small kernel adds the slabs in a fixed order, adds the bias
-//           and rounds to T. No atomics on the data: the result is deterministic.
+//           K slab for every token, lists in shared memory the rows kept by any token, and
+//           multiplies only those rows (16-byte loads, fp32 accumulation) into per-slab
+//           partial sums; a second small kernel adds the slabs in a fixed order, adds the
+//           bias and rounds to T (launched programmatically dependent on sm_90, so its
+//           launch overlaps the first). No atomics on the data: the result is deterministic.
 //   prefill (more tokens): a masking kernel writes the gated X into the workspace,
 //           then a tiled fp32-accumulating GEMM multiplies it by B.
-//   topk:   first a per-token radix select over the score bits finds the k-th score
-//           and the last index kept among ties (ties keep lower indices), all on the
-//           device; every later kernel applies the same per-token rule
+//   topk:   first a per-token radix select over the score bits (two 16-bit passes for
+//           K < 65536, one block a token) finds the k-th score and the last index kept
+//           among ties (ties keep lower indices), all on the device; every later kernel
+//           applies the same per-token rule
 //             keep(i) = key(score_i) > key_t  ||  (key(score_i) == key_t && i <= cut_t)
 //           where key() maps a float score (NaN -> +inf, -0 -> +0) to an unsigned
 //           integer of the same order. Threshold gating is that rule with
@@ -68,7 +70,8 @@ struct Plan {
   int64_t rows_per_split = 0;  // decode: rows of B per K slab (a multiple of 32, <= kMaxSlabRows)
   int64_t splits = 0;        // decode: number of K slabs = ceil(K / rows_per_split)
   bool vectorized = false;   // decode: 16-byte loads (N * sizeof(T) % 16 == 0, aligned B)
-  bool pdl = false;          // programmatic dependent launch of the reduction (sm_90+)
+  bool pdl = false;          // programmatic dependent launch of the kernels that follow
+                             // another of the same call (sm_90+)
 };
 inline constexpr int64_t kMaxSlabRows = 512;
 
