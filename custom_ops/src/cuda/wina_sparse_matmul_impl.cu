@@ -106,13 +106,15 @@ struct Elem<__nv_bfloat16> {
   }
 };
 
-// 16 bytes of a weight row: read once, so it bypasses L1.
-__device__ __forceinline__ uint4 load_weights16(const void* p) {
-  uint4 r;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(p));
-  return r;
+// 16 bytes global -> shared without registers (cp.async, sm_80+, L2 only): a thread can
+// have many rows in flight, whatever register budget the compiler settles on.
+__device__ __forceinline__ void copy16_async(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+
+__device__ __forceinline__ void wait_async_copies() {
+  asm volatile("cp.async.commit_group;\n\tcp.async.wait_group 0;" ::: "memory");
 }
 
 // ---------------------------------------------------------------------------------
@@ -383,7 +385,6 @@ __global__ void __launch_bounds__(kSelectThreads)
 constexpr int kDecodeThreads = 256;
 constexpr int kColThreads = 64;                             // threads across a column tile
 constexpr int kRowGroups = kDecodeThreads / kColThreads;    // threads along the rows
-constexpr int kUnroll = 4;                                  // rows in flight per thread
 
 template <typename T>
 __host__ __device__ constexpr int vec_elems() {
@@ -397,7 +398,7 @@ __host__ __device__ constexpr int tile_cols() {
 // Block (tile, split): columns [tile * TN, +TN) of the partial sums of rows
 // [split * rows_per_split, +rows_per_split), for every token.
 // partial: [splits, M, N] float32.
-template <typename T, int MT, bool VEC, GateMode MODE>
+template <typename T, int MT, bool VEC, GateMode MODE, int U>  // U: rows in flight per thread
 __global__ void __launch_bounds__(kDecodeThreads)
     decode_partial_kernel(const T* __restrict__ x, const T* __restrict__ b, const float* __restrict__ scale,
                           Gate gate, float* __restrict__ partial, int M, int K, int64_t N,
@@ -480,34 +481,28 @@ __global__ void __launch_bounds__(kDecodeThreads)
 
   if (col < N) {
     if constexpr (VEC) {
+      // U rows a thread in flight at once, each 16 bytes, through shared memory.
+      __shared__ __align__(16) uint4 s_w[U][kDecodeThreads];
       const T* bcol = b + col;
-      int j = rg;
-      for (; j + (kUnroll - 1) * kRowGroups < count; j += kUnroll * kRowGroups) {
-        uint4 w[kUnroll];
+      for (int j0 = rg; j0 < count; j0 += U * kRowGroups) {
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u)
-          w[u] = load_weights16(bcol + static_cast<int64_t>(s_rows[j + u * kRowGroups]) * N);
+        for (int u = 0; u < U; ++u) {
+          const int j = j0 + u * kRowGroups;
+          if (j < count) copy16_async(&s_w[u][tid], bcol + static_cast<int64_t>(s_rows[j]) * N);
+        }
+        wait_async_copies();
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
+        for (int u = 0; u < U; ++u) {
+          const int j = j0 + u * kRowGroups;
+          if (j >= count) break;
           float f[V];
-          Elem<T>::unpack(w[u], f);
+          Elem<T>::unpack(s_w[u][tid], f);
 #pragma unroll
           for (int m = 0; m < MT; ++m) {
-            const float xm = s_x[m][j + u * kRowGroups];
+            const float xm = s_x[m][j];
 #pragma unroll
             for (int v = 0; v < V; ++v) acc[m][v] = fmaf(xm, f[v], acc[m][v]);
           }
-        }
-      }
-      for (; j < count; j += kRowGroups) {
-        const uint4 w = load_weights16(bcol + static_cast<int64_t>(s_rows[j]) * N);
-        float f[V];
-        Elem<T>::unpack(w, f);
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          const float xm = s_x[m][j];
-#pragma unroll
-          for (int v = 0; v < V; ++v) acc[m][v] = fmaf(xm, f[v], acc[m][v]);
         }
       }
     } else {
@@ -842,8 +837,8 @@ size_t gate_bytes(const Problem& p) {
   return p.mode == GateMode::kTopK ? 2 * align_up(static_cast<size_t>(p.M) * 4) : 0;
 }
 
-template <typename T, int MT, GateMode MODE>
-cudaError_t launch_decode_mt(const Problem& p, const Plan& plan, const Gate& gate, float* partial, Stream stream) {
+template <typename T, int MT, GateMode MODE, int U>
+cudaError_t launch_decode_u(const Problem& p, const Plan& plan, const Gate& gate, float* partial, Stream stream) {
   const dim3 grid(static_cast<unsigned>((p.N + tile_cols<T>() - 1) / tile_cols<T>()),
                   static_cast<unsigned>(plan.splits));
   const dim3 block(kDecodeThreads);
@@ -853,10 +848,19 @@ cudaError_t launch_decode_mt(const Problem& p, const Plan& plan, const Gate& gat
   // Top-k: programmatically dependent on the select kernel (sm_90), which lets it start at once.
   const bool pdl = plan.pdl && MODE == GateMode::kTopK;
   if (plan.vectorized)
-    return launch(stream, decode_partial_kernel<T, MT, true, MODE>, grid, block, 0, pdl, x, b, p.score_scale, gate,
+    return launch(stream, decode_partial_kernel<T, MT, true, MODE, U>, grid, block, 0, pdl, x, b, p.score_scale, gate,
                   partial, M, K, p.N, rows);
-  return launch(stream, decode_partial_kernel<T, MT, false, MODE>, grid, block, 0, pdl, x, b, p.score_scale, gate,
+  return launch(stream, decode_partial_kernel<T, MT, false, MODE, U>, grid, block, 0, pdl, x, b, p.score_scale, gate,
                 partial, M, K, p.N, rows);
+}
+
+// Rows in flight per thread: 4 or 8 for up to two tokens, 4 for more (shared memory).
+template <typename T, int MT, GateMode MODE>
+cudaError_t launch_decode_mt(const Problem& p, const Plan& plan, const Gate& gate, float* partial, Stream stream) {
+  if constexpr (MT <= 2) {
+    if (plan.unroll >= 8) return launch_decode_u<T, MT, MODE, 8>(p, plan, gate, partial, stream);
+  }
+  return launch_decode_u<T, MT, MODE, 4>(p, plan, gate, partial, stream);
 }
 
 template <typename T, GateMode MODE>
@@ -936,13 +940,16 @@ Plan MakePlan(const Problem& p, const DeviceInfo& device, int blocks_per_sm) {
   constexpr int64_t V = vec_elems<T>();
   plan.vectorized = p.N % V == 0 && reinterpret_cast<uintptr_t>(p.b) % 16 == 0;
   const int64_t tiles = (p.N + tile_cols<T>() - 1) / tile_cols<T>();
-  const int64_t target = static_cast<int64_t>(blocks_per_sm > 0 ? blocks_per_sm : 4) * std::max(device.sm_count, 1);
+  // Two blocks per multiprocessor: the best or within 3% of it for the Llama-3-8B shapes
+  // on an H100 (benchmarks/results/kernel_cuda_launchers.txt).
+  const int64_t target = static_cast<int64_t>(blocks_per_sm > 0 ? blocks_per_sm : 2) * std::max(device.sm_count, 1);
   const int64_t want_splits = std::max<int64_t>(1, (target + tiles - 1) / tiles);
   int64_t rows = (p.K + want_splits - 1) / want_splits;
   rows = (rows + 31) / 32 * 32;
   rows = std::min<int64_t>(std::max<int64_t>(rows, 64), kMaxSlabRows);
   plan.rows_per_split = rows;
   plan.splits = (p.K + rows - 1) / rows;
+  plan.unroll = p.M <= 2 ? 8 : 4;
   return plan;
 }
 

@@ -8,7 +8,8 @@
 // Semantics: docs/op-schema.md; the NumPy oracle wina_onnx/reference.py.
 //   decode  (M <= kMaxDecodeTokens): one fused kernel scores and gates the rows of a
 //           K slab for every token, lists in shared memory the rows kept by any token, and
-//           multiplies only those rows (16-byte loads, fp32 accumulation) into per-slab
+//           multiplies only those rows (16-byte cp.async copies, 4 or 8 rows in flight per
+//           thread, fp32 accumulation) into per-slab
 //           partial sums; a second small kernel adds the slabs in a fixed order, adds the
 //           bias and rounds to T (launched programmatically dependent on sm_90, so its
 //           launch overlaps the first). No atomics on the data: the result is deterministic.
@@ -70,6 +71,7 @@ struct Plan {
   int64_t rows_per_split = 0;  // decode: rows of B per K slab (a multiple of 32, <= kMaxSlabRows)
   int64_t splits = 0;        // decode: number of K slabs = ceil(K / rows_per_split)
   bool vectorized = false;   // decode: 16-byte loads (N * sizeof(T) % 16 == 0, aligned B)
+  int unroll = 4;            // decode: weight rows in flight per thread (4; 8 for <= 2 tokens)
   bool pdl = false;          // programmatic dependent launch of the kernels that follow
                              // another of the same call (sm_90+)
 };
@@ -81,7 +83,7 @@ struct DeviceInfo {
 };
 
 // The plan for a problem on a device. blocks_per_sm: decode blocks to aim for per
-// multiprocessor (0: the built-in default).
+// multiprocessor (0: the built-in default, 2).
 template <typename T>
 Plan MakePlan(const Problem& p, const DeviceInfo& device, int blocks_per_sm = 0);
 

@@ -214,7 +214,8 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
   p.mode = c.mode;
   wina::cuda::DeviceInfo dev_case = dev;
   if (seed % 3 == 2) dev_case.cc_major = 8;  // every third case: the plan of an sm_80 GPU (no PDL)
-  const Plan plan = wina::cuda::MakePlan<T>(p, dev_case, static_cast<int>(1 + seed % 8));
+  Plan plan = wina::cuda::MakePlan<T>(p, dev_case, static_cast<int>(1 + seed % 8));
+  plan.unroll = 4 << (seed % 2);
   void* ws = buf.alloc(wina::cuda::WorkspaceBytes<T>(p, plan));
   CHECK(wina::cuda::LaunchWinaSparseMatMul<T>(p, plan, ws, wina::cuda::Stream(stream)));
   CHECK(cudaStreamSynchronize(stream));
@@ -321,7 +322,7 @@ int bench_all(bool quick) {
   const int chain = 32;
   const int replays = quick ? 10 : 30;
   const int bpsm_list[] = {1, 2, 4, 8};
-  std::printf("%-12s %-9s %5s %5s %4s %6s %9s %9s %8s\n", "shape", "gating", "s", "bpsm", "pdl", "rows",
+  std::printf("%-12s %-9s %5s %5s %4s %6s %9s %9s %8s\n", "shape", "gating", "s", "bpsm", "unr", "rows",
               "us/call", "GB/s", "kept");
   for (const auto& shape : shapes) {
     const int64_t K = shape[0], N = shape[1];
@@ -365,7 +366,8 @@ int bench_all(bool quick) {
       for (GateMode mode : {GateMode::kThreshold, GateMode::kTopK}) {
         const int64_t kept = mode == GateMode::kTopK ? kk : kept_thr;
         for (int bpsm : bpsm_list) {
-          for (int pdl = dev.cc_major >= 9 ? 1 : 0; pdl >= 0; --pdl) {
+          for (int unroll : {4, 8}) {
+            const int pdl = dev.cc_major >= 9 ? 1 : 0;
             if (quick && (bpsm == 1 || bpsm == 8)) continue;
             Problem p;
             p.x = dx;
@@ -379,6 +381,7 @@ int bench_all(bool quick) {
             p.b = dbs[0];
             Plan plan = wina::cuda::MakePlan<__half>(p, dev, bpsm);
             plan.pdl = pdl != 0;
+            plan.unroll = unroll;
             void* ws[chain];
             for (int c = 0; c < chain; ++c) ws[c] = buf.alloc(wina::cuda::WorkspaceBytes<__half>(p, plan));
             cudaGraph_t graph = nullptr;
@@ -393,7 +396,7 @@ int bench_all(bool quick) {
             if (err == cudaSuccess) err = end;
             if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, graph, 0);
             if (err != cudaSuccess) {
-              std::printf("bpsm=%d pdl=%d: graph capture failed: %s\n", bpsm, pdl, cudaGetErrorString(err));
+              std::printf("bpsm=%d unroll=%d: graph capture failed: %s\n", bpsm, unroll, cudaGetErrorString(err));
               cudaGetLastError();
               if (graph) cudaGraphDestroy(graph);
               continue;
@@ -418,7 +421,7 @@ int bench_all(bool quick) {
             char shape_name[32];
             std::snprintf(shape_name, sizeof shape_name, "%lldx%lld", (long long)K, (long long)N);
             std::printf("%-12s %-9s %5.2f %5d %4d %6lld %9.2f %9.0f %8lld\n", shape_name,
-                        mode == GateMode::kTopK ? "topk" : "threshold", s, bpsm, pdl, (long long)plan.rows_per_split,
+                        mode == GateMode::kTopK ? "topk" : "threshold", s, bpsm, unroll, (long long)plan.rows_per_split,
                         us, bytes / us / 1e3, (long long)kept);
             std::fflush(stdout);
             CHECK(cudaEventDestroy(e0));
