@@ -12,7 +12,8 @@ shape, with the same options (intra_op_num_threads, sequential executor):
 
 score_scale is each weight's row norms (WINA). Repetitions are interleaved over all
 (variant, sparsity) cases, each timed run preceded by --settle untimed runs of the same
-case (so that the previous session's spinning pool threads have gone idle); the table gives the median and IQR of the time per
+case; all sessions set session.force_spinning_stop, so that no session's pool threads
+spin on after its Run while another session runs; the table gives the median and IQR of the time per
 matmul, the bandwidth counting only the weight rows read, and the speedup against
 the dense median of the same run.
 
@@ -51,9 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=3, help="untimed runs per case first (default 3)")
     p.add_argument(
         "--settle", type=int, default=1,
-        help="untimed runs of a case right before each timed one (default 1): the previous "
-        "case's session keeps its pool threads spinning for a while after its run, which "
-        "would steal the cores from the timed run")
+        help="untimed runs of a case right before each timed one (default 1), so that each "
+        "timed run starts with warm code and pool threads")
     p.add_argument("--threads", type=int, default=2, help="intra_op_num_threads (default 2)")
     p.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES), help="KxN,KxN,...")
     p.add_argument("--sparsities", default=",".join(str(s) for s in SPARSITIES))
@@ -95,6 +95,9 @@ def make_session(model, threads):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Three sessions take turns: a session's pool threads must not go on spinning after
+    # its Run and steal the cores from the next session's (spinning within a Run stays).
+    opts.add_session_config_entry("session.force_spinning_stop", "1")
     opts.register_custom_ops_library(wina_onnx.get_library_path())
     data = model.SerializeToString()
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])

@@ -144,6 +144,14 @@ static int64_t gate_impl(const float* x, const float* scale, int64_t K, int32_t 
   uint32_t* keys = s.keys;
   uint32_t* hist = s.hist;
   int32_t* cand = s.candidates;
+  // In a model the weights streamed since the last call have pushed this work space
+  // out of the caches: ask for all of it at once rather than miss by miss.
+  for (int64_t i = 0; i < K; i += 16) {
+    __builtin_prefetch(keys + i, 1);
+    __builtin_prefetch(cand + i, 1);
+    __builtin_prefetch(x + i);
+  }
+  for (int b = 0; b < 2048; b += 16) __builtin_prefetch(hist + b, 1);
 
   uint32_t max_key = 0;
   for (int64_t i = 0; i < K; ++i) {
