@@ -125,10 +125,13 @@ def bench_models(
     if prompt_tokens < 1 or repeats < 1:
         raise ValueError("prompt_tokens and repeats must be at least 1")
     models: dict[str, CausalLM] = {}
+    # The sessions take turns: a session's pool threads must not keep spinning after its
+    # run and steal the cores from the next model's (spinning within a run stays on).
+    config = {"session.force_spinning_stop": "1"}
     for name, path in paths.items():
         stage("bench", f"loading {name} from {path}", enabled=progress)
         models[name] = CausalLM.from_path(
-            path, threads=threads, providers=providers, optimization_level=optimization_level
+            path, threads=threads, providers=providers, optimization_level=optimization_level, config=config
         )
     vocab = min(int(lm.vocab_size or 1000) for lm in models.values())
     rng = np.random.default_rng(seed)

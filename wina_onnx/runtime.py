@@ -56,10 +56,12 @@ def uses_wina_domain(model_path: str | Path) -> bool:
 
 
 def session_options(
-    *, threads: int | None = None, optimization_level: str | None = None
+    *, threads: int | None = None, optimization_level: str | None = None, config: dict[str, str] | None = None
 ) -> ort.SessionOptions:
-    """ORT SessionOptions with the thread count and graph optimisation level set."""
+    """ORT SessionOptions with the thread count, graph optimisation level and config entries set."""
     options = ort.SessionOptions()
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     if threads is not None:
         # intra-op threads do the MatMuls; one inter-op thread because the graph is a chain.
         options.intra_op_num_threads = threads
@@ -77,6 +79,7 @@ def load_session(
     threads: int | None = None,
     providers: Sequence[str] | None = None,
     optimization_level: str | None = None,
+    config: dict[str, str] | None = None,
 ) -> ort.InferenceSession:
     """Create an InferenceSession for `model_path`, registering the op library when needed.
 
@@ -89,7 +92,7 @@ def load_session(
         model_path = model_path / "model.onnx"
     if not model_path.is_file():
         raise ModelLoadError(f"{model_path} does not exist")
-    options = session_options(threads=threads, optimization_level=optimization_level)
+    options = session_options(threads=threads, optimization_level=optimization_level, config=config)
     if uses_wina_domain(model_path):
         try:
             register_library(options)
@@ -181,13 +184,14 @@ class CausalLM:
         threads: int | None = None,
         providers: Sequence[str] | None = None,
         optimization_level: str | None = None,
+        config: dict[str, str] | None = None,
     ) -> "CausalLM":
         """Load model.onnx (or a folder holding it) with `load_session`."""
         model_path = Path(model_path)
         if model_path.is_dir():
             model_path = model_path / "model.onnx"
         session = load_session(
-            model_path, threads=threads, providers=providers, optimization_level=optimization_level
+            model_path, threads=threads, providers=providers, optimization_level=optimization_level, config=config
         )
         return cls(session, model_path.parent)
 
