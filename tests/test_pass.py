@@ -150,3 +150,29 @@ def test_teal_gates_share_one_ones_vector_per_k() -> None:
     apply_wina_gates(model, GateConfig(mode="teal"))
     names = [i.name for i in model.graph.initializer]
     assert len(names) == len(set(names)) and names.count("wina_ones_8") == 1
+
+
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.FLOAT16])
+@pytest.mark.parametrize("k, n", [(1, 1), (3, 17), (64, 5), (200, 33)])
+@pytest.mark.parametrize("gating", ["topk", "threshold"])
+@pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9])
+def test_standard_ops_lowering_matches_the_oracle_over_shapes(dtype, k, n, gating, sparsity) -> None:
+    model = projection_model(k, n, dtype=dtype, rank=2, seed=k + n)
+    weight = _weight(model)
+    norms = reference.weight_row_norms(weight)
+    rng = np.random.default_rng(k * n)
+    calibration = Calibration(features={NAME: k})
+    calibration.add(NAME, "wina", np.abs(rng.standard_normal((256, k))) * norms)
+    config = GateConfig(gating=gating, backend="onnx", allocation=Allocation.uniform(sparsity), calibration=calibration)
+    apply_wina_gates(model, config)
+    np_type = onnx.helper.tensor_dtype_to_np_dtype(dtype)
+    tol = 1e-4 if dtype == TensorProto.FLOAT else 2e-2
+    for m in (0, 1, 7):
+        x = rng.standard_normal((m, k)).astype(np_type)
+        if gating == "topk":
+            expected = reference.wina_sparse_matmul(x, weight, norms, k=k - int(round(sparsity * k)))
+        else:
+            expected = reference.wina_sparse_matmul(x, weight, norms, threshold=calibration.threshold(NAME, "wina", sparsity))
+        got = _run(model, x).astype(np.float32)
+        scale = max(1.0, float(np.abs(expected).max())) if m else 1.0
+        np.testing.assert_allclose(got / scale, expected.astype(np.float32) / scale, atol=tol)
