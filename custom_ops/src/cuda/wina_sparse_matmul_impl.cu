@@ -258,6 +258,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   __shared__ unsigned s_ballot[kSelectThreads / 32];
   __shared__ int s_found;
   __shared__ int s_total;
+  grid_dependency_wait();  // x may come from the kernel before (PDL launch)
   allow_dependent_launch();
 
   const int m = blockIdx.x;
@@ -399,7 +400,7 @@ __host__ __device__ constexpr int tile_cols() {
 // [split * rows_per_split, +rows_per_split), for every token.
 // partial: [splits, M, N] float32.
 template <typename T, int MT, bool VEC, GateMode MODE, int U>  // U: rows in flight per thread
-__global__ void __launch_bounds__(kDecodeThreads)
+__global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (ptxas chose 32 registers and spilled)
     decode_partial_kernel(const T* __restrict__ x, const T* __restrict__ b, const float* __restrict__ scale,
                           Gate gate, float* __restrict__ partial, int M, int K, int64_t N,
                           int rows_per_split) {
@@ -417,7 +418,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const int r0 = split * rows_per_split;
   const int r1 = min(r0 + rows_per_split, K);
 
-  grid_dependency_wait();  // top-k: the per-token rule comes from the select kernel
+  grid_dependency_wait();  // PDL: x (and the top-k rule) come from the kernels before
   uint32_t gate_key[MT];
   int gate_cut[MT];
 #pragma unroll
@@ -724,6 +725,9 @@ __global__ void __launch_bounds__(kReduceCols * kReduceLanes)
                          T* __restrict__ y, int M, int64_t N) {
   __shared__ float s_sum[kReduceLanes][kReduceCols + 1];
   grid_dependency_wait();
+  // The next kernel on the stream (the next op's decode or select kernel, PDL-launched) may
+  // be scheduled now; it waits for this grid's completion before reading anything.
+  allow_dependent_launch();
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kReduceCols + threadIdx.x;
   for (int m = blockIdx.y; m < M; m += gridDim.y) {
     float acc = 0.0f;
@@ -845,8 +849,9 @@ cudaError_t launch_decode_u(const Problem& p, const Plan& plan, const Gate& gate
   const T* x = static_cast<const T*>(p.x);
   const T* b = static_cast<const T*>(p.b);
   const int M = static_cast<int>(p.M), K = static_cast<int>(p.K), rows = static_cast<int>(plan.rows_per_split);
-  // Top-k: programmatically dependent on the select kernel (sm_90), which lets it start at once.
-  const bool pdl = plan.pdl && MODE == GateMode::kTopK;
+  // Programmatically dependent (sm_90) on the kernel before it: the select kernel (top-k) or
+  // whatever ran before on the stream (threshold); it waits for that one's completion first.
+  const bool pdl = plan.pdl;
   if (plan.vectorized)
     return launch(stream, decode_partial_kernel<T, MT, true, MODE, U>, grid, block, 0, pdl, x, b, p.score_scale, gate,
                   partial, M, K, p.N, rows);
@@ -896,24 +901,24 @@ cudaError_t allow_select_smem() {
 }
 
 template <typename T, int ITEMS>
-cudaError_t launch_select_items(const Problem& p, uint32_t* keys, int32_t* cuts, Stream stream) {
+cudaError_t launch_select_items(const Problem& p, uint32_t* keys, int32_t* cuts, bool pdl, Stream stream) {
   const cudaError_t err = allow_select_smem<T, ITEMS>();
   if (err != cudaSuccess) return err;
   return launch(stream, topk_select_kernel<T, ITEMS>, dim3(static_cast<unsigned>(p.M)), dim3(kSelectThreads),
-                kSelectSmemBytes, false, static_cast<const T*>(p.x), p.score_scale, p.k, static_cast<int>(p.K), keys,
+                kSelectSmemBytes, pdl, static_cast<const T*>(p.x), p.score_scale, p.k, static_cast<int>(p.K), keys,
                 cuts);
 }
 
 // The per-token top-k rule (key_t, cut_t) into keys and cuts.
 template <typename T>
-cudaError_t launch_select(const Problem& p, uint32_t* keys, int32_t* cuts, Stream stream) {
+cudaError_t launch_select(const Problem& p, uint32_t* keys, int32_t* cuts, bool pdl, Stream stream) {
   if (p.K >= 65536)
     return launch(stream, topk_select_wide_kernel<T, 0>, dim3(static_cast<unsigned>(p.M)), dim3(kSelectThreads), 0,
                   false, static_cast<const T*>(p.x), p.score_scale, p.k, static_cast<int>(p.K), keys, cuts);
-  if (p.K <= 4 * kSelectThreads) return launch_select_items<T, 4>(p, keys, cuts, stream);
-  if (p.K <= 8 * kSelectThreads) return launch_select_items<T, 8>(p, keys, cuts, stream);
-  if (p.K <= 16 * kSelectThreads) return launch_select_items<T, 16>(p, keys, cuts, stream);
-  return launch_select_items<T, 0>(p, keys, cuts, stream);
+  if (p.K <= 4 * kSelectThreads) return launch_select_items<T, 4>(p, keys, cuts, pdl, stream);
+  if (p.K <= 8 * kSelectThreads) return launch_select_items<T, 8>(p, keys, cuts, pdl, stream);
+  if (p.K <= 16 * kSelectThreads) return launch_select_items<T, 16>(p, keys, cuts, pdl, stream);
+  return launch_select_items<T, 0>(p, keys, cuts, pdl, stream);
 }
 
 template <typename T, GateMode MODE>
@@ -943,7 +948,9 @@ Plan MakePlan(const Problem& p, const DeviceInfo& device, int blocks_per_sm) {
   // Two blocks per multiprocessor: the best or within 3% of it for the Llama-3-8B shapes
   // on an H100 (benchmarks/results/kernel_cuda_launchers.txt).
   const int64_t target = static_cast<int64_t>(blocks_per_sm > 0 ? blocks_per_sm : 2) * std::max(device.sm_count, 1);
-  const int64_t want_splits = std::max<int64_t>(1, (target + tiles - 1) / tiles);
+  // At most `target` blocks (floor): a grid a little over two blocks per SM ran 7% slower
+  // on 4096x14336 once the decode kernel was PDL-launched (round 2, docs/cuda-notes.md).
+  const int64_t want_splits = std::max<int64_t>(1, target / tiles);
   int64_t rows = (p.K + want_splits - 1) / want_splits;
   rows = (rows + 31) / 32 * 32;
   rows = std::min<int64_t>(std::max<int64_t>(rows, 64), kMaxSlabRows);
@@ -985,7 +992,7 @@ cudaError_t LaunchWinaSparseMatMul(const Problem& p, const Plan& plan, void* wor
     int32_t* cuts = reinterpret_cast<int32_t*>(ws + align_up(static_cast<size_t>(p.M) * 4));
     gate.keys = keys;
     gate.cuts = cuts;
-    const cudaError_t err = launch_select<T>(p, keys, cuts, stream);
+    const cudaError_t err = launch_select<T>(p, keys, cuts, plan.decode && plan.pdl, stream);
     if (err != cudaSuccess) return err;
   }
   ws += gate_bytes(p);

@@ -11,8 +11,9 @@
 //           multiplies only those rows (16-byte cp.async copies, 4 or 8 rows in flight per
 //           thread, fp32 accumulation) into per-slab
 //           partial sums; a second small kernel adds the slabs in a fixed order, adds the
-//           bias and rounds to T (launched programmatically dependent on sm_90, so its
-//           launch overlaps the first). No atomics on the data: the result is deterministic.
+//           bias and rounds to T. On sm_90 every kernel of this path is launched
+//           programmatically dependent on the one before it on the stream (this call's or
+//           the previous op's), so launches overlap the tail of the kernel before. No atomics on the data: the result is deterministic.
 //   prefill (more tokens): a masking kernel writes the gated X into the workspace,
 //           then a tiled fp32-accumulating GEMM multiplies it by B.
 //   topk:   first a per-token radix select over the score bits (two 16-bit passes for
@@ -72,8 +73,9 @@ struct Plan {
   int64_t splits = 0;        // decode: number of K slabs = ceil(K / rows_per_split)
   bool vectorized = false;   // decode: 16-byte loads (N * sizeof(T) % 16 == 0, aligned B)
   int unroll = 4;            // decode: weight rows in flight per thread (4; 8 for <= 2 tokens)
-  bool pdl = false;          // programmatic dependent launch of the kernels that follow
-                             // another of the same call (sm_90+)
+  bool pdl = false;          // programmatic dependent launch (sm_90+) of every kernel of the
+                             // decode path: each waits (griddepcontrol.wait) for the kernel
+                             // before it on the stream, whose tail hides its launch
 };
 inline constexpr int64_t kMaxSlabRows = 512;
 

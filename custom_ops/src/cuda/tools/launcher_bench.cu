@@ -216,11 +216,23 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
   if (seed % 3 == 2) dev_case.cc_major = 8;  // every third case: the plan of an sm_80 GPU (no PDL)
   Plan plan = wina::cuda::MakePlan<T>(p, dev_case, static_cast<int>(1 + seed % 8));
   plan.unroll = 4 << (seed % 2);
-  void* ws = buf.alloc(wina::cuda::WorkspaceBytes<T>(p, plan));
+  const size_t ws_bytes = wina::cuda::WorkspaceBytes<T>(p, plan);
+  void* ws = buf.alloc(ws_bytes);
+  CHECK(cudaMemset(ws, 0x5a, ws_bytes ? ws_bytes : 1));  // a workspace as ORT may hand it out: not zero
   CHECK(wina::cuda::LaunchWinaSparseMatMul<T>(p, plan, ws, wina::cuda::Stream(stream)));
   CHECK(cudaStreamSynchronize(stream));
   std::vector<T> hy(static_cast<size_t>(M * N));
   CHECK(cudaMemcpy(hy.data(), dy, hy.size() * sizeof(T), cudaMemcpyDeviceToHost));
+  // Twice more on the same workspace: bit-equal results.
+  bool repeat_ok = true;
+  for (int r = 0; r < 2; ++r) {
+    CHECK(cudaMemset(dy, 0xff, static_cast<size_t>(M * N) * sizeof(T)));
+    CHECK(wina::cuda::LaunchWinaSparseMatMul<T>(p, plan, ws, wina::cuda::Stream(stream)));
+    CHECK(cudaStreamSynchronize(stream));
+    std::vector<T> again(hy.size());
+    CHECK(cudaMemcpy(again.data(), dy, again.size() * sizeof(T), cudaMemcpyDeviceToHost));
+    if (std::memcmp(again.data(), hy.data(), hy.size() * sizeof(T)) != 0) repeat_ok = false;
+  }
 
   const double tol = sizeof(T) == 4 ? 1e-4 : (std::strcmp(type_name<T>(), "float16") == 0 ? 4e-3 : 1.6e-2);
   double max_err = 0.0;
@@ -239,13 +251,13 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
     max_err = std::max(max_err, e);
     if (e > tol) ++bad;
   }
-  const bool ok = bad == 0;
+  const bool ok = bad == 0 && repeat_ok;
   if (!ok) {
     std::printf("FAIL %-8s M=%-3lld K=%-5lld N=%-5lld %-9s s=%.2f bias=%d special=%d plan(decode=%d rows=%lld vec=%d pdl=%d) "
-                "max_rel_err=%.3g bad=%lld\n",
+                "max_rel_err=%.3g bad=%lld repeat_equal=%d\n",
                 type_name<T>(), (long long)M, (long long)K, (long long)N,
                 c.mode == GateMode::kTopK ? "topk" : "threshold", c.sparsity, c.bias, c.special, plan.decode,
-                (long long)plan.rows_per_split, plan.vectorized, plan.pdl, max_err, (long long)bad);
+                (long long)plan.rows_per_split, plan.vectorized, plan.pdl, max_err, (long long)bad, repeat_ok);
   }
   return ok;
 }
