@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -51,7 +52,13 @@ class Scratch {
 template <typename T>
 void run(const cuda::Problem& problem, const cuda::DeviceInfo& device, OrtKernelContext* context,
          const OrtMemoryInfo* info, OrtAllocator* allocator, cuda::Stream stream) {
-  const cuda::Plan plan = cuda::MakePlan<T>(problem, device);
+  // WINA_ONNX_CUDA_PDL=0: no programmatic dependent launches (a diagnostic switch, read once).
+  static const bool no_pdl = [] {
+    const char* v = std::getenv("WINA_ONNX_CUDA_PDL");
+    return v != nullptr && v[0] == '0';
+  }();
+  cuda::Plan plan = cuda::MakePlan<T>(problem, device);
+  if (no_pdl) plan.pdl = false;
   Scratch scratch(context, info, allocator, cuda::WorkspaceBytes<T>(problem, plan));
   check_cuda(cuda::LaunchWinaSparseMatMul<T>(problem, plan, scratch.get(), stream), "kernel launch");
 }

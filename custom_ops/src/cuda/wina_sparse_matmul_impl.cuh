@@ -73,9 +73,11 @@ struct Plan {
   int64_t splits = 0;        // decode: number of K slabs = ceil(K / rows_per_split)
   bool vectorized = false;   // decode: 16-byte loads (N * sizeof(T) % 16 == 0, aligned B)
   int unroll = 4;            // decode: weight rows in flight per thread (4; 8 for <= 2 tokens)
-  bool pdl = false;          // programmatic dependent launch (sm_90+) of every kernel of the
+  bool pdl = false;          // programmatic dependent launch (sm_90+) of the kernels of the
                              // decode path: each waits (griddepcontrol.wait) for the kernel
                              // before it on the stream, whose tail hides its launch
+  bool pdl_first = false;    // threshold: the decode kernel too, after the previous op's
+                             // kernel (faster in ORT for N <= 8192 fp16, slower for 14336)
 };
 inline constexpr int64_t kMaxSlabRows = 512;
 
