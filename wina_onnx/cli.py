@@ -132,13 +132,30 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Perplexity of MODEL over a text, in windows of --window tokens (KV-cache model)."""
+    """Perplexity of MODEL over a text, in windows of --window tokens (KV-cache model).
+
+    With --reference DENSE.onnx, also the mean KL(dense || model) of the next-token
+    distributions and the top-1 agreement, over the same scored positions.
+    """
     from .data import read_text
     from .evaluate import perplexity, tokenize_text
     from .runtime import CausalLM, load_session
 
     lm = CausalLM(load_session(args.model, threads=args.threads))
     ids = tokenize_text(lm.tokenizer, read_text(args.data))
+    if args.reference:
+        from .metrics import compare_to_reference
+
+        reference = CausalLM(load_session(args.reference, threads=args.threads))
+        cmp = compare_to_reference(lm, reference, ids, window=args.window, stride=args.stride,
+                                   max_windows=args.windows, progress=not args.quiet)
+        if args.json:
+            print(json.dumps({"model": str(args.model), "reference": str(args.reference), **cmp}))
+        else:
+            print(f"perplexity {cmp['perplexity']:.4f} (reference {cmp['reference_perplexity']:.4f}) "
+                  f"KL {cmp['kl']:.6f} top-1 agreement {cmp['top1_agreement']:.4f} "
+                  f"over {cmp['tokens']} tokens in {cmp['windows']} windows")
+        return 0
     result = perplexity(lm, ids, window=args.window, stride=args.stride, max_windows=args.windows,
                         progress=not args.quiet)
     if args.json:
@@ -270,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=512, help="tokens per window (default: 512)")
     p.add_argument("--stride", type=int, default=None, help="window stride (default: the window)")
     p.add_argument("--windows", type=int, default=None, help="evaluate at most this many windows")
+    p.add_argument("--reference", default=None, metavar="DENSE.onnx",
+                   help="also report KL(dense || model) and top-1 agreement against this model")
     p.add_argument("--json", action="store_true")
     _add_threads(p)
     _add_quiet(p)
