@@ -227,6 +227,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    """Package MODEL for a serving system; --triton REPO writes a Triton model repository.
+
+    REPO/NAME/1/model.onnx (+ external data), REPO/NAME/libwina_onnx_ops.so and
+    REPO/NAME/config.pbtxt (backend "onnxruntime", the model's inputs and outputs, and
+    model_operations { op_library_filename } naming the library). Triton needs that path to
+    be absolute and valid on every node: it is --library-path if given, else the absolute
+    path of the copied library on this machine. The folder is written whole or not at all.
+    """
+    from .integrations.triton import write_triton_repository
+
+    target = write_triton_repository(args.triton, args.model, name=args.name,
+                                     library_path=args.library_path, force=args.force)
+    print(f"wrote Triton model {target}")
+    return 0
+
+
 def _copy_sidecar_files(model: Path, output: Path) -> None:
     """Copy tokenizer/config JSON files beside the output so its folder is a complete model."""
     if model.resolve().parent == output.resolve().parent:
@@ -318,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p, "calibration and evaluation")
     _add_threads(p)
     _add_quiet(p)
+
+    p = add("package", cmd_package)
+    p.add_argument("model", help="model.onnx (an optimized or dense model)")
+    p.add_argument("--triton", required=True, metavar="REPO", help="Triton model repository folder to write into")
+    p.add_argument("--name", default=None, help="Triton model name (default: the model's folder name)")
+    p.add_argument("--library-path", default=None, metavar="PATH",
+                   help="absolute op library path written to config.pbtxt, as it will be on the serving "
+                        "nodes (default: the absolute path of REPO/NAME/libwina_onnx_ops.so here)")
+    p.add_argument("--force", action="store_true", help="replace an existing REPO/NAME")
     return parser
 
 
