@@ -66,3 +66,18 @@ def test_load_causal_lm_helper(wina_dir: Path, tiny_llama_dir: Path):
     dense = _optimum_new_tokens(load_causal_lm(tiny_llama_dir), prompt)
     assert dense == _ours(tiny_llama_dir, prompt)
     assert len(wina) == len(dense) == MAX_NEW
+
+
+def test_readme_snippet_with_auto_tokenizer(wina_dir: Path):
+    from transformers import AutoTokenizer
+
+    from wina_onnx.integrations.optimum import load_causal_lm
+
+    model = load_causal_lm(wina_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(wina_dir))
+    inputs = tokenizer("The quick brown fox jumps over", return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, do_sample=False,
+                         pad_token_id=0)
+    prompt = inputs["input_ids"][0].tolist()
+    assert out[0, len(prompt):].tolist() == _ours(wina_dir, prompt)
+    assert isinstance(tokenizer.decode(out[0]), str)
