@@ -4,10 +4,12 @@
     roles               which decoder projection a MatMul is, from its name
     wina_gate           the WINA/TEAL rewrite into WinaSparseMatMul (or standard ops)
     lower_standard_ops  the standard-ops lowering used by --backend onnx
+    rotate              WINA's tensor transformation (--transform): a rotated residual stream
 """
 
 from .candidates import Candidate, Skipped, find_candidates
-from .wina_gate import BACKENDS, NORM_ON_CHOICES, GateConfig, GateRecord, GateReport, apply_wina_gates
+from .rotate import TransformError, TransformReport, rotate_residual_stream
+from .wina_gate import BACKENDS, NORM_ON_CHOICES, GateConfig, GateRecord, GateReport, apply_wina_gates, uses_norm
 
 __all__ = [
     "BACKENDS",
@@ -17,6 +19,10 @@ __all__ = [
     "GateRecord",
     "GateReport",
     "Skipped",
+    "TransformError",
+    "TransformReport",
     "apply_wina_gates",
     "find_candidates",
+    "rotate_residual_stream",
+    "uses_norm",
 ]

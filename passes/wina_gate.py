@@ -47,6 +47,7 @@ class GateConfig:
     allocation: Allocation = field(default_factory=lambda: Allocation.uniform(0.5))
     backend: str = BACKEND_CUSTOM_OP
     norm_on: str = NORM_ON_ALL
+    transform: bool = False  # rotate the residual stream first (passes.rotate); done by optimize_model
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     calibration: "object | None" = None  # wina_onnx.calibration.Calibration, needed for threshold
@@ -133,12 +134,17 @@ def keep_count(k: int, sparsity: float) -> int:
     return k - int(round(sparsity * k))
 
 
-def _uses_norm(config: GateConfig, candidate: Candidate) -> bool:
-    if config.mode == schema.MODE_TEAL:
+def uses_norm(mode: str, norm_on: str, role_kind: str | None) -> bool:
+    """Whether a gate of this role scores with the weight norms (else with |x| alone)."""
+    if mode == schema.MODE_TEAL:
         return False
-    if config.norm_on == NORM_ON_ALL:
+    if norm_on == NORM_ON_ALL:
         return True
-    return candidate.role is not None and candidate.role.kind in _REFERENCE_NORM_ROLES
+    return role_kind in _REFERENCE_NORM_ROLES
+
+
+def _uses_norm(config: GateConfig, candidate: Candidate) -> bool:
+    return uses_norm(config.mode, config.norm_on, candidate.role.kind if candidate.role is not None else None)
 
 
 def apply_wina_gates(model: onnx.ModelProto, config: GateConfig) -> GateReport:
@@ -204,11 +210,11 @@ def _gate_inputs(
 ) -> tuple[GateRecord, dict[str, str]]:
     """Create the initializers a gate reads (scale, k or threshold); describe the gate."""
     sparsity = config.allocation.for_node(candidate.node_name)
-    uses_norm = _uses_norm(config, candidate)
+    norm_scaled = _uses_norm(config, candidate)
     # One norm vector per weight; one vector of ones per K, shared by every TEAL gate.
-    scale_key = (candidate.weight_name, True) if uses_norm else (f"ones_{candidate.k}", False)
+    scale_key = (candidate.weight_name, True) if norm_scaled else (f"ones_{candidate.k}", False)
     if scale_key not in scales:
-        if uses_norm:
+        if norm_scaled:
             weight = numpy_helper.to_array(initializers[candidate.weight_name])
             scale = np.linalg.norm(weight.astype(np.float32), axis=1).astype(np.float32)
             name = f"{candidate.weight_name}_wina_row_norm"
@@ -224,7 +230,7 @@ def _gate_inputs(
         inputs["k"] = f"{candidate.node_name}/wina_k"
         graph.initializer.append(numpy_helper.from_array(np.array([keep], dtype=np.int64), inputs["k"]))
     else:
-        mode = schema.MODE_WINA if uses_norm else schema.MODE_TEAL
+        mode = schema.MODE_WINA if norm_scaled else schema.MODE_TEAL
         threshold = config.calibration.threshold(candidate.node_name, mode, sparsity)
         inputs["threshold"] = f"{candidate.node_name}/wina_threshold"
         graph.initializer.append(numpy_helper.from_array(np.array([threshold], dtype=np.float32), inputs["threshold"]))
@@ -237,7 +243,7 @@ def _gate_inputs(
         sparsity=sparsity,
         keep_count=keep,
         threshold=threshold,
-        uses_norm=uses_norm,
+        uses_norm=norm_scaled,
         weight_bytes=candidate.k * candidate.n * item_bytes,
     )
     return record, inputs

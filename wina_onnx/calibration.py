@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import onnx
 
 from . import schema
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .greedy import ActivationSample
 
 LOG2_MIN = -40
 LOG2_MAX = 24
@@ -73,6 +76,7 @@ class Calibration:
     features: dict[str, int] = field(default_factory=dict)
     source: str = ""
     tokens: int = 0
+    transformed: bool = False  # calibrated on the model after --transform (passes.rotate)
 
     def add(self, node_name: str, mode: str, scores: np.ndarray) -> None:
         """Accumulate `scores` into the histogram of (node, mode)."""
@@ -113,6 +117,7 @@ class Calibration:
             "features": [self.features.get(n, 0) for n in names],
             "source": self.source,
             "tokens": self.tokens,
+            "transformed": self.transformed,
             "bins": {"log2_min": LOG2_MIN, "log2_max": LOG2_MAX, "per_octave": BINS_PER_OCTAVE},
         }
         with open(path, "wb") as handle:
@@ -129,7 +134,8 @@ class Calibration:
                 bins = meta["bins"]
                 if (bins["log2_min"], bins["log2_max"], bins["per_octave"]) != (LOG2_MIN, LOG2_MAX, BINS_PER_OCTAVE):
                     raise ConfigError(f"{path} uses other histogram bins; recalibrate")
-                calib = cls(source=meta.get("source", ""), tokens=int(meta.get("tokens", 0)))
+                calib = cls(source=meta.get("source", ""), tokens=int(meta.get("tokens", 0)),
+                            transformed=bool(meta.get("transformed", False)))
                 for i, name in enumerate(meta["targets"]):
                     calib.features[name] = int(meta["features"][i])
                     for mode in schema.MODES:
@@ -204,6 +210,8 @@ def calibrate_model(
     threads: int | None = None,
     progress: bool = True,
     source: str | None = None,
+    transform: bool = False,
+    sample: "ActivationSample | None" = None,
 ) -> Calibration:
     """Run the dense model over calibration text and return the score histograms.
 
@@ -211,6 +219,9 @@ def calibrate_model(
     pydoc help topics), tokenized with the tokenizer beside the model; it is cut into
     `windows` consecutive windows of `window` tokens, each run as one prefill.
     `source` names the text in the file (default: the data file's name).
+    transform: calibrate the model as `optimize --transform` will rewrite it.
+    sample: also keep rows of every target's input and its weight, for the greedy
+    allocation (wina_onnx.greedy.allocate_greedy).
     """
     import onnxruntime as ort
 
@@ -222,7 +233,17 @@ def calibrate_model(
 
     model_path = Path(model_path)
     model = load_model(model_path)
+    from .passes.rotate import META_TRANSFORM, rotate_residual_stream
+
+    if transform:
+        rotate_residual_stream(model)
+    transformed = any(p.key == META_TRANSFORM for p in model.metadata_props)
     candidates, norms = _targets_and_norms(model, list(include or []), list(exclude or []))
+    if sample is not None:
+        from onnx import numpy_helper
+
+        inits = {init.name: init for init in model.graph.initializer}
+        sample.bind(candidates, {c.node_name: numpy_helper.to_array(inits[c.weight_name]) for c in candidates})
     if token_ids is None:
         token_ids = tokenize_text(load_tokenizer(model_path.parent), read_text(data))
     count = min(windows, len(token_ids) // window)
@@ -240,12 +261,16 @@ def calibrate_model(
     calibration = Calibration(
         features={c.node_name: c.k for c in candidates},
         source=source or (Path(data).name if data else "pydoc help topics"),
+        transformed=transformed,
     )
     bar = Progress("calibrate", total=count, enabled=progress)
     for w in range(count):
         ids = token_ids[w * window:(w + 1) * window][None, :]
-        outputs = session.run(names, lm.feeds(ids))
-        collect(calibration, dict(zip(names, outputs)), exposed, norms)
+        outputs = dict(zip(names, session.run(names, lm.feeds(ids))))
+        collect(calibration, outputs, exposed, norms)
+        if sample is not None:
+            for node_name, tensor in exposed.items():
+                sample.add(node_name, outputs[tensor].reshape(-1, norms[node_name].shape[0]), count)
         calibration.tokens += window
         bar.step()
     bar.done(f"{len(candidates)} MatMuls, {calibration.tokens} tokens")

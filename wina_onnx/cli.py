@@ -57,6 +57,10 @@ def _add_gate_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--norm-on", choices=NORM_ON_CHOICES, default="all",
                        help="all: weight norms in every WINA score; reference: only k/gate (qkv/gate_up) "
                             "projections, as WINA's reference code does")
+    group.add_argument("--transform", action="store_true",
+                       help="first apply WINA's tensor transformation: fold the RMSNorm scales and rotate "
+                            "the residual stream so the k/gate weights are row-orthogonal (same dense "
+                            "function, plus one dense d x d MatMul per block); calibrate with it too")
     group.add_argument("--include", action="append", default=[], metavar="PATTERN",
                        help="gate only MatMuls whose node name matches (fnmatch or substring); repeatable")
     group.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
@@ -76,7 +80,8 @@ def gate_config_from_args(args: argparse.Namespace):
     calibration = Calibration.load(args.calibration) if args.calibration else None
     return GateConfig(
         mode=args.mode, gating=args.gating, allocation=allocation, backend=args.backend,
-        norm_on=args.norm_on, include=args.include, exclude=args.exclude, calibration=calibration,
+        norm_on=args.norm_on, transform=args.transform, include=args.include, exclude=args.exclude,
+        calibration=calibration,
     )
 
 
@@ -98,15 +103,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     """Collect gate-score histograms of every target MatMul over calibration text.
 
     The file gives a threshold for any sparsity (--gating threshold of `optimize`).
+    With --allocate greedy, also writes per-MatMul sparsities (TEAL's greedy search on the
+    sampled activations; each layer averages --target-sparsity weighted by weight bytes)
+    to the allocation file that `optimize --allocation` reads.
     """
     from .calibration import calibrate_model
+    from .greedy import ActivationSample, allocate_greedy
 
+    if args.allocate == "greedy" and (args.target_sparsity is None or not args.allocation_out):
+        raise ConfigError("--allocate greedy needs --target-sparsity and --allocation-out")
+    sample = ActivationSample(rows=args.sample_rows) if args.allocate == "greedy" else None
     calibration = calibrate_model(
         args.model, data=args.data, windows=args.windows, window=args.window,
         include=args.include, exclude=args.exclude, threads=args.threads, progress=not args.quiet,
+        transform=args.transform, sample=sample,
     )
     calibration.save(args.output)
     print(f"calibrated {len(calibration.counts)} MatMul(s) on {calibration.tokens} tokens -> {args.output}")
+    if sample is not None:
+        allocation = allocate_greedy(sample, args.target_sparsity, mode=args.mode, norm_on=args.norm_on,
+                                     progress=not args.quiet)
+        allocation.save(args.allocation_out)
+        print(f"greedy allocation at {args.target_sparsity:g} ({args.mode}) -> {args.allocation_out}")
     return 0
 
 
@@ -287,6 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, default=256, help="tokens per window (default: 256)")
     p.add_argument("--include", action="append", default=[], metavar="PATTERN")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
+    p.add_argument("--transform", action="store_true",
+                   help="calibrate the model as `optimize --transform` rewrites it")
+    p.add_argument("--allocate", choices=["greedy"], default=None,
+                   help="also search per-MatMul sparsities (greedy, on the calibration text)")
+    p.add_argument("--target-sparsity", type=float, default=None,
+                   help="average sparsity of the greedy allocation, weighted by weight bytes")
+    p.add_argument("--allocation-out", default=None, metavar="FILE", help="allocation file to write (JSON)")
+    p.add_argument("--mode", choices=schema.MODES, default=schema.MODE_WINA,
+                   help="score the greedy search uses (default: wina)")
+    p.add_argument("--norm-on", choices=["all", "reference"], default="all",
+                   help="which WINA scores use weight norms (as in `optimize`)")
+    p.add_argument("--sample-rows", type=int, default=256,
+                   help="token rows per MatMul kept for the greedy search (default: 256)")
     _add_threads(p)
     _add_quiet(p)
 

@@ -46,6 +46,7 @@ def _record_metadata(model: onnx.ModelProto, config: GateConfig, report: GateRep
         "gating": config.gating,
         "backend": config.backend,
         "norm_on": config.norm_on,
+        "transform": config.transform,
         "sparsity": config.allocation.source,
         "calibration": calibration,
         "include": config.include,
@@ -90,6 +91,13 @@ def optimize_model(
             "(or pass --force to gate the MatMuls that are still dense)"
         )
     external = uses_external_data(load_model(input_path, load_weights=False))
+    _check_calibration_fits(model, config)
+    if config.transform:
+        from .passes.rotate import rotate_residual_stream
+
+        stage("optimize", "rotating the residual stream (--transform)", enabled=progress)
+        transform_report = rotate_residual_stream(model)
+        stage("optimize", transform_report.summary(), enabled=progress)
     stage("optimize", f"gating ({config.mode}, {config.gating}, {config.backend})", enabled=progress)
     report = apply_wina_gates(model, config)
     if not report.changed:
@@ -102,6 +110,26 @@ def optimize_model(
     stage("optimize", f"writing {output_path}", enabled=progress)
     save_model_atomic(model, output_path, external_data=True if external else None)
     return report
+
+
+def is_transformed(model: onnx.ModelProto) -> bool:
+    """Whether the residual stream of this model was rotated by --transform."""
+    from .passes.rotate import META_TRANSFORM
+
+    return any(prop.key == META_TRANSFORM for prop in model.metadata_props)
+
+
+def _check_calibration_fits(model: onnx.ModelProto, config: GateConfig) -> None:
+    """Thresholds calibrated on the plain model are wrong for the rotated one, and vice versa."""
+    if config.gating != schema.GATING_THRESHOLD or config.calibration is None:
+        return
+    rotated = config.transform or is_transformed(model)
+    calibrated_rotated = bool(getattr(config.calibration, "transformed", False))
+    if rotated != calibrated_rotated:
+        raise ConfigError(
+            f"the calibration file was made on the {'rotated' if calibrated_rotated else 'plain'} model but "
+            f"the model to gate is {'rotated' if rotated else 'plain'}; calibrate with --transform exactly "
+            "when you optimize with it")
 
 
 def _check(model: onnx.ModelProto) -> None:

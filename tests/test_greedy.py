@@ -1,0 +1,115 @@
+"""Greedy per-matrix allocation (`calibrate --allocate greedy`) and the measured-sparsity probe."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wina_onnx.allocation import Allocation
+from wina_onnx.cli import main as cli_main
+from wina_onnx.errors import ConfigError
+from wina_onnx.greedy import Target, error_curve, greedy_allocation, sparsity_levels
+from wina_onnx.sparsity_probe import measure_sparsity
+
+
+def test_error_curve_starts_at_zero_grows_and_reaches_one() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 48)).astype(np.float32)
+    weight = rng.standard_normal((48, 20)).astype(np.float32)
+    levels = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    curve = error_curve(x, weight, np.ones(48, np.float32), levels)
+    assert curve[0] == 0.0
+    assert np.all(np.diff(curve) > 0)
+    assert curve[-1] == pytest.approx(1.0, rel=1e-5)
+
+
+def test_error_curve_matches_a_direct_computation() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((8, 10)).astype(np.float32)
+    weight = rng.standard_normal((10, 6)).astype(np.float32)
+    scale = rng.uniform(0.1, 2.0, 10).astype(np.float32)
+    [error] = error_curve(x, weight, scale, np.array([0.3]))
+    keep = 10 - 3
+    expected_num = 0.0
+    for row in x:
+        best = np.argsort(-np.abs(row) * scale, kind="stable")[:keep]
+        gated = np.zeros_like(row)
+        gated[best] = row[best]
+        expected_num += np.sum(((row - gated) @ weight) ** 2)
+    assert error == pytest.approx(expected_num / np.sum((x @ weight) ** 2), rel=1e-5)
+
+
+def test_greedy_hits_the_weighted_target_in_every_group_and_favours_cheap_matrices() -> None:
+    levels = sparsity_levels(0.05)
+    targets = [Target("a", "L0", 100), Target("b", "L0", 300), Target("c", "L1", 50), Target("d", "L1", 50)]
+    curves = {
+        "a": levels ** 2 * 10.0,  # expensive to sparsify
+        "b": levels ** 2 * 0.1,  # cheap
+        "c": levels ** 2,
+        "d": levels ** 2,
+    }
+    allocation = greedy_allocation(targets, curves, 0.5)
+    s = allocation.sparsity
+    assert (100 * s["a"] + 300 * s["b"]) / 400 == pytest.approx(0.5, abs=1e-12)
+    assert (50 * s["c"] + 50 * s["d"]) / 100 == pytest.approx(0.5, abs=1e-12)
+    assert s["b"] > 0.5 > s["a"]
+    assert abs(s["c"] - s["d"]) <= 0.05 + 1e-9  # symmetric curves stay within one step
+    assert allocation.default == 0.5
+
+
+def test_greedy_rejects_targets_out_of_range() -> None:
+    with pytest.raises(ConfigError):
+        greedy_allocation([Target("a", "L0", 1)], {"a": sparsity_levels()}, 1.0)
+    with pytest.raises(ConfigError, match="maximum"):
+        greedy_allocation([Target("a", "L0", 1)], {"a": sparsity_levels()}, 0.97)
+
+
+def test_calibrate_greedy_then_optimize_reads_the_allocation(tiny_llama_dir: Path, tmp_path: Path, capsys) -> None:
+    calib, alloc = tmp_path / "calib.npz", tmp_path / "alloc.json"
+    code = cli_main(["calibrate", str(tiny_llama_dir / "model.onnx"), "-o", str(calib), "--windows", "4",
+                     "--window", "64", "--allocate", "greedy", "--target-sparsity", "0.5",
+                     "--allocation-out", str(alloc), "-q"])
+    assert code == 0
+    data = json.loads(alloc.read_text())
+    assert len(data["sparsity"]) == 14
+    allocation = Allocation.load(alloc)
+    assert len(set(round(v, 6) for v in allocation.sparsity.values())) > 1  # not uniform
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for sidecar in tiny_llama_dir.glob("*.json"):
+        shutil.copy2(sidecar, out_dir / sidecar.name)
+    assert cli_main(["optimize", str(tiny_llama_dir / "model.onnx"), "-o", str(out_dir / "model.onnx"),
+                     "--allocation", str(alloc), "-q"]) == 0
+    ids = np.random.default_rng(0).integers(0, 49152, 128)
+    probe = measure_sparsity(out_dir / "model.onnx", ids, windows=1, window=128)
+    # top-k: K - round(s K) kept per gate, so the weighted measure is the target up to rounding.
+    assert probe["weighted"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_greedy_needs_a_target_and_an_output(tiny_llama_dir: Path, tmp_path: Path, capsys) -> None:
+    code = cli_main(["calibrate", str(tiny_llama_dir / "model.onnx"), "-o", str(tmp_path / "c.npz"),
+                     "--allocate", "greedy"])
+    assert code == 2
+    assert "--target-sparsity" in capsys.readouterr().err
+
+
+def test_probe_measures_threshold_sparsity_near_the_calibrated_target(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    from wina_onnx.calibration import calibrate_model
+    from wina_onnx.evaluate import tokenize_text
+    from wina_onnx.data import read_text
+    from wina_onnx.runtime import load_tokenizer
+
+    from pipeline_helpers import optimized_copy
+
+    ids = tokenize_text(load_tokenizer(tiny_llama_dir), read_text(None))[:1024]
+    calibration = calibrate_model(tiny_llama_dir / "model.onnx", token_ids=ids, windows=4, window=256,
+                                  progress=False)
+    out = optimized_copy(tiny_llama_dir, tmp_path, gating="threshold", calibration=calibration, sparsity=0.4)
+    probe = measure_sparsity(out, ids, windows=4, window=256)
+    # Measured on the calibration text itself: the histogram quantile is accurate to a bin.
+    assert probe["weighted"] == pytest.approx(0.4, abs=0.01)
+    assert all(0.3 < f < 0.5 for f in probe["gates"].values())

@@ -1,0 +1,105 @@
+"""Measure the sparsity an optimized model actually applies on some text.
+
+Top-k gates mask exactly K - k features per token. Threshold gates mask a fraction that
+depends on the text; this runs the model with the input of every WinaSparseMatMul
+exposed and counts, per gate, the scores at or below its threshold (the op keeps a
+feature when its score is strictly above; a NaN score counts as +inf and is kept).
+The model-level figure weights each gate by its weight bytes, which is what a decode
+step skips reading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from . import reference, schema
+from .modelio import load_model
+
+
+@dataclass(frozen=True)
+class GateProbe:
+    """One gate: its input tensor, score scale, threshold or k, and weight bytes."""
+
+    node_name: str
+    x: str
+    scale: np.ndarray
+    threshold: float | None
+    keep: int | None
+    weight_bytes: int
+
+
+def _gates(model: onnx.ModelProto) -> list[GateProbe]:
+    inits = {init.name: init for init in model.graph.initializer}
+    probes = []
+    for node in model.graph.node:
+        if node.op_type != schema.OP_TYPE or node.domain != schema.DOMAIN:
+            continue
+        weight = inits[node.input[1]]
+        scale = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+        threshold = keep = None
+        if len(node.input) > 3 and node.input[3]:
+            threshold = float(numpy_helper.to_array(inits[node.input[3]]).reshape(-1)[0])
+        if len(node.input) > 4 and node.input[4]:
+            keep = int(numpy_helper.to_array(inits[node.input[4]]).reshape(-1)[0])
+        item = 4 if weight.data_type == onnx.TensorProto.FLOAT else 2
+        probes.append(GateProbe(node.name, node.input[0], scale, threshold, keep,
+                                int(np.prod(weight.dims)) * item))
+    return probes
+
+
+def measure_sparsity(model_path: str | Path, token_ids: np.ndarray, *, windows: int = 2, window: int = 512,
+                     threads: int | None = None) -> dict:
+    """Fraction of features masked per gate and weighted by weight bytes, over `windows` windows.
+
+    Returns {"weighted": float, "mean": float, "gates": {node: fraction}, "tokens": int}.
+    """
+    import onnxruntime as ort
+
+    from .library import register_library
+    from .runtime import CausalLM, session_options
+
+    model = load_model(Path(model_path))
+    probes = _gates(model)
+    if not probes:
+        raise ValueError(f"{model_path} has no {schema.OP_TYPE} node")
+    existing = {o.name for o in model.graph.output}
+    elem_types = {init.name: init.data_type for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == schema.OP_TYPE and node.input[0] not in existing:
+            elem = elem_types[node.input[1]]  # x has the weight's type
+            model.graph.output.append(onnx.helper.make_tensor_value_info(node.input[0], elem, None))
+            existing.add(node.input[0])
+    options = session_options(threads=threads)
+    register_library(options)
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    del model
+    lm = CausalLM(session, Path(model_path).parent)
+    names = sorted({p.x for p in probes})
+    masked = {p.node_name: 0.0 for p in probes}
+    rows = {p.node_name: 0 for p in probes}
+    token_ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    count = min(windows, len(token_ids) // window)
+    for w in range(count):
+        ids = token_ids[w * window:(w + 1) * window][None, :]
+        outputs = dict(zip(names, session.run(names, lm.feeds(ids))))
+        for p in probes:
+            x = outputs[p.x].astype(np.float32).reshape(-1, p.scale.shape[0])
+            if p.keep is not None:
+                masked[p.node_name] += x.shape[0] * (1.0 - min(p.keep, x.shape[1]) / x.shape[1])
+            else:
+                keep = reference.keep_mask(x, p.scale, threshold=p.threshold)
+                masked[p.node_name] += float((~keep).mean(axis=1).sum())
+            rows[p.node_name] += x.shape[0]
+    fractions = {name: masked[name] / max(rows[name], 1) for name in masked}
+    total = sum(p.weight_bytes for p in probes)
+    return {
+        "weighted": sum(fractions[p.node_name] * p.weight_bytes for p in probes) / total,
+        "mean": float(np.mean(list(fractions.values()))),
+        "gates": fractions,
+        "tokens": count * window,
+    }
