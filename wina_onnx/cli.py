@@ -244,6 +244,19 @@ def cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    """Run lm-evaluation-harness on a wina-onnx model: lm-eval's `run` with --model wina-onnx.
+
+    Every option is lm-eval's own (see `lm-eval run --help`), for example:
+        wina-onnx lm-eval --model_args model=wina --tasks hellaswag --limit 100
+    Model arguments: model=DIR (or model.onnx), threads=N, max_length=N, add_bos_token=BOOL,
+    optimization_level=disable|basic|extended|all. Needs the lm_eval extra.
+    """
+    from .integrations.lm_eval import main as lm_eval_main
+
+    return lm_eval_main(args.lm_eval_args)
+
+
 def _copy_sidecar_files(model: Path, output: Path) -> None:
     """Copy tokenizer/config JSON files beside the output so its folder is a complete model."""
     if model.resolve().parent == output.resolve().parent:
@@ -344,13 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="absolute op library path written to config.pbtxt, as it will be on the serving "
                         "nodes (default: the absolute path of REPO/NAME/libwina_onnx_ops.so here)")
     p.add_argument("--force", action="store_true", help="replace an existing REPO/NAME")
+
+    p = add("lm-eval", cmd_lm_eval)
+    p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, metavar="LM_EVAL_OPTIONS",
+                   help="options of `lm-eval run` (--model defaults to wina-onnx)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `wina-onnx`; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"] and not {"-h", "--help"} & set(argv[1:2]):
+        # argparse cannot pass options it does not know through to a sub-command.
+        args = argparse.Namespace(command="lm-eval", func=cmd_lm_eval, lm_eval_args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.func(args)
     except WinaError as exc:
