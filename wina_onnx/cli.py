@@ -228,14 +228,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    """Package MODEL for a serving system; --triton REPO writes a Triton model repository.
+    """Package MODEL for a serving system: a Triton model repository or an ONNX Runtime GenAI folder.
 
-    REPO/NAME/1/model.onnx (+ external data), REPO/NAME/libwina_onnx_ops.so and
-    REPO/NAME/config.pbtxt (backend "onnxruntime", the model's inputs and outputs, and
-    model_operations { op_library_filename } naming the library). Triton needs that path to
-    be absolute and valid on every node: it is --library-path if given, else the absolute
-    path of the copied library on this machine. The folder is written whole or not at all.
+    --triton REPO writes REPO/NAME/1/model.onnx (+ external data),
+    REPO/NAME/libwina_onnx_ops.so and REPO/NAME/config.pbtxt (backend "onnxruntime", the
+    model's inputs and outputs, and model_operations { op_library_filename } naming the
+    library). Triton needs that path to be absolute and valid on every node: it is
+    --library-path if given, else the absolute path of the copied library on this machine.
+
+    --genai DIR writes DIR/model.onnx (+ external data), the tokenizer and config files,
+    DIR/libwina_onnx_ops.so (for a WINA model) and DIR/genai_config.json, whose decoder
+    session_options name the library by its path relative to DIR (custom_ops_library).
+
+    Either folder is written whole or not at all.
     """
+    if args.genai:
+        from .integrations.genai import write_genai_folder
+
+        if args.name or args.library_path:
+            raise ConfigError("--name and --library-path apply to --triton only")
+        target = write_genai_folder(args.genai, args.model, force=args.force)
+        print(f"wrote ONNX Runtime GenAI model {target}")
+        return 0
     from .integrations.triton import write_triton_repository
 
     target = write_triton_repository(args.triton, args.model, name=args.name,
@@ -351,12 +365,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("package", cmd_package)
     p.add_argument("model", help="model.onnx (an optimized or dense model)")
-    p.add_argument("--triton", required=True, metavar="REPO", help="Triton model repository folder to write into")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--triton", metavar="REPO", help="Triton model repository folder to write into")
+    target.add_argument("--genai", metavar="DIR", help="ONNX Runtime GenAI model folder to write")
     p.add_argument("--name", default=None, help="Triton model name (default: the model's folder name)")
     p.add_argument("--library-path", default=None, metavar="PATH",
                    help="absolute op library path written to config.pbtxt, as it will be on the serving "
                         "nodes (default: the absolute path of REPO/NAME/libwina_onnx_ops.so here)")
-    p.add_argument("--force", action="store_true", help="replace an existing REPO/NAME")
+    p.add_argument("--force", action="store_true", help="replace an existing REPO/NAME or DIR")
 
     p = add("lm-eval", cmd_lm_eval)
     p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, metavar="LM_EVAL_OPTIONS",
