@@ -191,27 +191,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """Show what wina-onnx did to a model: the gated MatMuls and the settings."""
-    from .modelio import load_model
-    from .optimize import read_metadata
+    """Show what wina-onnx gated in a model: one row per gated MatMul, then the totals.
 
-    meta = read_metadata(load_model(args.model, load_weights=False))
-    if not meta:
-        print(f"{args.model} was not optimized by wina-onnx")
-        return 1
+    Columns: layer, role, K, N, mode (wina: |x|*||B[i,:]||, teal: |x|), gating, sparsity,
+    k (top-k) or threshold, and the weight bytes a decoded token does not read. --json
+    gives the same rows with the settings and the totals. Reads no weights.
+    """
+    from .modelio import load_model
+    from .summary import summarize
+
+    try:
+        summary = summarize(load_model(args.model, load_weights=False))
+    except ConfigError as exc:
+        raise ConfigError(f"{args.model}: {exc}") from None
     if args.json:
-        print(json.dumps(meta, indent=1))
+        print(json.dumps(summary.to_json(), indent=1))
         return 0
-    print(f"wina-onnx {meta.get('version')}  settings: {json.dumps(meta.get('config'))}")
-    gated = meta.get("gated", [])
-    print(f"{'role':<16}{'K':>7}{'N':>7}{'sparsity':>10}{'k':>7}{'threshold':>12}{'MiB skipped/token':>19}")
-    for g in gated:
-        thr = "" if g["threshold"] is None else f"{g['threshold']:.4g}"
-        k = "" if g["k"] is None else str(g["k"])
-        skipped = g["sparsity"] * g["weight_bytes"] / 2**20
-        print(f"{g['role']:<16}{g['K']:>7}{g['N']:>7}{g['sparsity']:>10.3f}{k:>7}{thr:>12}{skipped:>19.3f}")
-    total = sum(g["sparsity"] * g["weight_bytes"] for g in gated) / 2**20
-    print(f"{len(gated)} gated MatMuls; {total:.1f} MiB of weights not read per token")
+    print(summary.table())
+    print(f"settings: {json.dumps(summary.config)}")
     return 0
 
 
