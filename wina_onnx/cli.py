@@ -255,6 +255,26 @@ def cmd_package(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Plot results as PNG files (needs matplotlib: the report extra).
+
+    --quality RESULTS.json: perplexity (log scale) against sparsity, one line per "family"
+    (else per "mode") of the results, dense as a dashed reference line.
+    --allocation FILE: heatmap of the sparsity per layer (rows) and role (columns); with
+    --model MODEL.onnx the file's patterns are applied to the model's projections.
+    """
+    from .report import plot_allocation, plot_quality
+
+    if args.quality:
+        if args.model:
+            raise ConfigError("--model applies to --allocation only")
+        out = plot_quality(args.quality, args.output, title=args.title)
+    else:
+        out = plot_allocation(args.allocation, args.output, model=args.model, title=args.title)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_lm_eval(args: argparse.Namespace) -> int:
     """Run lm-evaluation-harness on a wina-onnx model: lm-eval's `run` with --model wina-onnx.
 
@@ -370,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="absolute op library path written to config.pbtxt, as it will be on the serving "
                         "nodes (default: the absolute path of REPO/NAME/libwina_onnx_ops.so here)")
     p.add_argument("--force", action="store_true", help="replace an existing REPO/NAME or DIR")
+
+    p = add("report", cmd_report)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--quality", metavar="RESULTS.json", help="quality results: perplexity vs sparsity")
+    source.add_argument("--allocation", metavar="FILE", help="allocation file: per-layer sparsity heatmap")
+    p.add_argument("--model", default=None, metavar="MODEL.onnx", help="model whose MatMuls the allocation covers")
+    p.add_argument("-o", "--output", required=True, metavar="PLOT.png", help="PNG file to write")
+    p.add_argument("--title", default=None, help="plot title (default: from the input file name)")
 
     p = add("lm-eval", cmd_lm_eval)
     p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, metavar="LM_EVAL_OPTIONS",
