@@ -136,3 +136,20 @@ def test_bad_model_args(tiny_llama_dir: Path):
     from lm_eval.api.registry import get_model
 
     assert get_model("wina-onnx") is register() is WinaOnnxLM
+
+
+def test_simple_evaluate_after_register(wina_dir: Path, tmp_path: Path, monkeypatch):
+    """The README's Python route: register(), then lm_eval.simple_evaluate(model="wina-onnx", ...)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    register()
+    out = lm_eval.simple_evaluate(model="wina-onnx", model_args=f"model={wina_dir}", tasks=["wina_tiny_mc"],
+                                  task_manager=TaskManager(include_path=str(TASK_DIR)))
+    lm = CausalLM.from_path(wina_dir)
+    docs = [json.loads(line) for line in (TASK_DIR / "tiny_mc.jsonl").read_text().splitlines()]
+    correct = [float(int(np.argmax([_direct_loglikelihood(lm, f"Q: {d['question']}\nA:", " " + c)
+                                    for c in d["choices"]])) == d["answer"]) for d in docs]
+    assert out["results"]["wina_tiny_mc"]["acc,none"] == pytest.approx(np.mean(correct))
