@@ -209,27 +209,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """Show what wina-onnx did to a model: the gated MatMuls and the settings."""
-    from .modelio import load_model
-    from .optimize import read_metadata
+    """Show what wina-onnx gated in a model: one row per gated MatMul, then the totals.
 
-    meta = read_metadata(load_model(args.model, load_weights=False))
-    if not meta:
-        print(f"{args.model} was not optimized by wina-onnx")
-        return 1
+    Columns: layer, role, K, N, mode (wina: |x|*||B[i,:]||, teal: |x|), gating, sparsity,
+    k (top-k) or threshold, and the weight bytes a decoded token does not read. --json
+    gives the same rows with the settings and the totals. Reads no weights.
+    """
+    from .modelio import load_model
+    from .summary import summarize
+
+    try:
+        summary = summarize(load_model(args.model, load_weights=False))
+    except ConfigError as exc:
+        raise ConfigError(f"{args.model}: {exc}") from None
     if args.json:
-        print(json.dumps(meta, indent=1))
+        print(json.dumps(summary.to_json(), indent=1))
         return 0
-    print(f"wina-onnx {meta.get('version')}  settings: {json.dumps(meta.get('config'))}")
-    gated = meta.get("gated", [])
-    print(f"{'role':<16}{'K':>7}{'N':>7}{'sparsity':>10}{'k':>7}{'threshold':>12}{'MiB skipped/token':>19}")
-    for g in gated:
-        thr = "" if g["threshold"] is None else f"{g['threshold']:.4g}"
-        k = "" if g["k"] is None else str(g["k"])
-        skipped = g["sparsity"] * g["weight_bytes"] / 2**20
-        print(f"{g['role']:<16}{g['K']:>7}{g['N']:>7}{g['sparsity']:>10.3f}{k:>7}{thr:>12}{skipped:>19.3f}")
-    total = sum(g["sparsity"] * g["weight_bytes"] for g in gated) / 2**20
-    print(f"{len(gated)} gated MatMuls; {total:.1f} MiB of weights not read per token")
+    print(summary.table())
+    print(f"settings: {json.dumps(summary.config)}")
     return 0
 
 
@@ -246,20 +243,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    """Package MODEL for a serving system; --triton REPO writes a Triton model repository.
+    """Package MODEL for a serving system: a Triton model repository or an ONNX Runtime GenAI folder.
 
-    REPO/NAME/1/model.onnx (+ external data), REPO/NAME/libwina_onnx_ops.so and
-    REPO/NAME/config.pbtxt (backend "onnxruntime", the model's inputs and outputs, and
-    model_operations { op_library_filename } naming the library). Triton needs that path to
-    be absolute and valid on every node: it is --library-path if given, else the absolute
-    path of the copied library on this machine. The folder is written whole or not at all.
+    --triton REPO writes REPO/NAME/1/model.onnx (+ external data),
+    REPO/NAME/libwina_onnx_ops.so and REPO/NAME/config.pbtxt (backend "onnxruntime", the
+    model's inputs and outputs, and model_operations { op_library_filename } naming the
+    library). Triton needs that path to be absolute and valid on every node: it is
+    --library-path if given, else the absolute path of the copied library on this machine.
+
+    --genai DIR writes DIR/model.onnx (+ external data), the tokenizer and config files,
+    DIR/libwina_onnx_ops.so (for a WINA model) and DIR/genai_config.json, whose decoder
+    session_options name the library by its path relative to DIR (custom_ops_library).
+
+    Either folder is written whole or not at all.
     """
+    if args.genai:
+        from .integrations.genai import write_genai_folder
+
+        if args.name or args.library_path:
+            raise ConfigError("--name and --library-path apply to --triton only")
+        target = write_genai_folder(args.genai, args.model, force=args.force)
+        print(f"wrote ONNX Runtime GenAI model {target}")
+        return 0
     from .integrations.triton import write_triton_repository
 
     target = write_triton_repository(args.triton, args.model, name=args.name,
                                      library_path=args.library_path, force=args.force)
     print(f"wrote Triton model {target}")
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Plot results as PNG files (needs matplotlib: the report extra).
+
+    --quality RESULTS.json: perplexity (log scale) against sparsity, one line per "family"
+    (else per "mode") of the results, dense as a dashed reference line.
+    --allocation FILE: heatmap of the sparsity per layer (rows) and role (columns); with
+    --model MODEL.onnx the file's patterns are applied to the model's projections.
+    """
+    from .report import plot_allocation, plot_quality
+
+    if args.quality:
+        if args.model:
+            raise ConfigError("--model applies to --allocation only")
+        out = plot_quality(args.quality, args.output, title=args.title)
+    else:
+        out = plot_allocation(args.allocation, args.output, model=args.model, title=args.title)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_lm_eval(args: argparse.Namespace) -> int:
+    """Run lm-evaluation-harness on a wina-onnx model: lm-eval's `run` with --model wina-onnx.
+
+    Every option is lm-eval's own (see `lm-eval run --help`), for example:
+        wina-onnx lm-eval --model_args model=wina --tasks hellaswag --limit 100
+    Model arguments: model=DIR (or model.onnx), threads=N, max_length=N, add_bos_token=BOOL,
+    optimization_level=disable|basic|extended|all. Needs the lm_eval extra.
+    """
+    from .integrations.lm_eval import main as lm_eval_main
+
+    return lm_eval_main(args.lm_eval_args)
 
 
 def _copy_sidecar_files(model: Path, output: Path) -> None:
@@ -369,19 +413,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("package", cmd_package)
     p.add_argument("model", help="model.onnx (an optimized or dense model)")
-    p.add_argument("--triton", required=True, metavar="REPO", help="Triton model repository folder to write into")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--triton", metavar="REPO", help="Triton model repository folder to write into")
+    target.add_argument("--genai", metavar="DIR", help="ONNX Runtime GenAI model folder to write")
     p.add_argument("--name", default=None, help="Triton model name (default: the model's folder name)")
     p.add_argument("--library-path", default=None, metavar="PATH",
                    help="absolute op library path written to config.pbtxt, as it will be on the serving "
                         "nodes (default: the absolute path of REPO/NAME/libwina_onnx_ops.so here)")
-    p.add_argument("--force", action="store_true", help="replace an existing REPO/NAME")
+    p.add_argument("--force", action="store_true", help="replace an existing REPO/NAME or DIR")
+
+    p = add("report", cmd_report)
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--quality", metavar="RESULTS.json", help="quality results: perplexity vs sparsity")
+    source.add_argument("--allocation", metavar="FILE", help="allocation file: per-layer sparsity heatmap")
+    p.add_argument("--model", default=None, metavar="MODEL.onnx", help="model whose MatMuls the allocation covers")
+    p.add_argument("-o", "--output", required=True, metavar="PLOT.png", help="PNG file to write")
+    p.add_argument("--title", default=None, help="plot title (default: from the input file name)")
+
+    p = add("lm-eval", cmd_lm_eval)
+    p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, metavar="LM_EVAL_OPTIONS",
+                   help="options of `lm-eval run` (--model defaults to wina-onnx)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `wina-onnx`; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"] and not {"-h", "--help"} & set(argv[1:2]):
+        # argparse cannot pass options it does not know through to a sub-command.
+        args = argparse.Namespace(command="lm-eval", func=cmd_lm_eval, lm_eval_args=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     try:
         return args.func(args)
     except WinaError as exc:

@@ -1,0 +1,198 @@
+"""Write an ONNX Runtime GenAI model folder for a wina-onnx (Optimum-exported) model.
+
+Layout (what `onnxruntime_genai.Model(folder)` loads):
+
+    OUT/model.onnx (+ external data)   the model, copied unchanged
+    OUT/libwina_onnx_ops.so            the op library, copied (only for a WINA model)
+    OUT/genai_config.json              decoder inputs/outputs, sizes, search defaults
+    OUT/tokenizer.json ...             tokenizer and config files from beside the model
+
+genai_config.json names the Optimum graph's tensors (input_ids, attention_mask,
+position_ids, past_key_values.%d.key/value -> logits, present.%d.key/value) and, under
+model.decoder.session_options, `custom_ops_library: "libwina_onnx_ops.so"`: a relative
+path that GenAI resolves against the model folder (it refuses libraries outside the
+folder, an EP library folder or the working directory). The present tensors hold the
+past plus the new tokens, so `past_present_share_buffer` is false.
+
+The folder is written beside its final place and renamed in when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..errors import ConfigError, ModelLoadError
+from ..library import LIBRARY_NAME, get_library_path
+from .triton import _external_files
+
+# Tokenizer and configuration files GenAI (or a user) may need beside the model.
+SIDECAR_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
+    "config.json", "generation_config.json",
+)
+_PAST_RE = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+_PRESENT_RE = re.compile(r"^present\.(\d+)\.(key|value)$")
+
+
+def _static(dim) -> int | None:
+    return dim.dim_value if dim.HasField("dim_value") and dim.dim_value > 0 else None
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def _first_id(value) -> int | None:
+    if isinstance(value, list):
+        return int(value[0]) if value else None
+    return None if value is None else int(value)
+
+
+def genai_config(model, config: dict, generation: dict, *, filename: str = "model.onnx",
+                 library: str | None = LIBRARY_NAME, context_length: int | None = None) -> dict:
+    """The genai_config.json dict for the onnx.ModelProto `model` (header only is enough).
+
+    config / generation: the Hugging Face config.json and generation_config.json (may be
+    empty when the graph has static KV shapes and the token ids are given elsewhere).
+    library: the op library path written as custom_ops_library (None: no library).
+    """
+    initializers = {i.name for i in model.graph.initializer}
+    inputs = {v.name: v for v in model.graph.input if v.name not in initializers}
+    outputs = {v.name for v in model.graph.output}
+    if "input_ids" not in inputs or "logits" not in outputs:
+        raise ModelLoadError("the model has no input_ids input or logits output; export with task "
+                             "text-generation-with-past (wina-onnx export)")
+    layers = sorted({int(m.group(1)) for name in inputs if (m := _PAST_RE.match(name))})
+    presents = sorted({int(m.group(1)) for name in outputs if (m := _PRESENT_RE.match(name))})
+    if not layers or layers != list(range(len(layers))) or presents != layers:
+        raise ModelLoadError("the model has no past_key_values.N.key/value inputs with matching present.N.key/value "
+                             "outputs (export with past)")
+    shape = inputs["past_key_values.0.key"].type.tensor_type.shape.dim
+    kv_heads = _static(shape[1]) or config.get("num_key_value_heads") or config.get("num_attention_heads")
+    head_size = _static(shape[3]) or config.get("head_dim")
+    heads = config.get("num_attention_heads")
+    hidden = config.get("hidden_size")
+    if head_size is None and hidden and heads:
+        head_size = hidden // heads
+    vocab = config.get("vocab_size")
+    missing = [name for name, value in (("num_key_value_heads", kv_heads), ("head_dim", head_size),
+                                        ("num_attention_heads", heads), ("hidden_size", hidden),
+                                        ("vocab_size", vocab)) if not value]
+    if missing:
+        raise ConfigError(f"cannot tell {', '.join(missing)} from the model; keep its config.json beside it")
+    eos = generation.get("eos_token_id", config.get("eos_token_id"))
+    eos_ids = eos if isinstance(eos, list) else ([] if eos is None else [eos])
+    if not eos_ids:
+        raise ConfigError("no eos_token_id in generation_config.json or config.json")
+    bos = _first_id(generation.get("bos_token_id", config.get("bos_token_id")))
+    pad = _first_id(generation.get("pad_token_id", config.get("pad_token_id")))
+    context = int(context_length or config.get("max_position_embeddings") or 2048)
+
+    session_options: dict = {"log_id": "wina-onnx", "provider_options": []}
+    if library is not None:
+        session_options["custom_ops_library"] = library
+    names_in = {"input_ids": "input_ids",
+                "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"}
+    if "attention_mask" in inputs:
+        names_in["attention_mask"] = "attention_mask"
+    if "position_ids" in inputs:
+        names_in["position_ids"] = "position_ids"
+    return {
+        "model": {
+            "bos_token_id": bos if bos is not None else int(eos_ids[0]),
+            "context_length": context,
+            "decoder": {
+                "session_options": session_options,
+                "filename": filename,
+                "head_size": int(head_size),
+                "hidden_size": int(hidden),
+                "inputs": names_in,
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+                "num_attention_heads": int(heads),
+                "num_hidden_layers": len(layers),
+                "num_key_value_heads": int(kv_heads),
+            },
+            "eos_token_id": [int(e) for e in eos_ids] if len(eos_ids) > 1 else int(eos_ids[0]),
+            "pad_token_id": pad if pad is not None else int(eos_ids[0]),
+            "type": config.get("model_type", "llama"),
+            "vocab_size": int(vocab),
+        },
+        "search": {
+            "diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
+            "max_length": context, "min_length": 0, "no_repeat_ngram_size": 0, "num_beams": 1,
+            "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+            "temperature": 1.0, "top_k": 1, "top_p": 1.0,
+        },
+    }
+
+
+def write_genai_folder(out: str | Path, model_path: str | Path, *, context_length: int | None = None,
+                       force: bool = False) -> Path:
+    """Write OUT (see the module docstring) for `model_path` (a model.onnx or its folder); return OUT.
+
+    The op library is copied and named in genai_config.json only when the model uses
+    WinaSparseMatMul. force replaces an existing OUT. The input is only read.
+    """
+    import onnx
+
+    from ..runtime import uses_wina_domain
+
+    model_path = Path(model_path)
+    if model_path.is_dir():
+        model_path = model_path / "model.onnx"
+    if not model_path.is_file():
+        raise ModelLoadError(f"{model_path} does not exist")
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:
+        raise ModelLoadError(f"{model_path} is not a readable ONNX model: {exc}") from exc
+    out = Path(out)
+    if out.resolve() == model_path.parent.resolve():
+        raise ConfigError("the GenAI folder must differ from the model's folder")
+    if out.exists() and not force:
+        raise ConfigError(f"{out} exists; pass --force to replace it")
+    source = model_path.parent
+    wina = uses_wina_domain(model_path)
+    config = genai_config(model, _read_json(source / "config.json"), _read_json(source / "generation_config.json"),
+                          library=LIBRARY_NAME if wina else None, context_length=context_length)
+    if not (source / "tokenizer.json").is_file():
+        raise ModelLoadError(f"no tokenizer.json beside {model_path}; GenAI needs the tokenizer files")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        shutil.copy2(model_path, tmp / "model.onnx")
+        for location in _external_files(model):
+            if not (source / location).is_file():
+                raise ModelLoadError(f"{model_path.name} names external data {location}, which is missing")
+            (tmp / location).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / location, tmp / location)
+        for name in SIDECAR_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, tmp / name)
+        if wina:
+            shutil.copy2(get_library_path(), tmp / LIBRARY_NAME)
+        (tmp / "genai_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
