@@ -1013,10 +1013,41 @@ cudaError_t LaunchWinaSparseMatMul(const Problem& p, const Plan& plan, void* wor
                                    : launch_prefill<T, GateMode::kThreshold>(p, gate, xg, stream);
 }
 
+template <typename T>
+cudaError_t LaunchWinaGatedX(const Problem& p, const Plan& plan, void* workspace, Stream stream, const void** xg) {
+  if (!stream.valid()) return cudaErrorInvalidResourceHandle;
+  if (xg == nullptr || plan.decode || p.M <= 0 || p.K <= 0 || p.N < 0 || p.K > INT_MAX / 2 || p.M > INT_MAX)
+    return cudaErrorInvalidValue;
+  if (workspace == nullptr) return cudaErrorInvalidValue;
+  char* ws = static_cast<char*>(workspace);
+  Gate gate{p.threshold, nullptr, nullptr};
+  if (p.mode == GateMode::kTopK) {
+    uint32_t* keys = reinterpret_cast<uint32_t*>(ws);
+    int32_t* cuts = reinterpret_cast<int32_t*>(ws + align_up(static_cast<size_t>(p.M) * 4));
+    gate.keys = keys;
+    gate.cuts = cuts;
+    const cudaError_t err = launch_select<T>(p, keys, cuts, false, stream);
+    if (err != cudaSuccess) return err;
+  }
+  ws += gate_bytes(p);
+  T* out = reinterpret_cast<T*>(ws);
+  const int64_t total = p.M * p.K;
+  const unsigned mask_blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65536));
+  const cudaError_t err =
+      p.mode == GateMode::kTopK
+          ? launch(stream, mask_kernel<T, GateMode::kTopK>, dim3(mask_blocks), dim3(256), 0, false,
+                   static_cast<const T*>(p.x), p.score_scale, gate, out, p.M, static_cast<int>(p.K))
+          : launch(stream, mask_kernel<T, GateMode::kThreshold>, dim3(mask_blocks), dim3(256), 0, false,
+                   static_cast<const T*>(p.x), p.score_scale, gate, out, p.M, static_cast<int>(p.K));
+  *xg = out;
+  return err;
+}
+
 #define WINA_INSTANTIATE(T)                                                                        \
   template Plan MakePlan<T>(const Problem&, const DeviceInfo&, int);                               \
   template size_t WorkspaceBytes<T>(const Problem&, const Plan&);                                  \
-  template cudaError_t LaunchWinaSparseMatMul<T>(const Problem&, const Plan&, void*, Stream);
+  template cudaError_t LaunchWinaSparseMatMul<T>(const Problem&, const Plan&, void*, Stream);      \
+  template cudaError_t LaunchWinaGatedX<T>(const Problem&, const Plan&, void*, Stream, const void**);
 
 WINA_INSTANTIATE(float)
 WINA_INSTANTIATE(__half)
