@@ -86,6 +86,8 @@ def retarget(wina_model: Path, output: Path, calibration, sparsity: float) -> No
 def main(argv=None) -> int:
     args = parse_args(argv)
     command = "python3 benchmarks/e2e_cuda.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    if args.device == "cuda":
+        import torch  # noqa: F401  (first: its CUDA 13 libraries are the ones ONNX Runtime's provider loads)
     from wina_onnx import schema
     from wina_onnx.allocation import Allocation
     from wina_onnx.bench import bench_models

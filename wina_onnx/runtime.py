@@ -269,10 +269,12 @@ class CudaCausalLM:
     list of (key, value) OrtValues on the GPU.
     """
 
-    def __init__(self, lm: CausalLM, device_id: int = 0) -> None:
+    def __init__(self, lm: CausalLM, device_id: int = 0, device_type: str = "cuda") -> None:
+        """device_type "cpu" binds the same way in host memory (for tests without a GPU)."""
         self.lm = lm
         self.session = lm.session
         self.device_id = device_id
+        self.device_type = device_type
         self.output_names = lm.output_names
 
     @classmethod
@@ -285,6 +287,11 @@ class CudaCausalLM:
         device_id: int = 0,
     ) -> "CudaCausalLM":
         """Load model.onnx (or its folder) on the CUDA provider."""
+        if hasattr(ort, "preload_dlls"):  # the CUDA libraries of the nvidia-* wheels, if that is where they are
+            try:
+                ort.preload_dlls()
+            except Exception:  # noqa: BLE001 - the provider's own loading reports what is missing
+                pass
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ModelLoadError("this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
         providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
@@ -294,11 +301,16 @@ class CudaCausalLM:
         return cls(lm, device_id)
 
     def _device(self, array: np.ndarray) -> ort.OrtValue:
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), "cuda", self.device_id)
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device_type, self.device_id)
 
     def empty_past(self, batch: int = 1) -> list:
         """A KV cache of length 0 on the GPU."""
-        return [tuple(self._device(a) for a in pair) for pair in self.lm.empty_past(batch)]
+        shape = [batch, self.lm.num_kv_heads, 0, self.lm.head_dim]
+        return [
+            tuple(ort.OrtValue.ortvalue_from_shape_and_type(shape, self.lm.dtype, self.device_type, self.device_id)
+                  for _ in range(2))
+            for _ in range(self.lm.num_layers)
+        ]
 
     def forward(self, input_ids: np.ndarray, past: list | None = None, past_length: int | None = None,
                 *, fetch_logits: bool = False):
@@ -326,7 +338,7 @@ class CudaCausalLM:
             binding.bind_ortvalue_input(f"past_key_values.{i}.key", k)
             binding.bind_ortvalue_input(f"past_key_values.{i}.value", v)
         for name in self.output_names:
-            binding.bind_output(name, "cuda", self.device_id)
+            binding.bind_output(name, self.device_type, self.device_id)
         self.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
         outputs = binding.get_outputs()
