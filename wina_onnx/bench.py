@@ -47,6 +47,8 @@ class BenchResult:
     repeats: int
     warmup: int
     threads: int | None
+    device: str = "cpu"
+    environment: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict."""
@@ -60,9 +62,10 @@ class BenchResult:
         """A printable table: median [IQR] in ms and speedup vs the baseline."""
         head = (
             f"prompt {self.prompt_tokens} tokens, decode {self.decode_tokens} tokens, "
-            f"{self.repeats} repeats, threads {self.threads or 'default'}"
+            f"{self.repeats} repeats, "
+            + (f"threads {self.threads or 'default'}" if self.device == "cpu" else f"device {self.device}")
         )
-        rows = [("model", "prefill ms [IQR]", "speedup", "decode ms/token [IQR]", "speedup")]
+        rows = [("model", "prefill ms [IQR]", "speedup", "decode ms/token [IQR]", "speedup", "tokens/s")]
         for m in self.models:
             rows.append(
                 (
@@ -71,6 +74,7 @@ class BenchResult:
                     f"{m.prefill_speedup:.3f}x",
                     f"{m.decode_median:.3f} [{m.decode_iqr:.3f}]",
                     f"{m.decode_speedup:.3f}x",
+                    f"{1e3 / m.decode_median:.1f}" if m.decode_median else "-",
                 )
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -87,7 +91,7 @@ def _median_iqr(samples: Sequence[float]) -> tuple[float, float]:
     return float(med), float(q3 - q1)
 
 
-def _run_once(lm: CausalLM, prompt: np.ndarray, decode_ids: np.ndarray) -> tuple[float, float]:
+def _run_once(lm, prompt: np.ndarray, decode_ids: np.ndarray) -> tuple[float, float]:
     """(prefill seconds, mean decode seconds per token) for one pass over the prompt."""
     start = time.perf_counter()
     _, past = lm.forward(prompt)
@@ -113,27 +117,37 @@ def bench_models(
     providers: Sequence[str] | None = None,
     seed: int = 0,
     progress: bool = True,
+    device: str = "cpu",
 ) -> BenchResult:
     """Benchmark every model in `paths` (name -> model.onnx or its folder), interleaved.
 
     The prompt is `prompt_tokens` fixed pseudo-random ids (seeded), decoded with
     `decode_tokens` further fixed ids, one at a time with the KV cache.
     `warmup` unrecorded repetitions come first (first-run allocations, page faults).
+    device "cuda": the CUDA provider with IOBinding (wina_onnx.runtime.CudaCausalLM):
+    the KV cache and logits stay on the GPU, every step ends with the GPU done.
     """
     if not paths:
         raise ValueError("no model to benchmark")
     if prompt_tokens < 1 or repeats < 1:
         raise ValueError("prompt_tokens and repeats must be at least 1")
-    models: dict[str, CausalLM] = {}
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, not {device!r}")
+    models: dict = {}
     # The sessions take turns: a session's pool threads must not keep spinning after its
     # run and steal the cores from the next model's (spinning within a run stays on).
     config = {"session.force_spinning_stop": "1"}
     for name, path in paths.items():
         stage("bench", f"loading {name} from {path}", enabled=progress)
-        models[name] = CausalLM.from_path(
-            path, threads=threads, providers=providers, optimization_level=optimization_level, config=config
-        )
-    vocab = min(int(lm.vocab_size or 1000) for lm in models.values())
+        if device == "cuda":
+            from .runtime import CudaCausalLM
+
+            models[name] = CudaCausalLM.from_path(path, optimization_level=optimization_level, config=config)
+        else:
+            models[name] = CausalLM.from_path(
+                path, threads=threads, providers=providers, optimization_level=optimization_level, config=config
+            )
+    vocab = min(int((lm.lm if device == "cuda" else lm).vocab_size or 1000) for lm in models.values())
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, vocab, size=(1, prompt_tokens), dtype=np.int64)
     decode_ids = rng.integers(0, vocab, size=decode_tokens, dtype=np.int64)
@@ -165,4 +179,30 @@ def bench_models(
         repeats=repeats,
         warmup=warmup,
         threads=threads,
+        device=device,
+        environment=_environment(device),
     )
+
+
+def _environment(device: str) -> dict:
+    """Versions and the GPU, for the record."""
+    import datetime
+    import platform
+
+    import onnxruntime as ort
+
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+    }
+    if device == "cuda":
+        import subprocess
+
+        try:
+            env["gpu"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            env["gpu"] = "unknown"
+    return env

@@ -179,8 +179,12 @@ def collect(
 
 
 
-def _targets_and_norms(model: onnx.ModelProto, include: list[str], exclude: list[str]):
-    """Target MatMul names and the row norms of their weights."""
+def _targets_and_norms(model: onnx.ModelProto, include: list[str], exclude: list[str], base_dir: str | None = None):
+    """Target MatMul names and the row norms of their weights.
+
+    base_dir: the model's folder, when its weights were not loaded (external data read
+    here, one target weight at a time).
+    """
     from onnx import numpy_helper
 
     from .passes import find_candidates
@@ -192,7 +196,8 @@ def _targets_and_norms(model: onnx.ModelProto, include: list[str], exclude: list
         raise NothingToGateError("no eligible MatMul in the model to calibrate")
     weights = {init.name: init for init in model.graph.initializer}
     norms = {
-        c.node_name: np.linalg.norm(numpy_helper.to_array(weights[c.weight_name]).astype(np.float32), axis=1)
+        c.node_name: np.linalg.norm(
+            numpy_helper.to_array(weights[c.weight_name], base_dir=base_dir or "").astype(np.float32), axis=1)
         for c in candidates
     }
     return candidates, norms
@@ -212,6 +217,7 @@ def calibrate_model(
     source: str | None = None,
     transform: bool = False,
     sample: "ActivationSample | None" = None,
+    providers: list | None = None,
 ) -> Calibration:
     """Run the dense model over calibration text and return the score histograms.
 
@@ -222,6 +228,9 @@ def calibrate_model(
     transform: calibrate the model as `optimize --transform` will rewrite it.
     sample: also keep rows of every target's input and its weight, for the greedy
     allocation (wina_onnx.greedy.allocate_greedy).
+    providers: ONNX Runtime execution providers (default CPU). A model whose weights are
+    in an external file is never loaded whole: the instrumented graph is written beside
+    it (pointing at the same weights) for the session, and removed again.
     """
     import onnxruntime as ort
 
@@ -231,14 +240,19 @@ def calibrate_model(
     from .progress import Progress
     from .runtime import CausalLM, load_tokenizer
 
+    from .modelio import uses_external_data
+
     model_path = Path(model_path)
-    model = load_model(model_path)
+    # Large models keep their weights on disk: only the target weights are read, for norms.
+    lazy = not transform and sample is None and uses_external_data(load_model(model_path, load_weights=False))
+    model = load_model(model_path, load_weights=not lazy)
     from .passes.rotate import META_TRANSFORM, rotate_residual_stream
 
     if transform:
         rotate_residual_stream(model)
     transformed = any(p.key == META_TRANSFORM for p in model.metadata_props)
-    candidates, norms = _targets_and_norms(model, list(include or []), list(exclude or []))
+    candidates, norms = _targets_and_norms(
+        model, list(include or []), list(exclude or []), base_dir=str(model_path.parent) if lazy else None)
     if sample is not None:
         from onnx import numpy_helper
 
@@ -253,8 +267,20 @@ def calibrate_model(
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    # Serialised in memory: the instrumented copy never touches the disk.
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    providers = list(providers or ["CPUExecutionProvider"])
+    if lazy:
+        # The graph alone, beside the model so that its external data paths still resolve.
+        import os
+
+        instrumented = model_path.parent / f".calibrate-{os.getpid()}-{model_path.name}"
+        try:
+            onnx.save_model(model, str(instrumented))
+            session = ort.InferenceSession(str(instrumented), options, providers=providers)
+        finally:
+            instrumented.unlink(missing_ok=True)
+    else:
+        # Serialised in memory: the instrumented copy never touches the disk.
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     del model
     lm = CausalLM(session)
     names = sorted(set(exposed.values()))

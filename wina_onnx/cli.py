@@ -203,7 +203,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     paths = {str(p): Path(p) for p in args.models}
     result = bench_models(paths, prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens,
-                          repeats=args.repeats, threads=args.threads)
+                          repeats=args.repeats, threads=args.threads, device=args.device)
     print(json.dumps(result.to_dict(), indent=1) if args.json else result.table())
     return 0
 
@@ -396,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                   help="cuda: CUDA provider with IOBinding, KV cache on the GPU (needs onnxruntime-gpu)")
     p.add_argument("--json", action="store_true")
     _add_threads(p)
 

@@ -255,3 +255,93 @@ class CausalLM:
         outputs = self.session.run(self.output_names, feeds)
         present = [(outputs[1 + 2 * i], outputs[2 + 2 * i]) for i in range(self.num_layers)]
         return outputs[0], present
+
+
+CUDA_PROVIDERS = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+
+
+class CudaCausalLM:
+    """A CausalLM run on the CUDA provider through IOBinding: nothing but token ids goes to the GPU.
+
+    The inputs (ids, mask, positions: a few bytes per step) are copied to the device,
+    the KV cache stays there (each step's present.* OrtValues are bound as the next step's
+    past_key_values.*), and logits are left on the device unless asked for. The past is a
+    list of (key, value) OrtValues on the GPU.
+    """
+
+    def __init__(self, lm: CausalLM, device_id: int = 0, device_type: str = "cuda") -> None:
+        """device_type "cpu" binds the same way in host memory (for tests without a GPU)."""
+        self.lm = lm
+        self.session = lm.session
+        self.device_id = device_id
+        self.device_type = device_type
+        self.output_names = lm.output_names
+
+    @classmethod
+    def from_path(
+        cls,
+        model_path: str | Path,
+        *,
+        optimization_level: str | None = None,
+        config: dict[str, str] | None = None,
+        device_id: int = 0,
+    ) -> "CudaCausalLM":
+        """Load model.onnx (or its folder) on the CUDA provider."""
+        if hasattr(ort, "preload_dlls"):  # the CUDA libraries of the nvidia-* wheels, if that is where they are
+            try:
+                ort.preload_dlls()
+            except Exception:  # noqa: BLE001 - the provider's own loading reports what is missing
+                pass
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ModelLoadError("this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+        providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
+        lm = CausalLM.from_path(model_path, providers=providers, optimization_level=optimization_level, config=config)
+        if lm.session.get_providers()[0] != "CUDAExecutionProvider":
+            raise ModelLoadError(f"{model_path} did not load on the CUDA provider")
+        return cls(lm, device_id)
+
+    def _device(self, array: np.ndarray) -> ort.OrtValue:
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device_type, self.device_id)
+
+    def empty_past(self, batch: int = 1) -> list:
+        """A KV cache of length 0 on the GPU."""
+        shape = [batch, self.lm.num_kv_heads, 0, self.lm.head_dim]
+        return [
+            tuple(ort.OrtValue.ortvalue_from_shape_and_type(shape, self.lm.dtype, self.device_type, self.device_id)
+                  for _ in range(2))
+            for _ in range(self.lm.num_layers)
+        ]
+
+    def forward(self, input_ids: np.ndarray, past: list | None = None, past_length: int | None = None,
+                *, fetch_logits: bool = False):
+        """Run `input_ids` [b, s] after `past`; return (logits or None, present on the GPU).
+
+        Returns when the GPU work of the step is done (the run synchronises the stream).
+        """
+        input_ids = np.asarray(input_ids, dtype=np.int64)
+        if input_ids.ndim == 1:
+            input_ids = input_ids[None, :]
+        batch, seq = input_ids.shape
+        if past is None:
+            past = self.empty_past(batch)
+        cached = past[0][0].shape()[2]
+        if past_length is not None and past_length != cached:
+            raise ValueError(f"past_length={past_length} but the cache holds {cached} positions")
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input("input_ids", self._device(input_ids))
+        if self.lm.takes_attention_mask:
+            binding.bind_ortvalue_input("attention_mask", self._device(np.ones((batch, cached + seq), np.int64)))
+        if self.lm.takes_position_ids:
+            positions = np.broadcast_to(np.arange(cached, cached + seq, dtype=np.int64), (batch, seq))
+            binding.bind_ortvalue_input("position_ids", self._device(positions))
+        for i, (k, v) in enumerate(past):
+            binding.bind_ortvalue_input(f"past_key_values.{i}.key", k)
+            binding.bind_ortvalue_input(f"past_key_values.{i}.value", v)
+        for name in self.output_names:
+            binding.bind_output(name, self.device_type, self.device_id)
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        outputs = binding.get_outputs()
+        present = [(outputs[1 + 2 * i], outputs[2 + 2 * i]) for i in range(self.lm.num_layers)]
+        logits = outputs[0].numpy() if fetch_logits else None
+        return logits, present

@@ -83,7 +83,7 @@ function(wina_add_cuda_kernels target)
   target_compile_definitions(${target} PRIVATE WINA_ONNX_WITH_CUDA=1)
   target_include_directories(${target} PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
   set_target_properties(${target} PROPERTIES LINKER_LANGUAGE CXX CUDA_RUNTIME_LIBRARY None)
-  target_link_libraries(${target} PRIVATE CUDA::cudart_static)
+  target_link_libraries(${target} PRIVATE CUDA::cudart_static ${CMAKE_DL_LIBS})  # dlopen of cuBLAS
 
   # Stand-alone check and timing of the launchers, built only on request:
   #   cmake --build <build dir> --target wina_cuda_launcher_bench

@@ -4,9 +4,13 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
+#include <dlfcn.h>
+#include <library_types.h>
+
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "cuda/wina_sparse_matmul_impl.cuh"
 
@@ -49,6 +53,86 @@ class Scratch {
   void* ptr_ = nullptr;
 };
 
+// cuBLAS for the prefill GEMM, opened at run time: the library must load where no CUDA is
+// installed, and ORT's CUDA provider has already loaded libcublas into the process, so
+// dlopen finds that copy. Only the three functions below are used, declared here by their
+// documented C signatures (the cuBLAS headers are not needed to build).
+class Cublas {
+ public:
+  using Handle = void*;
+  // One process-wide instance; nullptr when cuBLAS cannot be opened or WINA_ONNX_CUDA_CUBLAS=0
+  // (then the prefill path uses the built-in SIMT GEMM).
+  static Cublas* get() {
+    static Cublas* instance = [] {
+      const char* v = std::getenv("WINA_ONNX_CUDA_CUBLAS");
+      if (v != nullptr && v[0] == '0') return static_cast<Cublas*>(nullptr);
+      auto* c = new Cublas();
+      if (!c->open()) {
+        delete c;
+        return static_cast<Cublas*>(nullptr);
+      }
+      return c;
+    }();
+    return instance;
+  }
+
+  // Y [M, N] = X [M, K] B [K, N], all row-major and of the element type `type`, fp32
+  // accumulation, enqueued on `stream`. Row-major Y is column-major Y^T = B^T X^T, so B
+  // goes first: m = N, n = M, k = K, leading dimensions N, K, N.
+  bool gemm(cudaStream_t stream, cudaDataType_t type, const void* x, const void* b, void* y, int64_t M, int64_t K,
+            int64_t N) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) return false;
+    if (handles_[device] == nullptr && create_(&handles_[device]) != 0) {
+      handles_[device] = nullptr;
+      return false;
+    }
+    Handle handle = handles_[device];
+    if (set_stream_(handle, stream) != 0) return false;
+    const float alpha = 1.0f, beta = 0.0f;
+    constexpr int kOpN = 0;             // CUBLAS_OP_N
+    constexpr int kCompute32F = 68;     // CUBLAS_COMPUTE_32F
+    constexpr int kGemmDefault = -1;    // CUBLAS_GEMM_DEFAULT
+    return gemm_ex_(handle, kOpN, kOpN, static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &alpha, b,
+                    type, static_cast<int>(N), x, type, static_cast<int>(K), &beta, y, type, static_cast<int>(N),
+                    kCompute32F, kGemmDefault) == 0;
+  }
+
+ private:
+  static constexpr int kMaxDevices = 64;
+  using CreateFn = int (*)(Handle*);
+  using SetStreamFn = int (*)(Handle, cudaStream_t);
+  using GemmExFn = int (*)(Handle, int, int, int, int, int, const void*, const void*, cudaDataType_t, int,
+                           const void*, cudaDataType_t, int, const void*, void*, cudaDataType_t, int, int, int);
+
+  bool open() {
+    for (const char* name : {"libcublas.so.13", "libcublas.so.12", "libcublas.so"}) {
+      lib_ = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+      if (lib_ != nullptr) break;
+    }
+    if (lib_ == nullptr) return false;
+    create_ = reinterpret_cast<CreateFn>(dlsym(lib_, "cublasCreate_v2"));
+    set_stream_ = reinterpret_cast<SetStreamFn>(dlsym(lib_, "cublasSetStream_v2"));
+    gemm_ex_ = reinterpret_cast<GemmExFn>(dlsym(lib_, "cublasGemmEx"));
+    return create_ != nullptr && set_stream_ != nullptr && gemm_ex_ != nullptr;
+  }
+
+  void* lib_ = nullptr;  // never closed: handles live until the process ends
+  CreateFn create_ = nullptr;
+  SetStreamFn set_stream_ = nullptr;
+  GemmExFn gemm_ex_ = nullptr;
+  std::mutex mutex_;
+  Handle handles_[kMaxDevices] = {};
+};
+
+template <typename T>
+constexpr cudaDataType_t cuda_type() {
+  if constexpr (std::is_same_v<T, __half>) return CUDA_R_16F;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return CUDA_R_16BF;
+  return CUDA_R_32F;
+}
+
 template <typename T>
 void run(const cuda::Problem& problem, const cuda::DeviceInfo& device, OrtKernelContext* context,
          const OrtMemoryInfo* info, OrtAllocator* allocator, cuda::Stream stream) {
@@ -60,6 +144,19 @@ void run(const cuda::Problem& problem, const cuda::DeviceInfo& device, OrtKernel
   cuda::Plan plan = cuda::MakePlan<T>(problem, device);
   if (no_pdl) plan.pdl = false;
   Scratch scratch(context, info, allocator, cuda::WorkspaceBytes<T>(problem, plan));
+  // Prefill without bias (the decoder projections): gated X by our kernel, product by cuBLAS.
+  // fp32 is left to the SIMT GEMM, since cuBLAS's default fp32 mode may use TF32.
+  Cublas* cublas = (!plan.decode && problem.bias == nullptr && problem.M > 0 && problem.N > 0 && problem.K > 0 &&
+                    !std::is_same_v<T, float>)
+                       ? Cublas::get()
+                       : nullptr;
+  if (cublas != nullptr) {
+    const void* xg = nullptr;
+    check_cuda(cuda::LaunchWinaGatedX<T>(problem, plan, scratch.get(), stream, &xg), "kernel launch");
+    if (cublas->gemm(stream.get(), cuda_type<T>(), xg, problem.b, problem.y, problem.M, problem.K, problem.N)) return;
+    // cuBLAS refused (no handle, an unsupported shape): the gated X is already there, but the
+    // whole op is simply enqueued again on the built-in path (same result).
+  }
   check_cuda(cuda::LaunchWinaSparseMatMul<T>(problem, plan, scratch.get(), stream), "kernel launch");
 }
 

@@ -15,7 +15,8 @@
 //           programmatically dependent on the one before it on the stream (this call's or
 //           the previous op's), so launches overlap the tail of the kernel before. No atomics on the data: the result is deterministic.
 //   prefill (more tokens): a masking kernel writes the gated X into the workspace,
-//           then a tiled fp32-accumulating GEMM multiplies it by B.
+//           then the ORT kernel multiplies it by B with cuBLAS (LaunchWinaGatedX); where
+//           cuBLAS cannot be opened, a tiled fp32-accumulating SIMT GEMM does it.
 //   topk:   first a per-token radix select over the score bits (two 16-bit passes for
 //           K < 65536, one block a token) finds the k-th score and the last index kept
 //           among ties (ties keep lower indices), all on the device; every later kernel
@@ -99,6 +100,14 @@ size_t WorkspaceBytes(const Problem& p, const Plan& plan);
 // WorkspaceBytes(p, plan) bytes and stay untouched until the work is done (stream order).
 template <typename T>
 cudaError_t LaunchWinaSparseMatMul(const Problem& p, const Plan& plan, void* workspace, Stream stream);
+
+// Prefill through an external GEMM (cuBLAS, called by the ORT kernel): enqueues only the
+// gating of the prefill path (the top-k select when needed) and the masking of X into the
+// workspace, and sets *xg to the gated X [M, K] there; the caller then multiplies it by B
+// (and adds the bias). plan must be a prefill plan (plan.decode false); the workspace holds
+// WorkspaceBytes(p, plan) bytes.
+template <typename T>
+cudaError_t LaunchWinaGatedX(const Problem& p, const Plan& plan, void* workspace, Stream stream, const void** xg);
 
 }  // namespace cuda
 }  // namespace wina

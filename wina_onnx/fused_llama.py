@@ -1,0 +1,295 @@
+"""Build a Llama decoder directly as ONNX Runtime's fused graph, with random weights.
+
+Nothing at the 7-8B scale can be exported on a small machine or carried to a GPU
+machine, so this module writes, for any Llama configuration, the graph that ONNX
+Runtime's transformer optimizer and model builder make of a Llama decoder:
+
+    embed_tokens Gather
+    per layer:  (Skip)SimplifiedLayerNormalization            (input_layernorm)
+                q_proj, k_proj, v_proj MatMul
+                GroupQueryAttention (com.microsoft; rotary fused, KV cache in and out)
+                o_proj MatMul
+                SkipSimplifiedLayerNormalization               (post_attention_layernorm)
+                gate_proj, up_proj MatMul, SiLU as Sigmoid * x, * up, down_proj MatMul
+    SkipSimplifiedLayerNormalization (final norm), lm_head MatMul
+
+The projection MatMuls are named as the exporters name them
+(`/model/layers.3/self_attn/q_proj/MatMul`), with [K, N] initializer weights, so that
+the WINA pass (passes.roles) recognises them. Inputs and outputs are those of an Optimum
+`text-generation-with-past` export, so wina_onnx.runtime drives the model unchanged:
+
+    input_ids [b, s] int64, attention_mask [b, past + s] int64, position_ids [b, s] int64,
+    past_key_values.{i}.key / .value [b, kv_heads, past, head_dim]
+    -> logits [b, s, vocab], present.{i}.key / .value [b, kv_heads, past + s, head_dim]
+
+GroupQueryAttention derives the positions from the attention mask (seqlens_k = number
+of ones - 1), as ONNX Runtime GenAI's builder does; position_ids is accepted for the
+interface and unused (no padding: positions are 0..past+s-1). The weights are random
+(normal, std 0.02, as transformers initialises Llama; norm weights 1), written to one
+external data file as they are drawn, so an 8B model needs no more host memory than
+its largest tensor. It is a speed model: the numbers it computes mean nothing.
+The rotary cache uses plain RoPE with rope_theta (Llama-3's frequency scaling changes
+the cache values, not the work).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+IR_VERSION = 10  # ONNX Runtime 1.2x-1.3x; onnx 1.23 would write 14 by default
+OPSET = 17  # SimplifiedLayerNormalization is an ORT op in the default domain from opset 1
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """The configuration fields that set the graph's shapes."""
+
+    hidden_size: int = 4096
+    intermediate_size: int = 14336
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 8
+    vocab_size: int = 128256
+    max_position_embeddings: int = 8192
+    rope_theta: float = 500000.0
+    rms_norm_eps: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def parameters(self) -> int:
+        """Number of weights (embeddings, projections, norms, LM head)."""
+        h, i, kv = self.hidden_size, self.intermediate_size, self.num_key_value_heads * self.head_dim
+        layer = h * h * 2 + h * kv * 2 + 3 * h * i + 2 * h
+        return self.vocab_size * h * 2 + self.num_hidden_layers * layer + h
+
+    def config_json(self) -> dict:
+        """A transformers-style config.json for the runtime (KV cache dimensions)."""
+        out = asdict(self)
+        out.update(model_type="llama", architectures=["LlamaForCausalLM"], head_dim=self.head_dim,
+                   torch_dtype="float16", tie_word_embeddings=False)
+        return out
+
+
+LLAMA3_8B = LlamaShape()
+
+# A weight generator: (name, shape, std) -> float16 array. std 0 means "all ones".
+Generator = Callable[[str, tuple, float], np.ndarray]
+
+
+def numpy_generator(seed: int = 0) -> Generator:
+    """Random float16 weights from NumPy (slow for billions of weights; fine for tests)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(name: str, shape: tuple, std: float) -> np.ndarray:
+        if std == 0:
+            return np.ones(shape, dtype=np.float16)
+        return (rng.standard_normal(shape, dtype=np.float32) * std).astype(np.float16)
+
+    return draw
+
+
+def torch_generator(seed: int = 0, device: str = "cuda") -> Generator:
+    """Random float16 weights drawn by torch on `device` (seconds for an 8B model on a GPU)."""
+    import torch
+
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+
+    def draw(name: str, shape: tuple, std: float) -> np.ndarray:
+        if std == 0:
+            return np.ones(shape, dtype=np.float16)
+        t = torch.empty(shape, dtype=torch.float16, device=device)
+        t.normal_(0.0, std, generator=gen)
+        return t.cpu().numpy()
+
+    return draw
+
+
+class _Weights:
+    """Appends tensors to one external data file and makes the TensorProtos that point at it."""
+
+    def __init__(self, folder: Path, location: str) -> None:
+        self.location = location
+        self.file = open(folder / location, "wb")
+        self.offset = 0
+        self.tensors: list[onnx.TensorProto] = []
+
+    def add(self, name: str, array: np.ndarray) -> str:
+        array = np.ascontiguousarray(array)
+        pad = (-self.offset) % 64  # aligned offsets let ORT map the file
+        if pad:
+            self.file.write(b"\0" * pad)
+            self.offset += pad
+        data = array.tobytes()
+        self.file.write(data)
+        tensor = onnx.TensorProto()
+        tensor.name = name
+        tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+        tensor.dims.extend(array.shape)
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", self.location), ("offset", str(self.offset)), ("length", str(len(data)))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        self.offset += len(data)
+        self.tensors.append(tensor)
+        return name
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _rotary_cache(shape: LlamaShape) -> tuple[np.ndarray, np.ndarray]:
+    half = shape.head_dim // 2
+    inv_freq = 1.0 / (shape.rope_theta ** (np.arange(0, half, dtype=np.float64) * 2 / shape.head_dim))
+    angles = np.outer(np.arange(shape.max_position_embeddings, dtype=np.float64), inv_freq)
+    return np.cos(angles).astype(np.float16), np.sin(angles).astype(np.float16)
+
+
+def build_fused_llama(
+    shape: LlamaShape,
+    output_dir: str | Path,
+    *,
+    generator: Generator | None = None,
+    std: float = 0.02,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Write model.onnx (+ model.onnx.data) and config.json for `shape` into output_dir.
+
+    Returns the model path. float16 throughout (weights, activations, KV cache, logits).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    draw = generator or numpy_generator()
+    weights = _Weights(output_dir, "model.onnx.data")
+    f16 = TensorProto.FLOAT16
+    h, inter, n_layers = shape.hidden_size, shape.intermediate_size, shape.num_hidden_layers
+    heads, kv_heads, hd = shape.num_attention_heads, shape.num_key_value_heads, shape.head_dim
+    nodes: list[onnx.NodeProto] = []
+    small: list[onnx.TensorProto] = []
+
+    def node(op: str, inputs: list[str], outputs: list[str], name: str, domain: str = "", **attrs) -> None:
+        nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
+
+    def const(name: str, array: np.ndarray) -> str:
+        small.append(onnx.numpy_helper.from_array(array, name))
+        return name
+
+    try:
+        embed = weights.add("model.embed_tokens.weight", draw("embed", (shape.vocab_size, h), std))
+        node("Gather", [embed, "input_ids"], ["/model/embed_tokens/Gather_output_0"], "/model/embed_tokens/Gather")
+        # GroupQueryAttention's lengths, from the attention mask (as ONNX Runtime GenAI's builder).
+        mask = "/model/attn_mask_reformat/attn_mask_subgraph"
+        node("ReduceSum", ["attention_mask", const("/model/constants/axes_1", np.array([1], np.int64))],
+             [f"{mask}/ReduceSum_output_0"], f"{mask}/ReduceSum", keepdims=0)
+        node("Sub", [f"{mask}/ReduceSum_output_0", const("/model/constants/one_i64", np.array(1, np.int64))],
+             [f"{mask}/Sub_output_0"], f"{mask}/Sub")
+        node("Cast", [f"{mask}/Sub_output_0"], [f"{mask}/seqlens_k"], f"{mask}/Sub/Cast", to=TensorProto.INT32)
+        node("Shape", ["attention_mask"], [f"{mask}/Shape_output_0"], f"{mask}/Shape")
+        node("Gather", [f"{mask}/Shape_output_0", const("/model/constants/one_scalar", np.array(1, np.int64))],
+             [f"{mask}/Gather_output_0"], f"{mask}/Gather", axis=0)
+        node("Cast", [f"{mask}/Gather_output_0"], [f"{mask}/total_seq_len"], f"{mask}/Gather/Cast",
+             to=TensorProto.INT32)
+        cos, sin = _rotary_cache(shape)
+        cos_name = const("cos_cache", cos)
+        sin_name = const("sin_cache", sin)
+
+        residual = "/model/embed_tokens/Gather_output_0"
+        pending = None  # output of the previous layer's down_proj, added to the residual by the next norm
+        for i in range(n_layers):
+            p = f"/model/layers.{i}"
+            ln = weights.add(f"model.layers.{i}.input_layernorm.weight", draw("ln", (h,), 0))
+            normed = f"{p}/input_layernorm/output_0"
+            if pending is None:
+                node("SimplifiedLayerNormalization", [residual, ln], [normed], f"{p}/input_layernorm/LayerNorm",
+                     axis=-1, epsilon=shape.rms_norm_eps, stash_type=1)
+            else:
+                new_residual = f"{p}/input_layernorm/output_3"
+                node("SkipSimplifiedLayerNormalization", [pending, residual, ln],
+                     [normed, "", "", new_residual], f"{p}/input_layernorm/SkipLayerNorm", domain=MS_DOMAIN,
+                     epsilon=shape.rms_norm_eps)
+                residual = new_residual
+            proj = {}
+            for kind, n_out in (("q_proj", heads * hd), ("k_proj", kv_heads * hd), ("v_proj", kv_heads * hd)):
+                w = weights.add(f"model.layers.{i}.self_attn.{kind}.weight", draw(kind, (h, n_out), std))
+                out = f"{p}/self_attn/{kind}/MatMul_output_0"
+                node("MatMul", [normed, w], [out], f"{p}/self_attn/{kind}/MatMul")
+                proj[kind] = out
+            attn = f"{p}/self_attn/GroupQueryAttention_output_0"
+            node("GroupQueryAttention",
+                 [proj["q_proj"], proj["k_proj"], proj["v_proj"], f"past_key_values.{i}.key",
+                  f"past_key_values.{i}.value", f"{mask}/seqlens_k", f"{mask}/total_seq_len", cos_name, sin_name],
+                 [attn, f"present.{i}.key", f"present.{i}.value"], f"{p}/self_attn/GroupQueryAttention",
+                 domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads, do_rotary=1, rotary_interleaved=0,
+                 scale=float(1.0 / np.sqrt(hd)))
+            wo = weights.add(f"model.layers.{i}.self_attn.o_proj.weight", draw("o_proj", (heads * hd, h), std))
+            o_out = f"{p}/self_attn/o_proj/MatMul_output_0"
+            node("MatMul", [attn, wo], [o_out], f"{p}/self_attn/o_proj/MatMul")
+            post_ln = weights.add(f"model.layers.{i}.post_attention_layernorm.weight", draw("ln", (h,), 0))
+            mlp_in = f"{p}/post_attention_layernorm/output_0"
+            mid_residual = f"{p}/post_attention_layernorm/output_3"
+            node("SkipSimplifiedLayerNormalization", [o_out, residual, post_ln], [mlp_in, "", "", mid_residual],
+                 f"{p}/post_attention_layernorm/SkipLayerNorm", domain=MS_DOMAIN, epsilon=shape.rms_norm_eps)
+            residual = mid_residual
+            wg = weights.add(f"model.layers.{i}.mlp.gate_proj.weight", draw("gate_proj", (h, inter), std))
+            wu = weights.add(f"model.layers.{i}.mlp.up_proj.weight", draw("up_proj", (h, inter), std))
+            wd = weights.add(f"model.layers.{i}.mlp.down_proj.weight", draw("down_proj", (inter, h), std))
+            gate, up = f"{p}/mlp/gate_proj/MatMul_output_0", f"{p}/mlp/up_proj/MatMul_output_0"
+            node("MatMul", [mlp_in, wg], [gate], f"{p}/mlp/gate_proj/MatMul")
+            node("MatMul", [mlp_in, wu], [up], f"{p}/mlp/up_proj/MatMul")
+            node("Sigmoid", [gate], [f"{p}/mlp/act_fn/Sigmoid_output_0"], f"{p}/mlp/act_fn/Sigmoid")
+            node("Mul", [gate, f"{p}/mlp/act_fn/Sigmoid_output_0"], [f"{p}/mlp/act_fn/Mul_output_0"],
+                 f"{p}/mlp/act_fn/Mul")
+            node("Mul", [f"{p}/mlp/act_fn/Mul_output_0", up], [f"{p}/mlp/Mul_output_0"], f"{p}/mlp/Mul")
+            pending = f"{p}/mlp/down_proj/MatMul_output_0"
+            node("MatMul", [f"{p}/mlp/Mul_output_0", wd], [pending], f"{p}/mlp/down_proj/MatMul")
+            if progress is not None:
+                progress(f"layer {i + 1}/{n_layers}")
+        final_ln = weights.add("model.norm.weight", draw("ln", (h,), 0))
+        node("SkipSimplifiedLayerNormalization", [pending, residual, final_ln], ["/model/norm/output_0"],
+             "/model/norm/SkipLayerNorm", domain=MS_DOMAIN, epsilon=shape.rms_norm_eps)
+        lm = weights.add("lm_head.weight", draw("lm_head", (h, shape.vocab_size), std))
+        node("MatMul", ["/model/norm/output_0", lm], ["logits"], "/lm_head/MatMul")
+    finally:
+        weights.close()
+
+    kv_shape = ["batch_size", kv_heads, "past_sequence_length", hd]
+    present_shape = ["batch_size", kv_heads, "total_sequence_length", hd]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
+        helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", f16, ["batch_size", "sequence_length", shape.vocab_size])]
+    for i in range(n_layers):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f16, kv_shape))
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", f16, present_shape))
+    graph = helper.make_graph(nodes, "llama_fused", inputs, outputs, small + weights.tensors)
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+        producer_name="wina-onnx fused_llama")
+    model.ir_version = IR_VERSION
+    path = output_dir / "model.onnx"
+    onnx.save_model(model, str(path))
+    (output_dir / "config.json").write_text(json.dumps(shape.config_json(), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def node_counts(model_path: str | Path) -> dict[str, int]:
+    """Nodes of the model by op type, and their total under "total" (weights not loaded)."""
+    model = onnx.load(str(model_path), load_external_data=False)
+    counts: dict[str, int] = {}
+    for n in model.graph.node:
+        counts[n.op_type] = counts.get(n.op_type, 0) + 1
+    counts["total"] = len(model.graph.node)
+    return counts
