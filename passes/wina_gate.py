@@ -26,6 +26,7 @@ from wina_onnx.errors import ConfigError
 
 from .candidates import Candidate, Skipped, find_candidates, node_display_name
 from .lower_standard_ops import StandardOpsLowering
+from .names import NameSpace
 
 BACKEND_CUSTOM_OP = "custom-op"
 BACKEND_ONNX = "onnx"
@@ -158,16 +159,18 @@ def apply_wina_gates(model: onnx.ModelProto, config: GateConfig) -> GateReport:
     if config.calibration is not None:
         config.calibration.check_covers([c.node_name for c in candidates])
     initializers = {init.name: init for init in graph.initializer}
-    by_name = {c.node_name: c for c in candidates}
-    lowering = StandardOpsLowering(graph) if config.backend == BACKEND_ONNX else None
+    # By position, not name: node names need not be unique.
+    by_index = {c.index: c for c in candidates}
+    names = NameSpace(graph)
+    lowering = StandardOpsLowering(graph, names) if config.backend == BACKEND_ONNX else None
     scales: dict[tuple[str, bool], str] = {}
     new_nodes: list[onnx.NodeProto] = []
-    for node in graph.node:
-        candidate = by_name.get(node_display_name(node)) if node.op_type == "MatMul" else None
+    for index, node in enumerate(graph.node):
+        candidate = by_index.get(index)
         if candidate is None:
             new_nodes.append(node)
             continue
-        record, gate_inputs = _gate_inputs(config, candidate, initializers, scales, graph)
+        record, gate_inputs = _gate_inputs(config, candidate, initializers, scales, graph, names)
         report.gated.append(record)
         x, weight = node.input[0], node.input[1]
         if lowering is not None:
@@ -207,6 +210,7 @@ def _gate_inputs(
     initializers: dict[str, onnx.TensorProto],
     scales: dict[tuple[str, bool], str],
     graph: onnx.GraphProto,
+    names: NameSpace,
 ) -> tuple[GateRecord, dict[str, str]]:
     """Create the initializers a gate reads (scale, k or threshold); describe the gate."""
     sparsity = config.allocation.for_node(candidate.node_name)
@@ -217,22 +221,22 @@ def _gate_inputs(
         if norm_scaled:
             weight = numpy_helper.to_array(initializers[candidate.weight_name])
             scale = np.linalg.norm(weight.astype(np.float32), axis=1).astype(np.float32)
-            name = f"{candidate.weight_name}_wina_row_norm"
+            name = names.fresh(f"{candidate.weight_name}_wina_row_norm")
         else:
             scale = np.ones(candidate.k, dtype=np.float32)
-            name = f"wina_ones_{candidate.k}"
+            name = names.fresh(f"wina_ones_{candidate.k}")
         graph.initializer.append(numpy_helper.from_array(scale, name))
         scales[scale_key] = name
     inputs = {"scale": scales[scale_key]}
     keep, threshold = None, None
     if config.gating == schema.GATING_TOPK:
         keep = keep_count(candidate.k, sparsity)
-        inputs["k"] = f"{candidate.node_name}/wina_k"
+        inputs["k"] = names.fresh(f"{candidate.node_name}/wina_k")
         graph.initializer.append(numpy_helper.from_array(np.array([keep], dtype=np.int64), inputs["k"]))
     else:
         mode = schema.MODE_WINA if norm_scaled else schema.MODE_TEAL
         threshold = config.calibration.threshold(candidate.node_name, mode, sparsity)
-        inputs["threshold"] = f"{candidate.node_name}/wina_threshold"
+        inputs["threshold"] = names.fresh(f"{candidate.node_name}/wina_threshold")
         graph.initializer.append(numpy_helper.from_array(np.array([threshold], dtype=np.float32), inputs["threshold"]))
     item_bytes = 4 if candidate.dtype == onnx.TensorProto.FLOAT else 2
     record = GateRecord(
