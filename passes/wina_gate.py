@@ -204,6 +204,15 @@ def apply_wina_gates(model: onnx.ModelProto, config: GateConfig) -> GateReport:
     return report
 
 
+def _row_norms(weight: np.ndarray, rows: int = 256) -> np.ndarray:
+    """L2 norm of each row of the [K, N] weight in float32, a few rows at a time
+    (a float32 copy of a whole 7B-model weight would be hundreds of MiB)."""
+    out = np.empty(weight.shape[0], dtype=np.float32)
+    for start in range(0, weight.shape[0], rows):
+        out[start:start + rows] = np.linalg.norm(weight[start:start + rows].astype(np.float32), axis=1)
+    return out
+
+
 def _gate_inputs(
     config: GateConfig,
     candidate: Candidate,
@@ -219,8 +228,7 @@ def _gate_inputs(
     scale_key = (candidate.weight_name, True) if norm_scaled else (f"ones_{candidate.k}", False)
     if scale_key not in scales:
         if norm_scaled:
-            weight = numpy_helper.to_array(initializers[candidate.weight_name])
-            scale = np.linalg.norm(weight.astype(np.float32), axis=1).astype(np.float32)
+            scale = _row_norms(numpy_helper.to_array(initializers[candidate.weight_name]))
             name = names.fresh(f"{candidate.weight_name}_wina_row_norm")
         else:
             scale = np.ones(candidate.k, dtype=np.float32)

@@ -179,8 +179,9 @@ def collect(
 
 
 
-def _targets_and_norms(model: onnx.ModelProto, include: list[str], exclude: list[str]):
-    """Target MatMul names and the row norms of their weights."""
+def _targets_and_norms(model: onnx.ModelProto, include: list[str], exclude: list[str], base_dir: Path):
+    """Target MatMul names and the row norms of their weights (read one by one from
+    their external files when the model was loaded without them)."""
     from onnx import numpy_helper
 
     from .passes import find_candidates
@@ -192,7 +193,8 @@ def _targets_and_norms(model: onnx.ModelProto, include: list[str], exclude: list
         raise NothingToGateError("no eligible MatMul in the model to calibrate")
     weights = {init.name: init for init in model.graph.initializer}
     norms = {
-        c.node_name: np.linalg.norm(numpy_helper.to_array(weights[c.weight_name]).astype(np.float32), axis=1)
+        c.node_name: np.linalg.norm(
+            numpy_helper.to_array(weights[c.weight_name], base_dir=str(base_dir)).astype(np.float32), axis=1)
         for c in candidates
     }
     return candidates, norms
@@ -227,18 +229,21 @@ def calibrate_model(
 
     from .data import read_text
     from .evaluate import tokenize_text
-    from .modelio import load_model
+    from .modelio import PROTOBUF_LIMIT, external_files, load_model
     from .progress import Progress
     from .runtime import CausalLM, load_tokenizer
 
     model_path = Path(model_path)
-    model = load_model(model_path)
+    # With external data and nothing that edits weights, the graph alone is loaded (ONNX
+    # Runtime maps the weights from their files): a model over 2 GiB calibrates in place.
+    in_place = bool(external_files(load_model(model_path, load_weights=False))) and not transform and sample is None
+    model = load_model(model_path, load_weights=not in_place)
     from .passes.rotate import META_TRANSFORM, rotate_residual_stream
 
     if transform:
         rotate_residual_stream(model)
     transformed = any(p.key == META_TRANSFORM for p in model.metadata_props)
-    candidates, norms = _targets_and_norms(model, list(include or []), list(exclude or []))
+    candidates, norms = _targets_and_norms(model, list(include or []), list(exclude or []), model_path.parent)
     if sample is not None:
         from onnx import numpy_helper
 
@@ -253,6 +258,12 @@ def calibrate_model(
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    if in_place:
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(model_path.parent.resolve()))
+    elif model.ByteSize() >= PROTOBUF_LIMIT:
+        raise ConfigError(f"{model_path} is over 2 GiB in memory; --transform and --allocate need the whole "
+                          "model in memory and cannot calibrate it")
     # Serialised in memory: the instrumented copy never touches the disk.
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     del model
