@@ -108,6 +108,7 @@ def run_optimize(model: Path, output: Path, layout: str) -> tuple[float, float]:
             [sys.executable, "-m", "wina_onnx.cli", "optimize", str(model), "-o", str(output), "--sparsity", "0.5",
              "--external-data", layout, "-q"],
             stdout=subprocess.DEVNULL, stderr=err,
+            cwd=model.parent,  # not the repo root, whose wina_onnx/ is not the installed package
         )
         # wait4 gives the resource usage of this child alone (ru_maxrss in KiB on Linux).
         _, status, usage = os.wait4(child.pid, 0)

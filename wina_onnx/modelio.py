@@ -124,20 +124,20 @@ def save_model_atomic(
         written: list[str] = []
         if layout == LAYOUT_SINGLE:
             data_name = _data_name(path, taken, ".data")
-            onnx.save_model(
-                model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                location=data_name, size_threshold=1024,
-            )
+            _mark_external(model, lambda i: data_name)
+            onnx.save_model(model, str(staged))
             written.append(data_name)
         elif layout == LAYOUT_PER_TENSOR:
             folder = _data_name(path, taken, ".data.d")
-            _point_tensors_to_folder(model, folder)
+            # Tensor names are often not valid file names: number the files instead.
+            _mark_external(model, lambda i: f"{folder}/{i:06d}.bin")
             (staging / folder).mkdir()
             onnx.save_model(model, str(staged))
             written.append(folder)
         else:
             onnx.save_model(model, str(staged))
         for name in written:
+            _default_permissions(staging / name)
             target = path.parent / name
             if target.is_dir():  # a stale folder no model refers to
                 shutil.rmtree(target)
@@ -148,15 +148,32 @@ def save_model_atomic(
     _remove_unused(path.parent, previous - set(written), keep or set())
 
 
-def _point_tensors_to_folder(model: onnx.ModelProto, folder: str) -> None:
-    """Mark every initializer of 1 KiB or more as external, one file each inside `folder`."""
-    from onnx.external_data_helper import convert_model_to_external_data, set_external_data
+def _default_permissions(path: Path) -> None:
+    """Give a written data file (or folder of them) the permissions the umask asks for."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~umask)
 
-    convert_model_to_external_data(model, all_tensors_to_one_file=False, size_threshold=1024)
-    for i, tensor in enumerate(onnx.external_data_helper._get_all_tensors(model)):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL and tensor.HasField("raw_data"):
-            # Tensor names are often not valid file names: number the files instead.
-            set_external_data(tensor, location=f"{folder}/{i:06d}.bin")
+
+def _mark_external(model: onnx.ModelProto, location) -> None:
+    """Mark every initializer of 1 KiB or more as external data at location(i).
+
+    onnx.save_model then writes each to its file (relative to the model's folder) and
+    drops its bytes from memory. (save_model's own option checks the location against
+    the current directory, not the model's folder, so it is not used.)
+    """
+    from onnx import numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    for i, tensor in enumerate(model.graph.initializer):
+        if tensor.ByteSize() < 1024 or tensor.data_location == onnx.TensorProto.EXTERNAL:
+            continue
+        if not tensor.HasField("raw_data"):  # typed fields (float_data, ...): raw bytes first
+            tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+        if tensor.HasField("raw_data"):
+            set_external_data(tensor, location=location(i))
+            tensor.data_location = onnx.TensorProto.EXTERNAL
 
 
 def _remove_unused(folder: Path, names: set[str], keep: set[Path]) -> None:
