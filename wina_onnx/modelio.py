@@ -28,6 +28,8 @@ def load_model(path: str | Path, *, load_weights: bool = True) -> onnx.ModelProt
     except FileNotFoundError as exc:
         raise ModelLoadError(f"{path}: external data file missing: {exc.filename or exc}") from None
     except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        if "not regular file" in str(exc):  # onnx's words for a missing external data file
+            raise ModelLoadError(f"{path}: external data file missing ({exc})") from None
         raise ModelLoadError(f"{path} cannot be loaded: {exc}") from None
     # Protobuf parses some non-ONNX bytes into an empty message rather than failing.
     if model.ir_version == 0 or not model.graph.node:

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 
 from . import __version__, schema
-from .errors import AlreadyOptimizedError, ConfigError, NothingToGateError
+from .errors import AlreadyOptimizedError, ConfigError, ModelCheckError, NothingToGateError
 from .modelio import LAYOUT_AUTO, LAYOUT_PER_TENSOR, LAYOUT_SINGLE, LAYOUTS, external_files, load_model, save_model_atomic
 from .passes import GateConfig, GateReport, apply_wina_gates
 from .progress import stage
@@ -146,7 +146,7 @@ def _check_calibration_fits(model: onnx.ModelProto, config: GateConfig) -> None:
 
 
 def _check(model: onnx.ModelProto) -> None:
-    """onnx.checker with strict shape inference on the rewritten model, at any size.
+    """onnx.checker and shape inference (types checked) on the rewritten model, at any size.
 
     The checker reads a skeleton: the model with every large weight replaced by a stub
     that points at an empty placeholder file. The weights are never copied (memory stays
@@ -166,7 +166,13 @@ def _check(model: onnx.ModelProto) -> None:
         (Path(tmp) / "weights").touch()
         path = Path(tmp) / "model.onnx"
         path.write_bytes(skeleton.SerializeToString())
-        onnx.checker.check_model(str(path), full_check=True)
+        try:
+            onnx.checker.check_model(str(path))
+            onnx.shape_inference.infer_shapes_path(str(path), str(Path(tmp) / "inferred.onnx"), check_type=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelCheckError(f"the rewritten model fails onnx.checker ({first}); check that the input "
+                                  "passes onnx.checker.check_model") from None
 
 
 def _copy_fields(source, target, *, skip: set[str]) -> None:
