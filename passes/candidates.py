@@ -5,17 +5,24 @@ A MatMul y = x @ B is a candidate when
     (a graph input may be overridden at run time, so its norms could go stale);
   * B is float32, float16 or bfloat16;
   * it is a decoder projection by name (passes.roles) or matches an --include pattern,
-    and matches no --exclude pattern. The LM head and embeddings are refused by name.
+    and matches no --exclude pattern. The LM head and embeddings are refused by name;
+  * it is not itself the product of a gate lowered to standard ops (`--backend onnx`),
+    so gating a gated model again never stacks a second gate.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 
 import onnx
 
 from . import roles
+
+# The MatMul of a gate lowered to standard ops is named `<gated node>/wina/MatMul`
+# (with `_<i>` suffixes where that name was taken; see passes.names).
+LOWERED_MATMUL = re.compile(r"/wina(_\d+)?/MatMul(_\d+)?$")
 
 GATEABLE_TYPES = {
     onnx.TensorProto.FLOAT: "float32",
@@ -34,6 +41,7 @@ class Candidate:
     k: int
     n: int
     dtype: int  # onnx.TensorProto data type of x, B and y
+    index: int = -1  # position of the node in graph.node (node names need not be unique)
 
     @property
     def label(self) -> str:
@@ -75,10 +83,13 @@ def find_candidates(
     graph_inputs = {value.name for value in graph.input}
     candidates: list[Candidate] = []
     skipped: list[Skipped] = []
-    for node in graph.node:
+    for index, node in enumerate(graph.node):
         if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
             continue
         name = node_display_name(node)
+        if LOWERED_MATMUL.search(name):
+            skipped.append(Skipped(name, "already gated (standard-ops lowering)"))
+            continue
         role = roles.classify(name)
         if include:
             if not _matches(name, include):
@@ -113,6 +124,7 @@ def find_candidates(
                 k=int(weight.dims[0]),
                 n=int(weight.dims[1]),
                 dtype=weight.data_type,
+                index=index,
             )
         )
     return candidates, skipped

@@ -18,18 +18,21 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .names import NameSpace
+
 
 class StandardOpsLowering:
     """Emits the lowering of gated MatMuls into a graph, sharing constants between them."""
 
-    def __init__(self, graph: onnx.GraphProto) -> None:
+    def __init__(self, graph: onnx.GraphProto, names: NameSpace | None = None) -> None:
         self.graph = graph
+        self.names = names or NameSpace(graph)
         self._shared: dict[str, str] = {}
 
     def _constant(self, key: str, array: np.ndarray) -> str:
         """Name of a shared initializer holding `array`, created once per key."""
         if key not in self._shared:
-            name = f"wina_const_{key}"
+            name = self.names.fresh(f"wina_const_{key}")
             self.graph.initializer.append(numpy_helper.from_array(array, name))
             self._shared[key] = name
         return self._shared[key]
@@ -46,12 +49,16 @@ class StandardOpsLowering:
         threshold: str | None,
         k: str | None,
     ) -> list[onnx.NodeProto]:
-        """Nodes computing `output` from x and weight; threshold/k name initializers."""
+        """Nodes computing `output` from x and weight; threshold/k name initializers.
+
+        Node and value names start with `prefix`, made unique where taken.
+        """
         nodes: list[onnx.NodeProto] = []
+        fresh = self.names.fresh
 
         def node(op: str, inputs: list[str], suffix: str, n_out: int = 1, **attrs) -> list[str]:
-            outs = [f"{prefix}/{suffix}_output_{i}" for i in range(n_out)]
-            nodes.append(helper.make_node(op, inputs, outs, name=f"{prefix}/{suffix}", **attrs))
+            outs = [fresh(f"{prefix}/{suffix}_output_{i}") for i in range(n_out)]
+            nodes.append(helper.make_node(op, inputs, outs, name=fresh(f"{prefix}/{suffix}"), **attrs))
             return outs
 
         x_float = x if dtype == onnx.TensorProto.FLOAT else node("Cast", [x], "CastScore", to=onnx.TensorProto.FLOAT)[0]
@@ -73,7 +80,7 @@ class StandardOpsLowering:
             (keep,) = node("ScatterElements", [none_kept, indices, updates], "Keep", axis=-1)
         zero = self._constant(f"zero_{dtype}", np.array(0, dtype=_numpy_dtype(dtype)))
         (x_masked,) = node("Where", [keep, x, zero], "MaskX")
-        nodes.append(helper.make_node("MatMul", [x_masked, weight], [output], name=f"{prefix}/MatMul"))
+        nodes.append(helper.make_node("MatMul", [x_masked, weight], [output], name=fresh(f"{prefix}/MatMul")))
         return nodes
 
 

@@ -26,6 +26,7 @@ from wina_onnx.errors import ConfigError
 
 from .candidates import Candidate, Skipped, find_candidates, node_display_name
 from .lower_standard_ops import StandardOpsLowering
+from .names import NameSpace
 
 BACKEND_CUSTOM_OP = "custom-op"
 BACKEND_ONNX = "onnx"
@@ -158,16 +159,18 @@ def apply_wina_gates(model: onnx.ModelProto, config: GateConfig) -> GateReport:
     if config.calibration is not None:
         config.calibration.check_covers([c.node_name for c in candidates])
     initializers = {init.name: init for init in graph.initializer}
-    by_name = {c.node_name: c for c in candidates}
-    lowering = StandardOpsLowering(graph) if config.backend == BACKEND_ONNX else None
+    # By position, not name: node names need not be unique.
+    by_index = {c.index: c for c in candidates}
+    names = NameSpace(graph)
+    lowering = StandardOpsLowering(graph, names) if config.backend == BACKEND_ONNX else None
     scales: dict[tuple[str, bool], str] = {}
     new_nodes: list[onnx.NodeProto] = []
-    for node in graph.node:
-        candidate = by_name.get(node_display_name(node)) if node.op_type == "MatMul" else None
+    for index, node in enumerate(graph.node):
+        candidate = by_index.get(index)
         if candidate is None:
             new_nodes.append(node)
             continue
-        record, gate_inputs = _gate_inputs(config, candidate, initializers, scales, graph)
+        record, gate_inputs = _gate_inputs(config, candidate, initializers, scales, graph, names)
         report.gated.append(record)
         x, weight = node.input[0], node.input[1]
         if lowering is not None:
@@ -201,12 +204,22 @@ def apply_wina_gates(model: onnx.ModelProto, config: GateConfig) -> GateReport:
     return report
 
 
+def _row_norms(weight: np.ndarray, rows: int = 256) -> np.ndarray:
+    """L2 norm of each row of the [K, N] weight in float32, a few rows at a time
+    (a float32 copy of a whole 7B-model weight would be hundreds of MiB)."""
+    out = np.empty(weight.shape[0], dtype=np.float32)
+    for start in range(0, weight.shape[0], rows):
+        out[start:start + rows] = np.linalg.norm(weight[start:start + rows].astype(np.float32), axis=1)
+    return out
+
+
 def _gate_inputs(
     config: GateConfig,
     candidate: Candidate,
     initializers: dict[str, onnx.TensorProto],
     scales: dict[tuple[str, bool], str],
     graph: onnx.GraphProto,
+    names: NameSpace,
 ) -> tuple[GateRecord, dict[str, str]]:
     """Create the initializers a gate reads (scale, k or threshold); describe the gate."""
     sparsity = config.allocation.for_node(candidate.node_name)
@@ -215,24 +228,23 @@ def _gate_inputs(
     scale_key = (candidate.weight_name, True) if norm_scaled else (f"ones_{candidate.k}", False)
     if scale_key not in scales:
         if norm_scaled:
-            weight = numpy_helper.to_array(initializers[candidate.weight_name])
-            scale = np.linalg.norm(weight.astype(np.float32), axis=1).astype(np.float32)
-            name = f"{candidate.weight_name}_wina_row_norm"
+            scale = _row_norms(numpy_helper.to_array(initializers[candidate.weight_name]))
+            name = names.fresh(f"{candidate.weight_name}_wina_row_norm")
         else:
             scale = np.ones(candidate.k, dtype=np.float32)
-            name = f"wina_ones_{candidate.k}"
+            name = names.fresh(f"wina_ones_{candidate.k}")
         graph.initializer.append(numpy_helper.from_array(scale, name))
         scales[scale_key] = name
     inputs = {"scale": scales[scale_key]}
     keep, threshold = None, None
     if config.gating == schema.GATING_TOPK:
         keep = keep_count(candidate.k, sparsity)
-        inputs["k"] = f"{candidate.node_name}/wina_k"
+        inputs["k"] = names.fresh(f"{candidate.node_name}/wina_k")
         graph.initializer.append(numpy_helper.from_array(np.array([keep], dtype=np.int64), inputs["k"]))
     else:
         mode = schema.MODE_WINA if norm_scaled else schema.MODE_TEAL
         threshold = config.calibration.threshold(candidate.node_name, mode, sparsity)
-        inputs["threshold"] = f"{candidate.node_name}/wina_threshold"
+        inputs["threshold"] = names.fresh(f"{candidate.node_name}/wina_threshold")
         graph.initializer.append(numpy_helper.from_array(np.array([threshold], dtype=np.float32), inputs["threshold"]))
     item_bytes = 4 if candidate.dtype == onnx.TensorProto.FLOAT else 2
     record = GateRecord(

@@ -8,6 +8,7 @@ initializers, as in models rewritten by the pass.
 
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import ml_dtypes
@@ -117,6 +118,9 @@ def session(
     import wina_onnx
 
     options = ort.SessionOptions()
+    if os.environ.get("WINA_ONNX_TEST_NO_ARENA") == "1":
+        # scripts/sanitize.sh: every tensor its own heap block, so ASan sees reads past one.
+        options.enable_cpu_mem_arena = False
     if threads is not None:
         options.intra_op_num_threads = threads
     for key, value in (config or {}).items():

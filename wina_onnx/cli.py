@@ -138,7 +138,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from .optimize import optimize_model
 
     config = gate_config_from_args(args)
-    report = optimize_model(args.model, args.output, config, force=args.force, progress=not args.quiet)
+    report = optimize_model(args.model, args.output, config, force=args.force, progress=not args.quiet,
+                            external_data=args.external_data)
     _copy_sidecar_files(Path(args.model), Path(args.output))
     if args.json:
         print(json.dumps({"gated": [r.to_json() for r in report.gated],
@@ -370,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="optimized model file to write")
     _add_gate_options(p)
     p.add_argument("--force", action="store_true", help="gate a model wina-onnx already optimized")
+    p.add_argument("--external-data", choices=["auto", "single", "per-tensor", "inline"], default="auto",
+                   help="where the output keeps its weights: auto (as the input did; inline under 2 GiB), "
+                        "single (<output>.data), per-tensor (a file per weight in <output>.data.d/) or inline")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     _add_quiet(p)
 

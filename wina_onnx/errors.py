@@ -21,3 +21,7 @@ class ConfigError(WinaError):
 
 class AlreadyOptimizedError(WinaError):
     """The model was already rewritten by wina-onnx."""
+
+
+class ModelCheckError(WinaError):
+    """The rewritten model does not pass onnx.checker (usually: neither does the input)."""

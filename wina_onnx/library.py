@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .errors import WinaError
+
 if TYPE_CHECKING:  # onnxruntime stays an optional import for the graph tools
     import onnxruntime
 
@@ -13,8 +15,8 @@ LIBRARY_ENV = "WINA_ONNX_LIBRARY"
 LIBRARY_NAME = "libwina_onnx_ops.so"
 
 
-class LibraryNotFoundError(FileNotFoundError):
-    """The op library is not where the package expects it."""
+class LibraryNotFoundError(FileNotFoundError, WinaError):
+    """The op library is not where the package expects it (the CLI prints one line)."""
 
 
 def get_library_path() -> str:

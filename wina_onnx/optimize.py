@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import onnx
 
 from . import __version__, schema
-from .errors import AlreadyOptimizedError, ConfigError, NothingToGateError
-from .modelio import load_model, save_model_atomic, uses_external_data
+from .errors import AlreadyOptimizedError, ConfigError, ModelCheckError, NothingToGateError
+from .modelio import LAYOUT_AUTO, LAYOUT_PER_TENSOR, LAYOUT_SINGLE, LAYOUTS, external_files, load_model, save_model_atomic
 from .passes import GateConfig, GateReport, apply_wina_gates
 from .progress import stage
 
@@ -72,17 +73,29 @@ def optimize_model(
     force: bool = False,
     check: bool = True,
     progress: bool = True,
+    external_data: str = LAYOUT_AUTO,
 ) -> GateReport:
     """Gate every eligible MatMul of the model at `input_path`; write it to `output_path`.
 
     The input file is never modified. Raises NothingToGateError when nothing is
     eligible (with the reasons), AlreadyOptimizedError for a model wina-onnx already
     rewrote (unless force; even then existing gates are never stacked).
+    external_data: where the output keeps its weights: "auto" (as the input: one file,
+    a file per tensor, or inline when under 2 GiB), "single", "per-tensor" or "inline".
+    The weights are loaded once; the rewritten model is written tensor by tensor.
     """
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.resolve() == input_path.resolve():
         raise ConfigError("the output path is the input path; write the optimized model to a new file")
     config.validate()
+    if external_data not in LAYOUTS:
+        raise ConfigError(f"external data layout must be one of {', '.join(LAYOUTS)}, got {external_data!r}")
+    header = load_model(input_path, load_weights=False)
+    input_files = external_files(header)
+    layout = external_data
+    if layout == LAYOUT_AUTO and input_files:
+        layout = LAYOUT_SINGLE if len(input_files) == 1 else LAYOUT_PER_TENSOR
+    del header
     stage("optimize", f"loading {input_path}", enabled=progress)
     model = load_model(input_path)
     if is_optimized(model) and not force:
@@ -90,7 +103,6 @@ def optimize_model(
             f"{input_path} was already optimized by wina-onnx; optimize the original model "
             "(or pass --force to gate the MatMuls that are still dense)"
         )
-    external = uses_external_data(load_model(input_path, load_weights=False))
     _check_calibration_fits(model, config)
     if config.transform:
         from .passes.rotate import rotate_residual_stream
@@ -108,7 +120,8 @@ def optimize_model(
         stage("optimize", "checking the rewritten model (onnx.checker, shape inference)", enabled=progress)
         _check(model)
     stage("optimize", f"writing {output_path}", enabled=progress)
-    save_model_atomic(model, output_path, external_data=True if external else None)
+    keep = {input_path.parent / name for name in input_files} | {input_path}
+    save_model_atomic(model, output_path, layout=None if layout == LAYOUT_AUTO else layout, keep=keep)
     return report
 
 
@@ -138,16 +151,47 @@ ORT_DEFAULT_DOMAIN_OPS = frozenset({"SimplifiedLayerNormalization"})
 
 
 def _check(model: onnx.ModelProto) -> None:
-    """onnx.checker and strict shape inference on the rewritten model (in memory).
+    """onnx.checker and shape inference (types checked) on the rewritten model, at any size.
 
     A graph fused by ONNX Runtime's optimizer holds ORT ops in the default domain that
     onnx.checker does not know; such a graph gets the shape inference only.
+
+    The checker reads a skeleton: the model with every large weight replaced by a stub
+    that points at an empty placeholder file. The weights are never copied (memory stays
+    at one copy of the model) and protobuf's 2 GiB limit does not apply.
     """
-    try:
-        size = model.ByteSize()
-    except Exception:  # noqa: BLE001 - protobuf refuses to size a message over 2 GiB
-        return
-    if size < 2**31 - 2**20:
-        if not any(n.op_type in ORT_DEFAULT_DOMAIN_OPS and n.domain in ("", "ai.onnx") for n in model.graph.node):
-            onnx.checker.check_model(model)
-        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=False)
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, skip={"graph"})
+    _copy_fields(model.graph, skeleton.graph, skip={"initializer"})
+    for tensor in model.graph.initializer:
+        if tensor.ByteSize() < 1024:
+            skeleton.graph.initializer.add().CopyFrom(tensor)
+            continue
+        stub = skeleton.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value="weights")
+    with tempfile.TemporaryDirectory(prefix="wina-check-") as tmp:
+        (Path(tmp) / "weights").touch()
+        path = Path(tmp) / "model.onnx"
+        path.write_bytes(skeleton.SerializeToString())
+        try:
+            if not any(n.op_type in ORT_DEFAULT_DOMAIN_OPS and n.domain in ("", "ai.onnx") for n in model.graph.node):
+                onnx.checker.check_model(str(path))
+            onnx.shape_inference.infer_shapes_path(str(path), str(Path(tmp) / "inferred.onnx"), check_type=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelCheckError(f"the rewritten model fails onnx.checker ({first}); check that the input "
+                                  "passes onnx.checker.check_model") from None
+
+
+def _copy_fields(source, target, *, skip: set[str]) -> None:
+    """Copy the set fields of one protobuf message into another, except those in `skip`."""
+    for field, value in source.ListFields():
+        if field.name in skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(target, field.name).extend(value)
+        elif hasattr(value, "CopyFrom"):  # a message
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)

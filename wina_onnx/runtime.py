@@ -98,11 +98,27 @@ def load_session(
             register_library(options)
         except LibraryNotFoundError as exc:
             raise LibraryNotFoundError(
-                f"{model_path.name} uses {schema.OP_TYPE} ({schema.DOMAIN}) but the op library cannot be loaded: {exc}"
+                f"{model_path.name} uses {schema.OP_TYPE} ({schema.DOMAIN}) but the op library cannot be loaded: "
+                f"{exc}. Register it with SessionOptions.register_custom_ops_library(wina_onnx.get_library_path())"
             ) from exc
-    return ort.InferenceSession(
-        str(model_path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
-    )
+        except Exception as exc:  # ORT refuses the library (e.g. built for another API)
+            raise LibraryNotFoundError(f"the op library was refused by ONNX Runtime {ort.__version__}: "
+                                       f"{_first_line(exc)}") from exc
+    try:
+        return ort.InferenceSession(
+            str(model_path), sess_options=options, providers=list(providers or ["CPUExecutionProvider"])
+        )
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.NoSuchFile,
+            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as exc:
+        # IR version or opset newer than this ONNX Runtime, a missing weight file, ...
+        raise ModelLoadError(f"ONNX Runtime {ort.__version__} cannot load {model_path}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (ORT's can run to many lines)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_tokenizer(model_dir: str | Path):
