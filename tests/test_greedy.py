@@ -83,18 +83,87 @@ def test_calibrate_greedy_then_optimize_reads_the_allocation(tiny_llama_dir: Pat
     for sidecar in tiny_llama_dir.glob("*.json"):
         shutil.copy2(sidecar, out_dir / sidecar.name)
     assert cli_main(["optimize", str(tiny_llama_dir / "model.onnx"), "-o", str(out_dir / "model.onnx"),
-                     "--allocation", str(alloc), "-q"]) == 0
+                     "--gating", "topk", "--allocation", str(alloc), "-q"]) == 0
     ids = np.random.default_rng(0).integers(0, 49152, 128)
     probe = measure_sparsity(out_dir / "model.onnx", ids, windows=1, window=128)
     # top-k: K - round(s K) kept per gate, so the weighted measure is the target up to rounding.
     assert probe["weighted"] == pytest.approx(0.5, abs=0.01)
 
 
-def test_greedy_needs_a_target_and_an_output(tiny_llama_dir: Path, tmp_path: Path, capsys) -> None:
+def test_allocation_out_needs_a_target(tiny_llama_dir: Path, tmp_path: Path, capsys) -> None:
     code = cli_main(["calibrate", str(tiny_llama_dir / "model.onnx"), "-o", str(tmp_path / "c.npz"),
-                     "--allocate", "greedy"])
+                     "--allocate", "greedy", "--allocation-out", str(tmp_path / "a.json")])
     assert code == 2
     assert "--target-sparsity" in capsys.readouterr().err
+    assert not (tmp_path / "c.npz").exists()
+
+
+def test_error_curves_survive_the_calibration_file_and_match_the_search(tiny_llama_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    from wina_onnx.calibration import Calibration, calibrate_model
+    from wina_onnx.greedy import ActivationSample, GreedySearch
+
+    sample = ActivationSample(rows=64)
+    calibration = calibrate_model(tiny_llama_dir / "model.onnx", windows=2, window=64, sample=sample,
+                                  curves=True, progress=False)
+    calibration.save(tmp_path / "c.npz")
+    loaded = Calibration.load(tmp_path / "c.npz").curves
+    assert loaded is not None and len(loaded.targets) == 14
+    for mode, norm_on in (("wina", "all"), ("wina", "reference"), ("teal", "all")):
+        direct = GreedySearch(sample, mode=mode, norm_on=norm_on, progress=False).allocate(0.5)
+        assert loaded.allocate(0.5, mode=mode, norm_on=norm_on).sparsity == pytest.approx(direct.sparsity)
+    # The two scores give different allocations, and reference mixes them by role.
+    wina, teal = loaded.allocate(0.5, mode="wina").sparsity, loaded.allocate(0.5, mode="teal").sparsity
+    assert wina != pytest.approx(teal)
+
+
+def _optimized_config(path: Path) -> dict:
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return json.loads(meta["wina_onnx.config"])
+
+
+def test_optimize_defaults_calibrate_here_with_thresholds_and_greedy(tiny_llama_dir: Path, tmp_path: Path,
+                                                                     capsys) -> None:
+    out = tmp_path / "model.onnx"
+    assert cli_main(["optimize", str(tiny_llama_dir / "model.onnx"), "-o", str(out), "--sparsity", "0.4",
+                     "--calib-windows", "2", "--calib-window", "64", "-q"]) == 0
+    config = _optimized_config(out)
+    assert config["gating"] == "threshold"
+    assert config["mode"] == "wina"
+    assert "greedy 0.4" in json.dumps(config)
+    assert config["calibration"]  # the text it was calibrated on is recorded
+
+
+def test_optimize_without_a_tokenizer_falls_back_to_uniform_topk_and_says_so(tiny_llama_dir: Path,
+                                                                            tmp_path: Path, capsys) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy2(tiny_llama_dir / "model.onnx", bare / "model.onnx")
+    out = tmp_path / "out.onnx"
+    assert cli_main(["optimize", str(bare / "model.onnx"), "-o", str(out), "-q"]) == 0
+    assert "not calibrated here: topk gating, uniform allocation" in capsys.readouterr().err
+    config = _optimized_config(out)
+    assert config["gating"] == "topk"
+    assert cli_main(["optimize", str(bare / "model.onnx"), "-o", str(out), "--allocate", "greedy", "-q"]) == 2
+    assert "--allocate greedy needs a calibration" in capsys.readouterr().err
+
+
+def test_optimize_with_a_calibration_file_uses_its_curves(tiny_llama_dir: Path, tmp_path: Path, capsys) -> None:
+    model = str(tiny_llama_dir / "model.onnx")
+    plain, greedy = tmp_path / "plain.npz", tmp_path / "greedy.npz"
+    common = ["--windows", "2", "--window", "64", "-q"]
+    assert cli_main(["calibrate", model, "-o", str(plain), *common]) == 0
+    assert cli_main(["calibrate", model, "-o", str(greedy), "--allocate", "greedy", *common]) == 0
+    capsys.readouterr()
+    assert cli_main(["optimize", model, "-o", str(tmp_path / "a.onnx"), "--calibration", str(greedy), "-q"]) == 0
+    assert "greedy 0.5" in json.dumps(_optimized_config(tmp_path / "a.onnx"))
+    assert cli_main(["optimize", model, "-o", str(tmp_path / "b.onnx"), "--calibration", str(plain), "-q"]) == 0
+    assert "no error curves" in capsys.readouterr().err
+    assert "greedy" not in json.dumps(_optimized_config(tmp_path / "b.onnx"))
+    assert cli_main(["optimize", model, "-o", str(tmp_path / "c.onnx"), "--calibration", str(plain),
+                     "--allocate", "greedy", "-q"]) == 2
 
 
 def test_probe_measures_threshold_sparsity_near_the_calibrated_target(tiny_llama_dir: Path, tmp_path: Path) -> None:

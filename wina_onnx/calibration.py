@@ -25,7 +25,7 @@ from . import schema
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .greedy import ActivationSample
+    from .greedy import ActivationSample, ErrorCurves
 
 LOG2_MIN = -40
 LOG2_MAX = 24
@@ -77,6 +77,7 @@ class Calibration:
     source: str = ""
     tokens: int = 0
     transformed: bool = False  # calibrated on the model after --transform (passes.rotate)
+    curves: "ErrorCurves | None" = None  # greedy allocation's error curves (calibrate --allocate greedy)
 
     def add(self, node_name: str, mode: str, scores: np.ndarray) -> None:
         """Accumulate `scores` into the histogram of (node, mode)."""
@@ -120,6 +121,9 @@ class Calibration:
             "transformed": self.transformed,
             "bins": {"log2_min": LOG2_MIN, "log2_max": LOG2_MAX, "per_octave": BINS_PER_OCTAVE},
         }
+        if self.curves is not None:
+            meta["greedy"] = self.curves.to_json()
+            arrays.update(self.curves.arrays())
         with open(path, "wb") as handle:
             np.savez_compressed(handle, meta=np.array(json.dumps(meta)), **arrays)
 
@@ -142,6 +146,10 @@ class Calibration:
                         key = f"t{i}_{mode}"
                         if key in data:
                             calib.counts.setdefault(name, {})[mode] = data[key].astype(np.int64)
+                if "greedy" in meta:
+                    from .greedy import ErrorCurves
+
+                    calib.curves = ErrorCurves.from_saved(meta["greedy"], data)
                 return calib
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"cannot read calibration file {path}: {exc}") from None
@@ -218,6 +226,7 @@ def calibrate_model(
     transform: bool = False,
     sample: "ActivationSample | None" = None,
     providers: list | None = None,
+    curves: bool = False,
 ) -> Calibration:
     """Run the dense model over calibration text and return the score histograms.
 
@@ -228,6 +237,8 @@ def calibrate_model(
     transform: calibrate the model as `optimize --transform` will rewrite it.
     sample: also keep rows of every target's input and its weight, for the greedy
     allocation (wina_onnx.greedy.allocate_greedy).
+    curves: also compute the greedy allocation's error curves of both scores and keep
+    them in the calibration (and its file), so `optimize` can allocate at any sparsity.
     providers: ONNX Runtime execution providers (default CPU). A model whose weights are
     in an external file is never loaded whole: the instrumented graph is written beside
     it (pointing at the same weights) for the session, and removed again.
@@ -243,6 +254,10 @@ def calibrate_model(
     from .modelio import uses_external_data
 
     model_path = Path(model_path)
+    if curves and sample is None:
+        from .greedy import ActivationSample
+
+        sample = ActivationSample()
     # Large models keep their weights on disk: only the target weights are read, for norms.
     lazy = not transform and sample is None and uses_external_data(load_model(model_path, load_weights=False))
     model = load_model(model_path, load_weights=not lazy)
@@ -300,4 +315,8 @@ def calibrate_model(
         calibration.tokens += window
         bar.step()
     bar.done(f"{len(candidates)} MatMuls, {calibration.tokens} tokens")
+    if curves:
+        from .greedy import ErrorCurves
+
+        calibration.curves = ErrorCurves.from_sample(sample, progress=progress)
     return calibration

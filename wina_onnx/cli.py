@@ -41,16 +41,27 @@ def _add_gate_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("gating")
     group.add_argument("--mode", choices=schema.MODES, default=schema.MODE_WINA,
                        help="wina: score |x_i| * ||B[i,:]||_2; teal: score |x_i| (default: wina)")
-    group.add_argument("--gating", choices=schema.GATINGS, default=schema.GATING_TOPK,
-                       help="topk: keep the k best features per token (no calibration needed); "
-                            "threshold: keep scores above a calibrated threshold (default: topk)")
+    group.add_argument("--gating", choices=schema.GATINGS, default=None,
+                       help="threshold: keep scores above a calibrated threshold (default; calibrated "
+                            "here when no --calibration is given); topk: keep the k best features per "
+                            "token (needs no calibration)")
     sparsity = group.add_mutually_exclusive_group()
     sparsity.add_argument("--sparsity", type=float, default=None,
                           help="fraction of input features skipped in every gated MatMul, in [0, 1) (default: 0.5)")
     sparsity.add_argument("--allocation", default=None, metavar="FILE",
                           help="per-MatMul sparsities (JSON allocation file)")
+    group.add_argument("--allocate", choices=["greedy", "uniform"], default=None,
+                       help="without --allocation: greedy (default: per-MatMul sparsities from the "
+                            "calibration's error curves, each layer averaging --sparsity by weight bytes) "
+                            "or uniform (--sparsity everywhere)")
     group.add_argument("--calibration", default=None, metavar="FILE",
-                       help="calibration file from `wina-onnx calibrate` (needed by --gating threshold)")
+                       help="calibration file from `wina-onnx calibrate` (with --allocate greedy for "
+                            "greedy allocation); without it, the model is calibrated here on --data")
+    _add_data(group, "calibration when no --calibration file is given")
+    group.add_argument("--calib-windows", type=int, default=16,
+                       help="windows of calibration text when calibrating here (default: 16)")
+    group.add_argument("--calib-window", type=int, default=256,
+                       help="tokens per calibration window when calibrating here (default: 256)")
     group.add_argument("--backend", choices=BACKENDS, default="custom-op",
                        help="custom-op: the WinaSparseMatMul op library (skips weight rows); "
                             "onnx: standard ONNX ops, runs anywhere, same numbers, no speed-up")
@@ -68,18 +79,72 @@ def _add_gate_options(parser: argparse.ArgumentParser) -> None:
 
 
 def gate_config_from_args(args: argparse.Namespace):
-    """Build a passes.GateConfig from parsed `optimize` options."""
-    from .allocation import Allocation
-    from .calibration import Calibration
-    from .passes import GateConfig
+    """Build a passes.GateConfig from parsed `optimize` options, calibrating here if needed.
 
+    Defaults (the best configuration of benchmarks/quality.py): threshold gating and
+    greedy allocation, both from a calibration: the --calibration file, or one made here
+    on --data when the model has a tokenizer beside it. A model that cannot be calibrated
+    here (no tokenizer.json) falls back to uniform top-k, and says so.
+    """
+    from .allocation import Allocation
+    from .calibration import Calibration, calibrate_model
+
+    if args.allocation and args.allocate:
+        raise ConfigError("--allocation FILE and --allocate are exclusive")
+    sparsity = 0.5 if args.sparsity is None else args.sparsity
+    gating = args.gating or schema.GATING_THRESHOLD
+    allocate = None if args.allocation else (args.allocate or "greedy")
+    calibration = Calibration.load(args.calibration) if args.calibration else None
+    needs_histograms = gating == schema.GATING_THRESHOLD
+    needs_curves = allocate == "greedy"
+    if calibration is None and (needs_histograms or needs_curves):
+        reason = _cannot_calibrate(Path(args.model))
+        if reason is None:
+            calibration = calibrate_model(
+                args.model, data=args.data, windows=args.calib_windows, window=args.calib_window,
+                include=args.include, exclude=args.exclude, progress=not args.quiet,
+                transform=args.transform, curves=needs_curves)
+        elif needs_histograms and args.gating:
+            raise ConfigError(f"--gating threshold needs a calibration file: {reason}, so it cannot be "
+                              "calibrated here; give --calibration FILE (wina-onnx calibrate)")
+        elif needs_curves and args.allocate:
+            raise ConfigError(f"--allocate greedy needs a calibration: {reason}, so it cannot be calibrated "
+                              "here; give --calibration FILE (wina-onnx calibrate --allocate greedy)")
+        else:
+            gating, allocate = schema.GATING_TOPK if needs_histograms else gating, "uniform"
+            _notice(f"{reason}, so it is not calibrated here: {gating} gating, uniform allocation "
+                    "(give --calibration FILE for threshold gating and greedy allocation)")
     if args.allocation:
         allocation = Allocation.load(args.allocation)
+    elif allocate == "greedy" and calibration.curves is None:
+        if args.allocate == "greedy":
+            raise ConfigError("--allocate greedy needs a calibration with error curves: "
+                              "`wina-onnx calibrate --allocate greedy`, or no --calibration to calibrate here")
+        _notice(f"{args.calibration} has no error curves (made without --allocate greedy): uniform allocation")
+        allocation = Allocation.uniform(sparsity)
+    elif allocate == "greedy":
+        allocation = calibration.curves.allocate(sparsity, mode=args.mode, norm_on=args.norm_on)
     else:
-        allocation = Allocation.uniform(0.5 if args.sparsity is None else args.sparsity)
-    calibration = Calibration.load(args.calibration) if args.calibration else None
+        allocation = Allocation.uniform(sparsity)
+    return _gate_config(args, gating, allocation, calibration)
+
+
+def _notice(message: str) -> None:
+    print(f"[optimize] note: {message}", file=sys.stderr, flush=True)
+
+
+def _cannot_calibrate(model: Path) -> str | None:
+    """Why `optimize` cannot calibrate this model itself (None when it can)."""
+    if not (model.parent / "tokenizer.json").is_file():
+        return f"{model} has no tokenizer.json beside it"
+    return None
+
+
+def _gate_config(args: argparse.Namespace, gating: str, allocation, calibration):
+    from .passes import GateConfig
+
     return GateConfig(
-        mode=args.mode, gating=args.gating, allocation=allocation, backend=args.backend,
+        mode=args.mode, gating=gating, allocation=allocation, backend=args.backend,
         norm_on=args.norm_on, transform=args.transform, include=args.include, exclude=args.exclude,
         calibration=calibration,
     )
@@ -108,21 +173,24 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     to the allocation file that `optimize --allocation` reads.
     """
     from .calibration import calibrate_model
-    from .greedy import ActivationSample, allocate_greedy
+    from .greedy import ActivationSample
 
-    if args.allocate == "greedy" and (args.target_sparsity is None or not args.allocation_out):
-        raise ConfigError("--allocate greedy needs --target-sparsity and --allocation-out")
-    sample = ActivationSample(rows=args.sample_rows) if args.allocate == "greedy" else None
+    greedy = args.allocate == "greedy"
+    if (args.target_sparsity is None) != (args.allocation_out is None):
+        raise ConfigError("--target-sparsity and --allocation-out go together (an allocation file to write)")
+    if args.allocation_out and not greedy:
+        raise ConfigError("--allocation-out needs --allocate greedy")
     calibration = calibrate_model(
         args.model, data=args.data, windows=args.windows, window=args.window,
         include=args.include, exclude=args.exclude, threads=args.threads, progress=not args.quiet,
-        transform=args.transform, sample=sample,
+        transform=args.transform, sample=ActivationSample(rows=args.sample_rows) if greedy else None,
+        curves=greedy,
     )
     calibration.save(args.output)
-    print(f"calibrated {len(calibration.counts)} MatMul(s) on {calibration.tokens} tokens -> {args.output}")
-    if sample is not None:
-        allocation = allocate_greedy(sample, args.target_sparsity, mode=args.mode, norm_on=args.norm_on,
-                                     progress=not args.quiet)
+    extra = " and greedy error curves" if greedy else ""
+    print(f"calibrated {len(calibration.counts)} MatMul(s) on {calibration.tokens} tokens{extra} -> {args.output}")
+    if args.allocation_out:
+        allocation = calibration.curves.allocate(args.target_sparsity, mode=args.mode, norm_on=args.norm_on)
         allocation.save(args.allocation_out)
         print(f"greedy allocation at {args.target_sparsity:g} ({args.mode}) -> {args.allocation_out}")
     return 0
@@ -135,8 +203,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     gate_up) whose weight is a 2-D float constant; never the LM head or embeddings.
     The input is left untouched; tokenizer and config files are copied beside the output.
     """
-    from .optimize import optimize_model
+    from .optimize import check_paths, optimize_model
 
+    check_paths(Path(args.model), Path(args.output), force=args.force)  # fail fast, before any calibration
     config = gate_config_from_args(args)
     report = optimize_model(args.model, args.output, config, force=args.force, progress=not args.quiet,
                             external_data=args.external_data)
@@ -353,12 +422,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transform", action="store_true",
                    help="calibrate the model as `optimize --transform` rewrites it")
     p.add_argument("--allocate", choices=["greedy"], default=None,
-                   help="also search per-MatMul sparsities (greedy, on the calibration text)")
+                   help="also keep the greedy search's error curves in the file (sampled activations of "
+                        "every MatMul), so that `optimize` allocates per-MatMul sparsities at any target")
     p.add_argument("--target-sparsity", type=float, default=None,
-                   help="average sparsity of the greedy allocation, weighted by weight bytes")
-    p.add_argument("--allocation-out", default=None, metavar="FILE", help="allocation file to write (JSON)")
+                   help="with --allocation-out: average sparsity of that allocation, weighted by weight bytes")
+    p.add_argument("--allocation-out", default=None, metavar="FILE",
+                   help="also write the greedy allocation at --target-sparsity to this file (JSON)")
     p.add_argument("--mode", choices=schema.MODES, default=schema.MODE_WINA,
-                   help="score the greedy search uses (default: wina)")
+                   help="score of the allocation written to --allocation-out (default: wina)")
     p.add_argument("--norm-on", choices=["all", "reference"], default="all",
                    help="which WINA scores use weight norms (as in `optimize`)")
     p.add_argument("--sample-rows", type=int, default=256,

@@ -197,3 +197,71 @@ def allocate_greedy(
 ) -> Allocation:
     """Greedy allocation for `mode` (wina/teal) from a bound ActivationSample."""
     return GreedySearch(sample, mode=mode, norm_on=norm_on, step=step, progress=progress).allocate(target_sparsity)
+
+
+# The two scores an error curve can use: |x| (TEAL) and |x| * ||B[i, :]|| (WINA). WINA with
+# norms on some projections only (norm_on="reference") takes each target's curve from one.
+CURVE_SCORES = ("teal", "wina")
+
+
+@dataclass
+class ErrorCurves:
+    """Error curves of every target for both scores: a greedy allocation for any mode and target.
+
+    Small (a few numbers per target and level), so a calibration file carries them and
+    `optimize` can allocate greedily at any sparsity without seeing activations again.
+    """
+
+    step: float
+    targets: list[Target]
+    roles: dict[str, str | None]
+    curves: dict[str, dict[str, np.ndarray]]  # score ("teal"/"wina") -> node -> curve
+
+    @classmethod
+    def from_sample(cls, sample: ActivationSample, *, step: float = DEFAULT_STEP,
+                    progress: bool = True) -> "ErrorCurves":
+        """Compute both curves of every sampled target (one weight in float32 at a time)."""
+        from .progress import Progress
+
+        if not sample.weights:
+            raise ConfigError("the activation sample has no targets; calibrate with sampling enabled")
+        levels = sparsity_levels(step)
+        curves: dict[str, dict[str, np.ndarray]] = {score: {} for score in CURVE_SCORES}
+        targets = []
+        bar = Progress("greedy curves", total=len(sample.weights), enabled=progress)
+        for name, weight in sample.weights.items():
+            x = sample.matrix(name)
+            norms = np.linalg.norm(weight.astype(np.float32), axis=1)
+            curves["teal"][name] = error_curve(x, weight, np.ones_like(norms), levels)
+            curves["wina"][name] = error_curve(x, weight, norms, levels)
+            targets.append(Target(name, sample.groups[name], int(weight.size * weight.dtype.itemsize)))
+            bar.step()
+        bar.done(f"{len(targets)} MatMuls")
+        return cls(step=step, targets=targets, roles=dict(sample.roles), curves=curves)
+
+    def allocate(self, target_sparsity: float, *, mode: str, norm_on: str = "all") -> Allocation:
+        """Per-matrix sparsities averaging `target_sparsity` in every layer, for this scoring."""
+        from .passes.wina_gate import uses_norm
+
+        chosen = {t.node_name: self.curves["wina" if uses_norm(mode, norm_on, self.roles.get(t.node_name))
+                                           else "teal"][t.node_name] for t in self.targets}
+        source = f"greedy {target_sparsity:g} ({mode}, norm on {norm_on}, weighted by weight bytes)"
+        return greedy_allocation(self.targets, chosen, target_sparsity, step=self.step, source=source)
+
+    def to_json(self) -> dict:
+        """Everything but the curves (which go in arrays, see `arrays`)."""
+        return {"step": self.step, "targets": [[t.node_name, t.group, t.weight_bytes] for t in self.targets],
+                "roles": self.roles}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The curves as one [targets, levels] array per score, in the order of `targets`."""
+        return {f"curves_{score}": np.stack([self.curves[score][t.node_name] for t in self.targets])
+                for score in CURVE_SCORES}
+
+    @classmethod
+    def from_saved(cls, meta: dict, arrays: dict[str, np.ndarray]) -> "ErrorCurves":
+        """Inverse of to_json + arrays."""
+        targets = [Target(name, group, int(size)) for name, group, size in meta["targets"]]
+        curves = {score: {t.node_name: np.asarray(arrays[f"curves_{score}"][i], dtype=np.float64)
+                          for i, t in enumerate(targets)} for score in CURVE_SCORES}
+        return cls(step=float(meta["step"]), targets=targets, roles=dict(meta["roles"]), curves=curves)

@@ -26,6 +26,24 @@ def is_optimized(model: onnx.ModelProto) -> bool:
     return any(opset.domain == schema.DOMAIN for opset in model.opset_import)
 
 
+def check_paths(input_path: Path, output_path: Path, *, force: bool = False) -> onnx.ModelProto:
+    """The checks that need no weights, done before any work: returns the model without weights.
+
+    Raises ConfigError when the output would overwrite the input, ModelLoadError when the
+    input is not a loadable ONNX model, AlreadyOptimizedError for a model wina-onnx already
+    rewrote (unless force).
+    """
+    if Path(output_path).resolve() == Path(input_path).resolve():
+        raise ConfigError("the output path is the input path; write the optimized model to a new file")
+    header = load_model(input_path, load_weights=False)
+    if is_optimized(header) and not force:
+        raise AlreadyOptimizedError(
+            f"{input_path} was already optimized by wina-onnx; optimize the original model "
+            "(or pass --force to gate the MatMuls that are still dense)"
+        )
+    return header
+
+
 def read_metadata(model: onnx.ModelProto) -> dict[str, object]:
     """The wina-onnx entries of metadata_props, JSON values decoded."""
     out: dict[str, object] = {}
@@ -85,12 +103,10 @@ def optimize_model(
     The weights are loaded once; the rewritten model is written tensor by tensor.
     """
     input_path, output_path = Path(input_path), Path(output_path)
-    if output_path.resolve() == input_path.resolve():
-        raise ConfigError("the output path is the input path; write the optimized model to a new file")
     config.validate()
     if external_data not in LAYOUTS:
         raise ConfigError(f"external data layout must be one of {', '.join(LAYOUTS)}, got {external_data!r}")
-    header = load_model(input_path, load_weights=False)
+    header = check_paths(input_path, output_path, force=force)
     input_files = external_files(header)
     layout = external_data
     if layout == LAYOUT_AUTO and input_files:
@@ -98,11 +114,6 @@ def optimize_model(
     del header
     stage("optimize", f"loading {input_path}", enabled=progress)
     model = load_model(input_path)
-    if is_optimized(model) and not force:
-        raise AlreadyOptimizedError(
-            f"{input_path} was already optimized by wina-onnx; optimize the original model "
-            "(or pass --force to gate the MatMuls that are still dense)"
-        )
     _check_calibration_fits(model, config)
     if config.transform:
         from .passes.rotate import rotate_residual_stream
