@@ -4,8 +4,10 @@ For the static-cache graphs of wina_onnx.fused_llama (GroupQueryAttention with
 seqlens_k / total_seq_len inputs, past and present bound to one buffer of
 `max_length` positions). Everything a decode step touches is allocated once and bound
 once: input_ids [b, 1], seqlens_k [b] and the logits [b, 1, vocab] on the device,
-total_seq_len [] on the host, the KV buffers on the device as both past and present.
-A step writes the new token and its length into those buffers in place and runs the
+total_seq_len [] on the host (always the buffer length in decode, since the attention
+op reads it on the host and a captured graph would keep its first value), the KV
+buffers on the device as both past and present. A step writes the new token and its
+length (seqlens_k) into those buffers in place and runs the
 same binding again, so the shapes and addresses never change and, with the CUDA
 provider's `enable_cuda_graph`, ONNX Runtime captures the step once (after its warm-up
 runs) and replays it from then on: one graph launch a token instead of one launch per
@@ -66,7 +68,10 @@ class StaticCacheLM:
         # Decode-step buffers: fixed addresses for the captured graph.
         self._ids = ort.OrtValue.ortvalue_from_numpy(np.zeros((self.batch, 1), np.int64), device_type, device_id)
         self._seqlens = ort.OrtValue.ortvalue_from_numpy(np.zeros(self.batch, np.int32), device_type, device_id)
-        self._total = ort.OrtValue.ortvalue_from_numpy(np.array(0, np.int32))  # a CPU input of the attention op
+        # total_seq_len is read on the host (it sets the attention op's launch shapes): a captured
+        # graph keeps the value it was captured with, so every decode step passes the same one,
+        # the buffer length; the true lengths reach the device in seqlens_k.
+        self._total = ort.OrtValue.ortvalue_from_numpy(np.array(self.max_length, np.int32))
         self.logits = ort.OrtValue.ortvalue_from_shape_and_type(
             [self.batch, 1, self.lm.vocab_size], self.lm.dtype, device_type, device_id)
         self._decode = self._binding(self._ids, self._seqlens, self._total, self.logits)
@@ -148,8 +153,8 @@ class StaticCacheLM:
     def step(self, tokens, *, fetch_logits: bool = False, use_graph: bool = True):
         """Decode one token per sequence (an int or [b] ids) at position `length`; logits [b, 1, vocab] if asked for.
 
-        Only the bound buffers change: the token, seqlens_k and total_seq_len, written in
-        place. With CUDA graphs, ONNX Runtime replays the captured step once it has one;
+        Only the bound buffers change: the token and seqlens_k, written in place
+        (total_seq_len stays the buffer length). With CUDA graphs, ONNX Runtime replays the captured step once it has one;
         use_graph=False runs this step node by node in the same session (gpu_graph_id -1),
         the reference for the replay. Returns when the GPU work is done.
         """
@@ -159,7 +164,6 @@ class StaticCacheLM:
             raise RuntimeError(f"the KV buffer of {self.max_length} positions is full")
         self._ids.update_inplace(np.broadcast_to(np.asarray(tokens, np.int64).reshape(-1, 1), (self.batch, 1)).copy())
         self._seqlens.update_inplace(np.full(self.batch, self.length, np.int32))
-        self._total.update_inplace(np.array(self.length + 1, np.int32))
         options = self._decode_options if use_graph else self._prefill_options
         self.session.run_with_iobinding(self._decode, options)
         self._decode.synchronize_outputs()
