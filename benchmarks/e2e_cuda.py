@@ -16,7 +16,16 @@ Steps, each skipped when its output is already in --work (so a second call can r
              cache on the GPU, prefill of --prompt-tokens then --decode-tokens single-token
              steps, models interleaved in every repetition, median and IQR.
 
+With --cuda-graph, step 5 runs instead on the static-cache variant of every model
+(wina_onnx.fused_llama.write_static_cache_model, written beside each model, weights
+shared): GroupQueryAttention with seqlens_k / total_seq_len inputs and one KV buffer
+of fixed length bound as past and present, one session per model with the CUDA
+provider's CUDA graphs (wina_onnx.bench.bench_static_models): prefill without a graph,
+decode steps as graph replays, the same steps node by node in the same session for
+comparison, and the greedy tokens of both ways, which must be equal.
+
   python benchmarks/e2e_cuda.py --work /tmp/e2e --out e2e_cuda.txt
+  python benchmarks/e2e_cuda.py --work /tmp/e2e --out e2e_cuda_graphs.txt --cuda-graph
 """
 
 from __future__ import annotations
@@ -51,6 +60,11 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a functional check only")
     p.add_argument("--generator", choices=["torch-cuda", "numpy"], default="torch-cuda")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="static-cache models, decode as CUDA graph replays (needs --device cuda)")
+    p.add_argument("--greedy-tokens", type=int, default=16, help="with --cuda-graph: greedy tokens compared")
+    p.add_argument("--stop-after", choices=["optimize"], default=None,
+                   help="build, calibrate and optimize only (a later call resumes from --work)")
     return p.parse_args(argv)
 
 
@@ -83,6 +97,19 @@ def retarget(wina_model: Path, output: Path, calibration, sparsity: float) -> No
     onnx.save_model(model, str(output))
 
 
+def graph_lines(result) -> list[str]:
+    """The CUDA-graph run's second table: decode with and without graphs, and the greedy check."""
+    lines = ["", "same sessions, same steps node by node (gpu_graph_id -1, no CUDA graph):",
+             "model              decode ms/token [IQR]  speedup  tokens/s  graph gain  greedy graph == node by node"]
+    for m in result.models:
+        same = m.greedy_graph == m.greedy_nograph
+        lines.append(f"{m.name:<17}  {m.decode_nograph_median:>12.3f} [{m.decode_nograph_iqr:.3f}]  "
+                     f"{m.decode_nograph_speedup:>6.3f}x  {1e3 / m.decode_nograph_median:>8.1f}  "
+                     f"{m.decode_nograph_median / m.decode_median:>9.3f}x  "
+                     f"{'yes' if same else 'NO'} ({len(m.greedy_graph)} tokens)")
+    return lines
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     command = "python3 benchmarks/e2e_cuda.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -90,9 +117,10 @@ def main(argv=None) -> int:
         import torch  # noqa: F401  (first: its CUDA 13 libraries are the ones ONNX Runtime's provider loads)
     from wina_onnx import schema
     from wina_onnx.allocation import Allocation
-    from wina_onnx.bench import bench_models
+    from wina_onnx.bench import bench_models, bench_static_models
     from wina_onnx.calibration import Calibration, calibrate_model
-    from wina_onnx.fused_llama import LlamaShape, build_fused_llama, node_counts, numpy_generator, torch_generator
+    from wina_onnx.fused_llama import (LlamaShape, build_fused_llama, node_counts, numpy_generator, torch_generator,
+                                       write_static_cache_model)
     from wina_onnx.optimize import optimize_model
     from wina_onnx.passes import GateConfig
     from wina_onnx.runtime import CUDA_PROVIDERS
@@ -141,10 +169,22 @@ def main(argv=None) -> int:
         retarget(first, path, calibration, s)
         models[f"WINA {s:.0%}"] = path
 
+    if args.stop_after == "optimize":
+        log(f"stopping after the WINA pass; steps (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+        return 0
+    if args.cuda_graph:
+        if args.device != "cuda":
+            raise SystemExit("--cuda-graph needs --device cuda")
+        models = {name: write_static_cache_model(path, path.with_name(path.stem + "_static.onnx"))
+                  for name, path in models.items()}
     counts = {name: node_counts(path) for name, path in models.items()}
     log("benchmarking " + ", ".join(models))
-    result = bench_models(models, prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens,
-                          repeats=args.repeats, device=args.device, progress=True)
+    if args.cuda_graph:
+        result = bench_static_models(models, prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens,
+                                     repeats=args.repeats, greedy_tokens=args.greedy_tokens, progress=True)
+    else:
+        result = bench_models(models, prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens,
+                              repeats=args.repeats, device=args.device, progress=True)
     lines = [
         f"# command: {command}",
         f"# date: {result.environment.get('date')}",
@@ -157,6 +197,7 @@ def main(argv=None) -> int:
                                  for name, c in counts.items()),
         "",
         result.table(),
+        *(graph_lines(result) if args.cuda_graph else []),
         "",
         json.dumps({"result": result.to_dict(), "node_counts": counts}, indent=1),
     ]

@@ -35,6 +35,14 @@ class ModelTiming:
     decode_iqr: float = 0.0
     prefill_speedup: float = 1.0  # baseline median / this median
     decode_speedup: float = 1.0
+    # bench_static_models only: the same decode steps node by node (no CUDA graph), and
+    # the greedy tokens of the graph replay and of the node-by-node steps
+    decode_nograph_ms: list[float] = field(default_factory=list)
+    decode_nograph_median: float = 0.0
+    decode_nograph_iqr: float = 0.0
+    decode_nograph_speedup: float = 1.0
+    greedy_graph: list[int] = field(default_factory=list)
+    greedy_nograph: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -184,6 +192,90 @@ def bench_models(
     )
 
 
+def bench_static_models(
+    paths: dict[str, Path],
+    *,
+    prompt_tokens: int = 512,
+    decode_tokens: int = 128,
+    repeats: int = 5,
+    warmup: int = 1,
+    seed: int = 0,
+    greedy_tokens: int = 16,
+    nograph: bool = True,
+    progress: bool = True,
+) -> BenchResult:
+    """Benchmark static-cache models (wina_onnx.fused_llama.write_static_cache_model) with CUDA graphs.
+
+    Each model gets one session on the CUDA provider with `enable_cuda_graph` and its
+    buffers bound once (wina_onnx.static_decode.StaticCacheLM, KV buffer of prompt +
+    decode positions). Per repetition and model, interleaved as in `bench_models`: the
+    prefill of `prompt_tokens` fixed ids (no graph), then `decode_tokens` fixed ids one
+    at a time as graph replays (decode_ms); with nograph, the same steps again after a
+    fresh prefill, node by node in the same session (decode_nograph_ms). The warm-up
+    repetitions capture the graph. Afterwards, for each model, the greedy continuation
+    (`greedy_tokens` ids) of the prompt by graph replays and node by node, which must agree.
+    """
+    from .static_decode import StaticCacheLM
+
+    if not paths:
+        raise ValueError("no model to benchmark")
+    max_length = prompt_tokens + max(decode_tokens, greedy_tokens) + 1
+    config = {"session.force_spinning_stop": "1"}
+    models: dict = {}
+    for name, path in paths.items():
+        stage("bench", f"loading {name} from {path} (CUDA graphs)", enabled=progress)
+        models[name] = StaticCacheLM.from_path(path, max_length=max_length, cuda_graph=True, config=config)
+    vocab = min(int(lm.lm.vocab_size) for lm in models.values())
+    rng = np.random.default_rng(seed)
+    prompt = rng.integers(0, vocab, size=(1, prompt_tokens), dtype=np.int64)
+    decode_ids = rng.integers(0, vocab, size=decode_tokens, dtype=np.int64)
+
+    def decode(lm, use_graph: bool) -> float:
+        lm.prefill(prompt)
+        start = time.perf_counter()
+        for token in decode_ids:
+            lm.step(int(token), use_graph=use_graph)
+        return (time.perf_counter() - start) / max(1, len(decode_ids))
+
+    report = Progress("bench", total=(warmup + repeats) * len(paths), enabled=progress)
+    timings = {name: ModelTiming(name=name, path=str(path)) for name, path in paths.items()}
+    for rep in range(warmup + repeats):
+        for name, lm in models.items():
+            start = time.perf_counter()
+            lm.prefill(prompt)
+            prefill = time.perf_counter() - start
+            step = decode(lm, True)
+            plain = decode(lm, False) if nograph else 0.0
+            label = "warmup" if rep < warmup else f"repeat {rep - warmup + 1}"
+            if rep >= warmup:
+                t = timings[name]
+                t.prefill_ms.append(prefill * 1e3)
+                t.decode_ms.append(step * 1e3)
+                if nograph:
+                    t.decode_nograph_ms.append(plain * 1e3)
+            report.step(f"{label} {name}: prefill {prefill * 1e3:.1f} ms, decode {step * 1e3:.3f} ms/token "
+                        f"(graph), {plain * 1e3:.3f} (no graph)")
+    for name, lm in models.items():
+        timings[name].greedy_graph = lm.greedy(prompt, greedy_tokens, use_graph=True)
+        timings[name].greedy_nograph = lm.greedy(prompt, greedy_tokens, use_graph=False)
+
+    ordered = list(timings.values())
+    for t in ordered:
+        t.prefill_median, t.prefill_iqr = _median_iqr(t.prefill_ms)
+        t.decode_median, t.decode_iqr = _median_iqr(t.decode_ms)
+        if t.decode_nograph_ms:
+            t.decode_nograph_median, t.decode_nograph_iqr = _median_iqr(t.decode_nograph_ms)
+    base = ordered[0]
+    for t in ordered:
+        t.prefill_speedup = base.prefill_median / t.prefill_median if t.prefill_median else float("nan")
+        t.decode_speedup = base.decode_median / t.decode_median if t.decode_median else float("nan")
+        if t.decode_nograph_median:
+            t.decode_nograph_speedup = base.decode_nograph_median / t.decode_nograph_median
+    report.done()
+    return BenchResult(models=ordered, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, repeats=repeats,
+                       warmup=warmup, threads=None, device="cuda (CUDA graphs)", environment=_environment("cuda"))
+
+
 def _environment(device: str) -> dict:
     """Versions and the GPU, for the record."""
     import datetime
@@ -196,7 +288,7 @@ def _environment(device: str) -> dict:
         "onnxruntime": ort.__version__,
         "python": platform.python_version(),
     }
-    if device == "cuda":
+    if device.startswith("cuda"):
         import subprocess
 
         try:

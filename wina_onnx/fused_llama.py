@@ -30,6 +30,20 @@ external data file as they are drawn, so an 8B model needs no more host memory t
 its largest tensor. It is a speed model: the numbers it computes mean nothing.
 The rotary cache uses plain RoPE with rope_theta (Llama-3's frequency scaling changes
 the cache values, not the work).
+
+Static KV cache (`static_cache=True`, or `write_static_cache_model` on any model this
+module wrote, dense or rewritten by the WINA pass): the variant ONNX Runtime GenAI's
+builder writes for CUDA graphs. GroupQueryAttention takes its lengths as graph inputs
+and the KV cache is one buffer of a fixed maximum length that is both past and present:
+
+    input_ids [b, s] int64, seqlens_k [b] int32 (tokens so far, this step's included, - 1),
+    total_seq_len [] int32 (on the host), past_key_values.{i}.key / .value
+    [b, kv_heads, max_sequence_length, head_dim]
+    -> logits [b, s, vocab], present.{i}.key / .value [b, kv_heads, max_sequence_length, head_dim]
+
+Bound to the same buffer as past, present is written in place (GroupQueryAttention's
+past_present_share_buffer), so a decode step has the same shapes and addresses every
+time and can be replayed as a CUDA graph (wina_onnx.static_decode).
 """
 
 from __future__ import annotations
@@ -162,10 +176,13 @@ def build_fused_llama(
     generator: Generator | None = None,
     std: float = 0.02,
     progress: Callable[[str], None] | None = None,
+    static_cache: bool = False,
 ) -> Path:
     """Write model.onnx (+ model.onnx.data) and config.json for `shape` into output_dir.
 
     Returns the model path. float16 throughout (weights, activations, KV cache, logits).
+    static_cache: the GenAI-style graph with a fixed-length KV buffer shared by past and
+    present (see the module's docstring); default: the Optimum-style interface.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -279,6 +296,8 @@ def build_fused_llama(
         graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
         producer_name="wina-onnx fused_llama")
     model.ir_version = IR_VERSION
+    if static_cache:
+        make_static_cache(model)
     path = output_dir / "model.onnx"
     onnx.save_model(model, str(path))
     (output_dir / "config.json").write_text(json.dumps(shape.config_json(), indent=2) + "\n", encoding="utf-8")
@@ -293,3 +312,70 @@ def node_counts(model_path: str | Path) -> dict[str, int]:
         counts[n.op_type] = counts.get(n.op_type, 0) + 1
     counts["total"] = len(model.graph.node)
     return counts
+
+
+# The static-cache variant ---------------------------------------------------------------
+
+SEQLENS_K = "seqlens_k"
+TOTAL_SEQ_LEN = "total_seq_len"
+_MASK_PREFIX = "/model/attn_mask_reformat/"
+_MAX_LEN = "max_sequence_length"
+
+
+def make_static_cache(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Turn a graph of this module (dense or after the WINA pass) into the static-cache variant, in place.
+
+    The attention-mask subgraph goes; every GroupQueryAttention takes seqlens_k and
+    total_seq_len straight from the graph inputs; attention_mask and position_ids are
+    dropped; the KV inputs and outputs get the length axis "max_sequence_length". Weights,
+    node names and metadata are untouched, so the WINA pass's records still apply.
+    """
+    graph = model.graph
+    if any(i.name == SEQLENS_K for i in graph.input):
+        return model  # already static
+    gqa = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    if not gqa:
+        raise ValueError("no GroupQueryAttention node: not a graph of wina_onnx.fused_llama")
+    dropped = {n.name for n in graph.node if n.name.startswith(_MASK_PREFIX)}
+    kept = [n for n in graph.node if n.name not in dropped]
+    for n in gqa:
+        n.input[5], n.input[6] = SEQLENS_K, TOTAL_SEQ_LEN
+    used = {name for n in kept for name in n.input}
+    del graph.node[:]
+    graph.node.extend(kept)
+    inits = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+
+    batch = "batch_size"
+    inputs = []
+    for value in graph.input:
+        if value.name in ("attention_mask", "position_ids"):
+            continue
+        if value.name == "input_ids":
+            batch_dim = value.type.tensor_type.shape.dim[0]
+            batch = batch_dim.dim_param or batch
+            inputs.append(value)
+            inputs.append(helper.make_tensor_value_info(SEQLENS_K, TensorProto.INT32, [batch]))
+            inputs.append(helper.make_tensor_value_info(TOTAL_SEQ_LEN, TensorProto.INT32, []))
+            continue
+        if value.name.startswith("past_key_values."):
+            value.type.tensor_type.shape.dim[2].dim_param = _MAX_LEN
+        inputs.append(value)
+    del graph.input[:]
+    graph.input.extend(inputs)
+    for value in graph.output:
+        if value.name.startswith("present."):
+            value.type.tensor_type.shape.dim[2].dim_param = _MAX_LEN
+    return model
+
+
+def write_static_cache_model(model_path: str | Path, output_path: str | Path) -> Path:
+    """Write the static-cache variant of `model_path` to `output_path` (same folder: the weights file is shared)."""
+    model_path, output_path = Path(model_path), Path(output_path)
+    if model_path.resolve().parent != output_path.resolve().parent:
+        raise ValueError("write the static-cache model beside the original: it refers to the same weights file")
+    model = onnx.load(str(model_path), load_external_data=False)
+    make_static_cache(model)
+    onnx.save_model(model, str(output_path))
+    return output_path
