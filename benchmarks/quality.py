@@ -70,6 +70,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", action="append", default=[],
                         help="run only configurations whose name contains this (repeatable)")
+    parser.add_argument("--rotated-first", action="store_true",
+                        help="run the transformed model's configurations before the plain ones")
     parser.add_argument("--out", required=True, help="raw results (JSON), appended to")
     args = parser.parse_args()
 
@@ -99,8 +101,12 @@ def main() -> int:
 
     out = Path(args.out)
     raw = json.loads(out.read_text()) if out.is_file() else {"results": []}
+    # The grid may be filled by several (resumed or filtered) runs: every command is kept.
+    command = " ".join(["python"] + sys.argv)
+    commands = raw.get("commands", [raw["command"]] if "command" in raw else [])
     raw.update({
-        "command": " ".join(["python"] + sys.argv),
+        "command": command,
+        "commands": commands + [command],
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF dequantised to fp32), exported with Optimum",
         "data": Path(args.data).name, "calibration_data": Path(args.calib_data).name,
         "windows": args.windows, "window": args.window,
@@ -144,7 +150,7 @@ def main() -> int:
     if "dense" not in done:  # every run needs the baseline
         evaluate("dense", dense, {"method": "dense", "sparsity": 0.0, "transform": False})
 
-    for transform in TRANSFORMS:
+    for transform in (TRANSFORMS[::-1] if args.rotated_first else TRANSFORMS):
         base = dense
         if transform:
             base = work / "quality-grid" / "rotated" / "model.onnx"

@@ -21,7 +21,7 @@ def test_demo_prints_dense_wina_teal_perplexity_and_speed(smollm2_dir: Path, tmp
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((tmp_path / "demo-results.json").read_text())
     ppl = {name: row["perplexity"] for name, row in summary["perplexity"].items()}
-    assert set(ppl) == {"dense", "wina-topk", "teal-topk", "wina-threshold", "teal-threshold"}
+    assert set(ppl) == {"dense", "wina", "teal", "wina-topk-uniform", "teal-topk-uniform"}
     assert all(math.isfinite(v) for v in ppl.values())
     assert all(ppl[name] > ppl["dense"] for name in ppl if name != "dense")  # sparsity costs some quality
     for name in ppl:

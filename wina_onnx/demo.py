@@ -2,6 +2,8 @@
 
 export -> calibrate (first half of the text) -> optimize (WINA and TEAL) -> perplexity
 (second half of the text) and decode speed, dense and sparse side by side in one run.
+Each method runs in `optimize`'s default configuration (calibrated thresholds, greedy
+per-MatMul allocation) and as the plain port (uniform top-k).
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ class Variant:
     name: str
     mode: str
     gating: str
+    allocation: str  # "greedy" (from the calibration's error curves) or "uniform"
 
 
 VARIANTS = (
-    Variant("wina-topk", schema.MODE_WINA, schema.GATING_TOPK),
-    Variant("teal-topk", schema.MODE_TEAL, schema.GATING_TOPK),
-    Variant("wina-threshold", schema.MODE_WINA, schema.GATING_THRESHOLD),
-    Variant("teal-threshold", schema.MODE_TEAL, schema.GATING_THRESHOLD),
+    Variant("wina", schema.MODE_WINA, schema.GATING_THRESHOLD, "greedy"),
+    Variant("teal", schema.MODE_TEAL, schema.GATING_THRESHOLD, "greedy"),
+    Variant("wina-topk-uniform", schema.MODE_WINA, schema.GATING_TOPK, "uniform"),
+    Variant("teal-topk-uniform", schema.MODE_TEAL, schema.GATING_TOPK, "uniform"),
 )
 
 
@@ -63,11 +66,16 @@ def run_demo(
     half = len(ids) // 2
     calib_ids, eval_ids = ids[:half], ids[half:]
     calibration = calibrate_model(dense, token_ids=calib_ids, windows=16, window=256, threads=threads,
-                                  progress=progress, source=f"first half of {Path(data).name if data else 'pydoc help topics'}")
+                                  progress=progress, curves=True,
+                                  source=f"first half of {Path(data).name if data else 'pydoc help topics'}")
     models = {"dense": dense}
     for variant in VARIANTS:
         out = work_dir / variant.name / "model.onnx"
-        config = GateConfig(mode=variant.mode, gating=variant.gating, allocation=Allocation.uniform(sparsity),
+        if variant.allocation == "greedy":
+            allocation = calibration.curves.allocate(sparsity, mode=variant.mode)
+        else:
+            allocation = Allocation.uniform(sparsity)
+        config = GateConfig(mode=variant.mode, gating=variant.gating, allocation=allocation,
                             calibration=calibration)
         stage("demo", f"optimizing {variant.name} at sparsity {sparsity}", enabled=progress)
         optimize_model(dense, out, config, progress=progress)
@@ -86,9 +94,9 @@ def run_demo(
     print(f"\nSmolLM2-135M-Instruct, fp32, sparsity {sparsity}, perplexity on {windows} windows of 512 tokens "
           f"(second half of the text; calibration on the first half)")
     print(speed.table())
-    print(f"\n{'model':<16}{'perplexity':>12}")
+    print(f"\n{'model':<20}{'perplexity':>12}")
     for name, row in results.items():
-        print(f"{name:<16}{row['perplexity']:>12.3f}")
+        print(f"{name:<20}{row['perplexity']:>12.3f}")
     summary = {"sparsity": sparsity, "perplexity": results, "speed": speed_json}
     (work_dir / "demo-results.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
