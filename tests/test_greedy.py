@@ -132,6 +132,7 @@ def test_optimize_defaults_calibrate_here_with_thresholds_and_greedy(tiny_llama_
     config = _optimized_config(out)
     assert config["gating"] == "threshold"
     assert config["mode"] == "wina"
+    assert config["norm_on"] == "reference"
     assert "greedy 0.4" in json.dumps(config)
     assert config["calibration"]  # the text it was calibrated on is recorded
 

@@ -71,12 +71,13 @@ def run_demo(
     models = {"dense": dense}
     for variant in VARIANTS:
         out = work_dir / variant.name / "model.onnx"
+        # norm_on "reference": `optimize`'s default (weight norms on the k/gate projections).
         if variant.allocation == "greedy":
-            allocation = calibration.curves.allocate(sparsity, mode=variant.mode)
+            allocation = calibration.curves.allocate(sparsity, mode=variant.mode, norm_on="reference")
         else:
             allocation = Allocation.uniform(sparsity)
         config = GateConfig(mode=variant.mode, gating=variant.gating, allocation=allocation,
-                            calibration=calibration)
+                            calibration=calibration, norm_on="reference")
         stage("demo", f"optimizing {variant.name} at sparsity {sparsity}", enabled=progress)
         optimize_model(dense, out, config, progress=progress)
         for sidecar in dense.parent.glob("*.json"):
