@@ -73,7 +73,14 @@ def main() -> int:
     parser.add_argument("--rotated-first", action="store_true",
                         help="run the transformed model's configurations before the plain ones")
     parser.add_argument("--out", required=True, help="raw results (JSON), appended to")
+    parser.add_argument("--table-only", action="store_true", help="print the tables of --out and stop")
     args = parser.parse_args()
+    if args.table_only:
+        raw = json.loads(Path(args.out).read_text())
+        print_table(raw)
+        print()
+        print_best(raw)
+        return 0
 
     import onnxruntime
 
@@ -203,6 +210,8 @@ def main() -> int:
                                               "family": name.rsplit("/", 1)[0]})
                         path.unlink()
     print_table(raw)
+    print()
+    print_best(raw)
     return 0
 
 
@@ -223,6 +232,25 @@ def print_table(raw: dict) -> None:
                                      f"{r.get('measured_sparsity', float('nan')):.3f})")
                     family = config_name(method, allocation, gating, transform, 0).rsplit("/", 1)[0]
                     print(f"| {family} | " + " | ".join(cells) + " |")
+
+
+def print_best(raw: dict) -> None:
+    """Markdown table: the best TEAL and the best WINA configuration at each sparsity."""
+    print("| sparsity | best TEAL | perplexity | best WINA | perplexity | WINA vs TEAL |")
+    print("|---|---|---|---|---|---|")
+    for s in sorted(SPARSITIES):
+        best = {}
+        for family in ("teal", "wina"):
+            rows = [r for r in raw["results"] if r.get("sparsity") == s
+                    and (r["method"] == "teal") == (family == "teal") and r["method"] != "dense"]
+            if rows:
+                best[family] = min(rows, key=lambda r: r["perplexity"])
+        if len(best) < 2:
+            continue
+        teal, wina = best["teal"], best["wina"]
+        change = (wina["perplexity"] / teal["perplexity"] - 1) * 100
+        print(f"| {int(round(s * 100))}% | {teal['config']} | {teal['perplexity']:.2f} | {wina['config']} | "
+              f"{wina['perplexity']:.2f} | {change:+.1f}% |")
 
 
 if __name__ == "__main__":

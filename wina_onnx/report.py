@@ -70,18 +70,29 @@ def plot_quality(results: str | Path, out: str | Path, *, title: str | None = No
     _check_png(out)
     lines, dense = read_quality(results)
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-    for family, points in sorted(lines.items()):
+    many = len(lines) > 8
+    fig, ax = plt.subplots(figsize=(10.5, 5.6) if many else (6.4, 4.4), dpi=120)
+    colors = plt.get_cmap("tab20").colors
+    for i, (family, points) in enumerate(sorted(lines.items())):
         xs, ys = zip(*points)
-        ax.plot([100 * x for x in xs], ys, marker="o", label=family)
+        # A grid's families differ in several parts: colour per family, dashes for the
+        # transformed model, square markers for top-k, so 20+ lines stay apart.
+        style = "--" if "rotated" in family else "-"
+        marker = "s" if "topk" in family else "o"
+        ax.plot([100 * x for x in xs], ys, linestyle=style, marker=marker, markersize=4,
+                color=colors[i % len(colors)], label=family)
     if dense is not None:
-        ax.axhline(dense, color="gray", linestyle="--", linewidth=1, label=f"dense ({dense:.2f})")
+        ax.axhline(dense, color="gray", linestyle=":", linewidth=1, label=f"dense ({dense:.2f})")
     ax.set_yscale("log")
     ax.set_xlabel("sparsity (%)")
     ax.set_ylabel("perplexity (log scale)")
     ax.set_title(title or Path(results).stem)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    if many:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
+        fig.tight_layout()
+    else:
+        ax.legend()
     return _save(fig, plt, out)
 
 
