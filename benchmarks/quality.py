@@ -9,7 +9,8 @@ Usage (from the repo root, after scripts/setup.sh):
 The grid: method (TEAL; WINA with weight norms on every projection, "wina"; WINA with
 norms only on k_proj/gate_proj as in WINA's reference code, "wina-ref") x allocation
 (uniform; greedy, searched on the calibration text) x gating (top-k; threshold,
-calibrated) x tensor transformation (off; on) x sparsity (25, 40, 50, 65%), plus the
+calibrated; threshold-refined, the thresholds then re-read inside the gated model on the
+calibration text, one round) x tensor transformation (off; on) x sparsity (25, 40, 50, 65%), plus the
 dense model and the dense transformed model. Calibration (histograms and the greedy
 search's samples) runs on --calib-data only, never on the evaluation text.
 
@@ -34,7 +35,8 @@ import numpy as np
 SPARSITIES = (0.50, 0.40, 0.25, 0.65)  # 50% first: the headline comparison
 METHODS = {"teal": ("teal", "all"), "wina": ("wina", "all"), "wina-ref": ("wina", "reference")}
 ALLOCATIONS = ("uniform", "greedy")
-GATINGS = ("topk", "threshold")
+# threshold-refined: thresholds re-read inside the gated model (one round on the calibration text).
+GATINGS = ("topk", "threshold", "threshold-refined")
 TRANSFORMS = (False, True)
 
 
@@ -95,6 +97,7 @@ def main() -> int:
     from wina_onnx.modelio import load_model, save_model_atomic
     from wina_onnx.optimize import optimize_model
     from wina_onnx.passes import GateConfig, rotate_residual_stream
+    from wina_onnx.refine import Refinement
     from wina_onnx.runtime import CausalLM, load_tokenizer
     from wina_onnx.sparsity_probe import measure_sparsity
 
@@ -201,9 +204,14 @@ def main() -> int:
                                                       f"{'rotated' if transform else 'plain'}-{int(sparsity * 100)}.json")
                             allocation = allocations[key]
                         path = work / "quality-grid" / name.replace("/", "_") / "model.onnx"
-                        config = GateConfig(mode=mode, gating=gating, allocation=allocation, norm_on=norm_on,
-                                            calibration=calibration if gating == "threshold" else None)
-                        optimize_model(base, path, config, progress=False)
+                        op_gating = "threshold" if gating.startswith("threshold") else gating
+                        config = GateConfig(mode=mode, gating=op_gating, allocation=allocation, norm_on=norm_on,
+                                            calibration=calibration if op_gating == "threshold" else None)
+                        refine = None
+                        if gating == "threshold-refined":
+                            refine = Refinement(token_ids=calib_ids, windows=args.calib_windows,
+                                                window=args.calib_window, rounds=1, threads=args.threads)
+                        optimize_model(base, path, config, progress=False, refine=refine)
                         copy_sidecars(path)
                         evaluate(name, path, {"method": method, "allocation": allocation_kind, "gating": gating,
                                               "transform": transform, "sparsity": sparsity,

@@ -183,3 +183,39 @@ def test_probe_measures_threshold_sparsity_near_the_calibrated_target(tiny_llama
     # Measured on the calibration text itself: the histogram quantile is accurate to a bin.
     assert probe["weighted"] == pytest.approx(0.4, abs=0.01)
     assert all(0.3 < f < 0.5 for f in probe["gates"].values())
+
+
+def test_refined_thresholds_hit_the_target_inside_the_gated_model(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    from wina_onnx.calibration import calibrate_model
+    from wina_onnx.data import read_text
+    from wina_onnx.evaluate import tokenize_text
+    from wina_onnx.optimize import optimize_model
+    from wina_onnx.passes import GateConfig
+    from wina_onnx.refine import Refinement
+    from wina_onnx.runtime import load_tokenizer
+
+    ids = tokenize_text(load_tokenizer(tiny_llama_dir), read_text(None))[:1024]
+    calibration = calibrate_model(tiny_llama_dir / "model.onnx", token_ids=ids, windows=4, window=256,
+                                  progress=False)
+    config = GateConfig(gating="threshold", allocation=Allocation.uniform(0.6), calibration=calibration)
+    plain, refined = tmp_path / "plain" / "model.onnx", tmp_path / "refined" / "model.onnx"
+    optimize_model(tiny_llama_dir / "model.onnx", plain, config, progress=False)
+    report = optimize_model(tiny_llama_dir / "model.onnx", refined, config, progress=False,
+                            refine=Refinement(token_ids=ids, windows=4, window=256, rounds=2))
+    before = measure_sparsity(plain, ids, windows=4, window=256)
+    after = measure_sparsity(refined, ids, windows=4, window=256)
+    # Every gate at its target on the refinement text, given the others' thresholds.
+    assert all(abs(f - 0.6) < 0.02 for f in after["gates"].values()), after["gates"]
+    assert abs(after["weighted"] - 0.6) <= abs(before["weighted"] - 0.6) + 1e-3
+    assert {r.threshold for r in report.gated} != {r.threshold for r in
+                                                   optimize_model(tiny_llama_dir / "model.onnx",
+                                                                  tmp_path / "again.onnx", config,
+                                                                  progress=False).gated}
+    assert _optimized_config(refined)["thresholds_refined"] == {"rounds": 2, "windows": 4, "window": 256}
+
+
+def test_refinement_needs_threshold_gates(tiny_llama_dir: Path, tmp_path: Path, capsys) -> None:
+    code = cli_main(["optimize", str(tiny_llama_dir / "model.onnx"), "-o", str(tmp_path / "o.onnx"),
+                     "--gating", "topk", "--allocate", "uniform", "--refine-rounds", "1", "-q"])
+    assert code == 2
+    assert "--refine-rounds needs --gating threshold" in capsys.readouterr().err

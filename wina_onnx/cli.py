@@ -63,6 +63,11 @@ def _add_gate_options(parser: argparse.ArgumentParser) -> None:
                        help="windows of calibration text when calibrating here (default: 16)")
     group.add_argument("--calib-window", type=int, default=256,
                        help="tokens per calibration window when calibrating here (default: 256)")
+    group.add_argument("--refine-rounds", type=int, default=0, metavar="N",
+                       help="threshold gating: after gating, re-read every gate's scores inside the gated "
+                            "model on --data (--calib-windows x --calib-window tokens) and reset its "
+                            "threshold to its target, N times; thresholds from the dense model overshoot "
+                            "the target in later layers (default: 0)")
     group.add_argument("--backend", choices=BACKENDS, default="custom-op",
                        help="custom-op: the WinaSparseMatMul op library (skips weight rows); "
                             "onnx: standard ONNX ops, runs anywhere, same numbers, no speed-up")
@@ -128,6 +133,25 @@ def gate_config_from_args(args: argparse.Namespace):
     else:
         allocation = Allocation.uniform(sparsity)
     return _gate_config(args, gating, allocation, calibration)
+
+
+def _refinement(args: argparse.Namespace, config):
+    """The threshold refinement `optimize --refine-rounds N` asks for (None for 0)."""
+    if args.refine_rounds <= 0:
+        return None
+    if config.gating != schema.GATING_THRESHOLD:
+        raise ConfigError("--refine-rounds needs --gating threshold")
+    reason = _cannot_calibrate(Path(args.model))
+    if reason is not None:
+        raise ConfigError(f"--refine-rounds runs the model on text: {reason}")
+    from .data import read_text
+    from .evaluate import tokenize_text
+    from .refine import Refinement
+    from .runtime import load_tokenizer
+
+    ids = tokenize_text(load_tokenizer(Path(args.model).parent), read_text(args.data))
+    return Refinement(token_ids=ids, windows=args.calib_windows, window=args.calib_window,
+                      rounds=args.refine_rounds)
 
 
 def _notice(message: str) -> None:
@@ -220,8 +244,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
     check_paths(Path(args.model), Path(args.output), force=args.force)  # fail fast, before any calibration
     config = gate_config_from_args(args)
+    refine = _refinement(args, config)
     report = optimize_model(args.model, args.output, config, force=args.force, progress=not args.quiet,
-                            external_data=args.external_data)
+                            external_data=args.external_data, refine=refine)
     _copy_sidecar_files(Path(args.model), Path(args.output))
     if args.json:
         print(json.dumps({"gated": [r.to_json() for r in report.gated],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -13,6 +14,9 @@ from .errors import AlreadyOptimizedError, ConfigError, ModelCheckError, Nothing
 from .modelio import LAYOUT_AUTO, LAYOUT_PER_TENSOR, LAYOUT_SINGLE, LAYOUTS, external_files, load_model, save_model_atomic
 from .passes import GateConfig, GateReport, apply_wina_gates
 from .progress import stage
+
+if TYPE_CHECKING:
+    from .refine import Refinement
 
 META_VERSION = schema.META_PREFIX + "version"
 META_CONFIG = schema.META_PREFIX + "config"
@@ -57,7 +61,8 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, object]:
     return out
 
 
-def _record_metadata(model: onnx.ModelProto, config: GateConfig, report: GateReport) -> None:
+def _record_metadata(model: onnx.ModelProto, config: GateConfig, report: GateReport, *,
+                     refined: dict | None = None) -> None:
     # Only threshold gating reads the calibration; top-k models do not depend on it.
     calibration = getattr(config.calibration, "source", None) if config.gating == schema.GATING_THRESHOLD else None
     settings = {
@@ -70,6 +75,7 @@ def _record_metadata(model: onnx.ModelProto, config: GateConfig, report: GateRep
         "calibration": calibration,
         "include": config.include,
         "exclude": config.exclude,
+        "thresholds_refined": refined,
     }
     entries = {
         META_VERSION: __version__,
@@ -92,6 +98,7 @@ def optimize_model(
     check: bool = True,
     progress: bool = True,
     external_data: str = LAYOUT_AUTO,
+    refine: "Refinement | None" = None,
 ) -> GateReport:
     """Gate every eligible MatMul of the model at `input_path`; write it to `output_path`.
 
@@ -101,6 +108,7 @@ def optimize_model(
     external_data: where the output keeps its weights: "auto" (as the input: one file,
     a file per tensor, or inline when under 2 GiB), "single", "per-tensor" or "inline".
     The weights are loaded once; the rewritten model is written tensor by tensor.
+    refine: re-read the thresholds inside the gated model (wina_onnx.refine) before writing.
     """
     input_path, output_path = Path(input_path), Path(output_path)
     config.validate()
@@ -126,7 +134,19 @@ def optimize_model(
     if not report.changed:
         reasons = "; ".join(report.summary().splitlines()[1:]) or "the model has no MatMul"
         raise NothingToGateError(f"no eligible MatMul in the model: {reasons}")
-    _record_metadata(model, config, report)
+    refined = None
+    if refine is not None:
+        from dataclasses import replace
+
+        from .refine import refine_thresholds
+
+        stage("optimize", f"refining the thresholds inside the gated model ({refine.rounds} round(s))",
+              enabled=progress)
+        targets = {r.node_name: r.sparsity for r in report.gated if r.threshold is not None}
+        new = refine_thresholds(model, targets, refine, progress=progress)
+        report.gated = [replace(r, threshold=new.get(r.node_name, r.threshold)) for r in report.gated]
+        refined = {"rounds": refine.rounds, "windows": refine.windows, "window": refine.window}
+    _record_metadata(model, config, report, refined=refined)
     if check:
         stage("optimize", "checking the rewritten model (onnx.checker, shape inference)", enabled=progress)
         _check(model)

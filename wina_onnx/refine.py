@@ -1,0 +1,119 @@
+"""Closed-loop thresholds: re-read each gate's score distribution inside the gated model.
+
+`calibrate` histograms the scores of the dense model. Once the early layers are gated,
+the later layers see different inputs: on SmolLM2 with uniform 50% thresholds the first
+layers skip 50% of their features but the last ones 53%, 52% in all, on the calibration
+text itself. Refinement runs the gated model over calibration text with the input of
+every threshold gate exposed, histograms each gate's scores and resets its threshold to
+the quantile of its target sparsity. Each round runs with the thresholds of the round
+before, so the upstream gates' changes are seen by the next round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from . import schema
+from .calibration import histogram_of, quantile
+from .errors import ConfigError
+from .modelio import PROTOBUF_LIMIT
+from .progress import Progress
+
+
+@dataclass(frozen=True)
+class Refinement:
+    """Calibration text (token ids) and how much of it each refinement round reads."""
+
+    token_ids: np.ndarray
+    windows: int = 16
+    window: int = 256
+    rounds: int = 1
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class _Gate:
+    node: onnx.NodeProto
+    scale: np.ndarray
+    sparsity: float
+
+
+def _threshold_gates(model: onnx.ModelProto, sparsities: dict[str, float]) -> list[_Gate]:
+    inits = {init.name: init for init in model.graph.initializer}
+    gates = []
+    for node in model.graph.node:
+        if node.op_type != schema.OP_TYPE or node.domain != schema.DOMAIN:
+            continue
+        if len(node.input) < 4 or not node.input[3] or node.name not in sparsities:
+            continue  # a top-k gate, or one this pass did not make
+        scale = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
+        gates.append(_Gate(node, scale, sparsities[node.name]))
+    return gates
+
+
+def _session(model: onnx.ModelProto, gates: list[_Gate], threads: int | None):
+    import onnxruntime as ort
+
+    from .library import register_library
+    from .runtime import session_options
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    weight_types = {init.name: init.data_type for init in model.graph.initializer}
+    exposed = {o.name for o in probe.graph.output}
+    for gate in gates:
+        x = gate.node.input[0]
+        if x not in exposed:  # x has the weight's element type
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(x, weight_types[gate.node.input[1]], None))
+            exposed.add(x)
+    options = register_library(session_options(threads=threads))
+    return ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def refine_thresholds(model: onnx.ModelProto, sparsities: dict[str, float], refinement: Refinement, *,
+                      progress: bool = True) -> dict[str, float]:
+    """Reset the threshold of every threshold gate of `model`, in place; returns the new ones.
+
+    sparsities: target sparsity of each gate, by node name (the pass's GateRecords).
+    """
+    from .runtime import CausalLM
+
+    if model.ByteSize() >= PROTOBUF_LIMIT:
+        raise ConfigError("threshold refinement runs the model from memory and needs it under 2 GiB")
+    gates = _threshold_gates(model, sparsities)
+    if not gates:
+        raise ConfigError("threshold refinement needs threshold gates (--gating threshold)")
+    token_ids = np.asarray(refinement.token_ids, dtype=np.int64).reshape(-1)
+    count = min(refinement.windows, len(token_ids) // refinement.window)
+    if count < 1:
+        raise ConfigError(f"the refinement text has {len(token_ids)} tokens, fewer than one window "
+                          f"of {refinement.window}")
+    inits = {init.name: init for init in model.graph.initializer}
+    thresholds: dict[str, float] = {}
+    for round_index in range(refinement.rounds):
+        session = _session(model, gates, refinement.threads)
+        lm = CausalLM(session)
+        names = sorted({g.node.input[0] for g in gates})
+        counts = {g.node.name: None for g in gates}
+        bar = Progress(f"refine thresholds {round_index + 1}/{refinement.rounds}", total=count, enabled=progress)
+        for w in range(count):
+            ids = token_ids[w * refinement.window:(w + 1) * refinement.window][None, :]
+            outputs = dict(zip(names, session.run(names, lm.feeds(ids))))
+            for gate in gates:
+                x = outputs[gate.node.input[0]].astype(np.float32).reshape(-1, gate.scale.shape[0])
+                hist = histogram_of(np.abs(x) * gate.scale[None, :])
+                previous = counts[gate.node.name]
+                counts[gate.node.name] = hist if previous is None else previous + hist
+            bar.step()
+        bar.done(f"{len(gates)} gates")
+        del session
+        for gate in gates:
+            value = quantile(counts[gate.node.name], gate.sparsity) if gate.sparsity > 0 else -1.0
+            name = gate.node.input[3]
+            inits[name].CopyFrom(numpy_helper.from_array(np.array([value], dtype=np.float32), name))
+            thresholds[gate.node.name] = value
+    return thresholds
