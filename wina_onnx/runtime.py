@@ -276,6 +276,17 @@ class CausalLM:
 CUDA_PROVIDERS = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
 
 
+def require_cuda_provider() -> None:
+    """Preload the CUDA libraries where onnxruntime can, then insist on its CUDA provider."""
+    if hasattr(ort, "preload_dlls"):  # the CUDA libraries of the nvidia-* wheels, if that is where they are
+        try:
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001 - the provider's own loading reports what is missing
+            pass
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ModelLoadError("this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+
+
 class CudaCausalLM:
     """A CausalLM run on the CUDA provider through IOBinding: nothing but token ids goes to the GPU.
 
@@ -303,13 +314,7 @@ class CudaCausalLM:
         device_id: int = 0,
     ) -> "CudaCausalLM":
         """Load model.onnx (or its folder) on the CUDA provider."""
-        if hasattr(ort, "preload_dlls"):  # the CUDA libraries of the nvidia-* wheels, if that is where they are
-            try:
-                ort.preload_dlls()
-            except Exception:  # noqa: BLE001 - the provider's own loading reports what is missing
-                pass
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise ModelLoadError("this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+        require_cuda_provider()
         providers = [("CUDAExecutionProvider", {"device_id": device_id}), "CPUExecutionProvider"]
         lm = CausalLM.from_path(model_path, providers=providers, optimization_level=optimization_level, config=config)
         if lm.session.get_providers()[0] != "CUDAExecutionProvider":

@@ -33,7 +33,7 @@ import onnxruntime as ort
 
 from .errors import ModelLoadError
 from .fused_llama import SEQLENS_K, TOTAL_SEQ_LEN
-from .runtime import CausalLM, load_session
+from .runtime import CausalLM, load_session, require_cuda_provider
 
 GRAPH_ANNOTATION = "gpu_graph_id"  # ORT run option: -1 = no CUDA graph for this run
 
@@ -89,13 +89,7 @@ class StaticCacheLM:
         if model_path.is_dir():
             model_path = model_path / "model.onnx"
         if device_type == "cuda":
-            if hasattr(ort, "preload_dlls"):
-                try:
-                    ort.preload_dlls()
-                except Exception:  # noqa: BLE001 - the provider's own loading reports what is missing
-                    pass
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise ModelLoadError("this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+            require_cuda_provider()
             options = {"device_id": str(device_id)}
             if cuda_graph:
                 options["enable_cuda_graph"] = "1"
