@@ -92,7 +92,7 @@ def main() -> int:
     from wina_onnx.data import read_text
     from wina_onnx.evaluate import tokenize_text
     from wina_onnx.export import export_model
-    from wina_onnx.greedy import ActivationSample, GreedySearch
+    from wina_onnx.greedy import ActivationSample, ErrorCurves
     from wina_onnx.metrics import compare_to_reference
     from wina_onnx.modelio import load_model, save_model_atomic
     from wina_onnx.optimize import optimize_model
@@ -183,7 +183,7 @@ def main() -> int:
         calibration = calibrate_model(base, token_ids=calib_ids, windows=args.calib_windows,
                                       window=args.calib_window, threads=args.threads, sample=sample,
                                       source=Path(args.calib_data).name)
-        searches: dict[str, GreedySearch] = {}
+        curves: ErrorCurves | None = None  # both scores, computed once per model
         allocations: dict[tuple[str, float], Allocation] = {}
         for sparsity in SPARSITIES:
             for method, (mode, norm_on) in METHODS.items():
@@ -197,9 +197,9 @@ def main() -> int:
                         else:
                             key = (method, sparsity)
                             if key not in allocations:
-                                if method not in searches:
-                                    searches[method] = GreedySearch(sample, mode=mode, norm_on=norm_on)
-                                allocations[key] = searches[method].allocate(sparsity)
+                                if curves is None:
+                                    curves = ErrorCurves.from_sample(sample)
+                                allocations[key] = curves.allocate(sparsity, mode=mode, norm_on=norm_on)
                                 allocations[key].save(work / "quality-grid" / f"alloc-{method}-"
                                                       f"{'rotated' if transform else 'plain'}-{int(sparsity * 100)}.json")
                             allocation = allocations[key]

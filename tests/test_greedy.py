@@ -101,7 +101,8 @@ def test_allocation_out_needs_a_target(tiny_llama_dir: Path, tmp_path: Path, cap
 def test_error_curves_survive_the_calibration_file_and_match_the_search(tiny_llama_dir: Path,
                                                                         tmp_path: Path) -> None:
     from wina_onnx.calibration import Calibration, calibrate_model
-    from wina_onnx.greedy import ActivationSample, GreedySearch
+    from wina_onnx.greedy import ActivationSample, Target, error_curve, greedy_allocation, sparsity_levels
+    from wina_onnx.passes import uses_norm
 
     sample = ActivationSample(rows=64)
     calibration = calibrate_model(tiny_llama_dir / "model.onnx", windows=2, window=64, sample=sample,
@@ -109,8 +110,16 @@ def test_error_curves_survive_the_calibration_file_and_match_the_search(tiny_lla
     calibration.save(tmp_path / "c.npz")
     loaded = Calibration.load(tmp_path / "c.npz").curves
     assert loaded is not None and len(loaded.targets) == 14
+    levels = sparsity_levels()
     for mode, norm_on in (("wina", "all"), ("wina", "reference"), ("teal", "all")):
-        direct = GreedySearch(sample, mode=mode, norm_on=norm_on, progress=False).allocate(0.5)
+        # Recomputed directly from the sample, one curve per target with this mode's score.
+        targets, direct_curves = [], {}
+        for name, weight in sample.weights.items():
+            norm = uses_norm(mode, norm_on, sample.roles[name])
+            scale = np.linalg.norm(weight, axis=1) if norm else np.ones(weight.shape[0], np.float32)
+            direct_curves[name] = error_curve(sample.matrix(name), weight, scale, levels)
+            targets.append(Target(name, sample.groups[name], weight.size * weight.dtype.itemsize))
+        direct = greedy_allocation(targets, direct_curves, 0.5)
         assert loaded.allocate(0.5, mode=mode, norm_on=norm_on).sparsity == pytest.approx(direct.sparsity)
     # The two scores give different allocations, and reference mixes them by role.
     wina, teal = loaded.allocate(0.5, mode="wina").sparsity, loaded.allocate(0.5, mode="teal").sparsity

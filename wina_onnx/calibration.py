@@ -236,7 +236,7 @@ def calibrate_model(
     `source` names the text in the file (default: the data file's name).
     transform: calibrate the model as `optimize --transform` will rewrite it.
     sample: also keep rows of every target's input and its weight, for the greedy
-    allocation (wina_onnx.greedy.allocate_greedy).
+    allocation (wina_onnx.greedy.ErrorCurves).
     curves: also compute the greedy allocation's error curves of both scores and keep
     them in the calibration (and its file), so `optimize` can allocate at any sparsity.
     providers: ONNX Runtime execution providers (default CPU). A model whose weights are

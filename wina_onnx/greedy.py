@@ -151,54 +151,6 @@ def _greedy_group(members: list[Target], curves: dict[str, np.ndarray], levels: 
     return {t.node_name: float(levels[level[t.node_name]]) for t in members}
 
 
-class GreedySearch:
-    """Error curves of every sampled target for one scoring mode; allocations for any target.
-
-    The curves depend on the mode and norm placement, not on the target sparsity, so one
-    search serves every target sparsity.
-    """
-
-    def __init__(self, sample: ActivationSample, *, mode: str, norm_on: str = "all",
-                 step: float = DEFAULT_STEP, progress: bool = True) -> None:
-        from .passes.wina_gate import uses_norm
-        from .progress import Progress
-
-        if not sample.weights:
-            raise ConfigError("the activation sample has no targets; calibrate with sampling enabled")
-        self.mode, self.norm_on, self.step = mode, norm_on, step
-        levels = sparsity_levels(step)
-        self.curves: dict[str, np.ndarray] = {}
-        self.targets: list[Target] = []
-        bar = Progress(f"greedy {mode}", total=len(sample.weights), enabled=progress)
-        for name, weight in sample.weights.items():
-            if uses_norm(mode, norm_on, sample.roles[name]):
-                scale = np.linalg.norm(weight.astype(np.float32), axis=1)
-            else:
-                scale = np.ones(weight.shape[0], dtype=np.float32)
-            self.curves[name] = error_curve(sample.matrix(name), weight, scale, levels)
-            self.targets.append(Target(name, sample.groups[name], int(weight.size * weight.dtype.itemsize)))
-            bar.step()
-        bar.done(f"{len(self.targets)} MatMuls")
-
-    def allocate(self, target_sparsity: float) -> Allocation:
-        """Per-matrix sparsities averaging `target_sparsity` in every layer (weighted by weight bytes)."""
-        source = f"greedy {target_sparsity:g} ({self.mode}, norm on {self.norm_on}, weighted by weight bytes)"
-        return greedy_allocation(self.targets, self.curves, target_sparsity, step=self.step, source=source)
-
-
-def allocate_greedy(
-    sample: ActivationSample,
-    target_sparsity: float,
-    *,
-    mode: str,
-    norm_on: str = "all",
-    step: float = DEFAULT_STEP,
-    progress: bool = True,
-) -> Allocation:
-    """Greedy allocation for `mode` (wina/teal) from a bound ActivationSample."""
-    return GreedySearch(sample, mode=mode, norm_on=norm_on, step=step, progress=progress).allocate(target_sparsity)
-
-
 # The two scores an error curve can use: |x| (TEAL) and |x| * ||B[i, :]|| (WINA). WINA with
 # norms on some projections only (norm_on="reference") takes each target's curve from one.
 CURVE_SCORES = ("teal", "wina")
