@@ -22,7 +22,9 @@ quantile of X's scores, k = K - round(s K). Each case is timed two ways:
 
 Repetitions are interleaved over the cases; the table gives medians, the speedup
 against dense of the same method, and the bandwidth counting only the weight rows
-read, against the H100's measured read bandwidth (--peak-gbs, 3070 GB/s).
+read, against a measured read bandwidth: --peak-gbs (3070 GB/s, the H100's) or
+--peak-gbs measure (torch.sum over 2 GiB of float16 on the same GPU, median of 20, in the
+same run; needs torch).
 
   python benchmarks/kernel_cuda.py --out benchmarks/results/kernel_cuda.txt
 """
@@ -55,7 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=100, help="interleaved repetitions (default 100)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per case first (default 5)")
     p.add_argument("--mib", type=int, default=512, help="distinct weight bytes per shape, MiB (default 512)")
-    p.add_argument("--peak-gbs", type=float, default=3070.0, help="measured read bandwidth, GB/s (default 3070)")
+    p.add_argument("--peak-gbs", default="3070",
+                   help="read bandwidth in GB/s, or 'measure' (torch.sum over 2 GiB; default 3070, an H100's)")
     p.add_argument("--no-graph", action="store_true", help="skip the CUDA-graph sessions")
     p.add_argument("--shapes", default=None, help="e.g. 4096x4096,4096x14336 (default: the three above)")
     return p.parse_args(argv)
@@ -105,6 +108,25 @@ def chain_model(k, n, chain, groups, variant):
     return model
 
 
+def measure_read_gbs(reps: int = 20) -> float:
+    """Read bandwidth of this GPU: torch.sum over 2 GiB of float16, median of `reps`, GB/s."""
+    import torch
+
+    x = torch.ones(2**30, dtype=torch.float16, device="cuda")
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(reps + 3):
+        start.record()
+        x.sum()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3)
+    seconds = float(np.median(times[3:]))
+    del x
+    torch.cuda.empty_cache()
+    return 2**31 / seconds / 1e9
+
+
 def device_description():
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
@@ -117,6 +139,12 @@ def device_description():
 def main(argv=None):
     args = parse_args(argv)
     ort = load_ort()
+    if args.peak_gbs == "measure":
+        args.peak_gbs = measure_read_gbs()
+        peak_source = "measured in this run: torch.sum over 2 GiB of float16, median of 20"
+    else:
+        args.peak_gbs = float(args.peak_gbs)
+        peak_source = "given (--peak-gbs)"
     library = args.library or os.environ.get("WINA_ONNX_LIBRARY")
     if library is None:
         import wina_onnx
@@ -141,6 +169,7 @@ def main(argv=None):
         "chain": args.chain,
         "reps": args.reps,
         "library": os.path.basename(library),
+        "read bandwidth": f"{args.peak_gbs:.0f} GB/s, {peak_source}",
     }
     rows, samples = [], {}
     for k, n in shapes:
