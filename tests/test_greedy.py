@@ -228,3 +228,25 @@ def test_refinement_needs_threshold_gates(tiny_llama_dir: Path, tmp_path: Path, 
                      "--gating", "topk", "--allocate", "uniform", "--refine-rounds", "1", "-q"])
     assert code == 2
     assert "--refine-rounds needs --gating threshold" in capsys.readouterr().err
+
+
+def test_optimize_refines_threshold_gates_by_default(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    """The default (the grid's measured best): thresholds re-read once inside the gated model."""
+    out = tmp_path / "default" / "model.onnx"
+    assert cli_main(["optimize", str(tiny_llama_dir / "model.onnx"), "-o", str(out), "--sparsity", "0.5",
+                     "--calib-windows", "2", "--calib-window", "64", "-q"]) == 0
+    config = _optimized_config(out)
+    assert config["gating"] == "threshold"
+    assert config["thresholds_refined"] == {"rounds": 1, "windows": 2, "window": 64}
+
+    off = tmp_path / "off" / "model.onnx"
+    assert cli_main(["optimize", str(tiny_llama_dir / "model.onnx"), "-o", str(off), "--sparsity", "0.5",
+                     "--calib-windows", "2", "--calib-window", "64", "--refine-rounds", "0", "-q"]) == 0
+    assert _optimized_config(off)["thresholds_refined"] is None
+
+
+def test_top_k_gating_is_not_refined_and_needs_no_text(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "topk" / "model.onnx"
+    assert cli_main(["optimize", str(tiny_llama_dir / "model.onnx"), "-o", str(out), "--gating", "topk",
+                     "--allocate", "uniform", "-q"]) == 0
+    assert _optimized_config(out)["thresholds_refined"] is None

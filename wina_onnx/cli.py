@@ -63,11 +63,12 @@ def _add_gate_options(parser: argparse.ArgumentParser) -> None:
                        help="windows of calibration text when calibrating here (default: 16)")
     group.add_argument("--calib-window", type=int, default=256,
                        help="tokens per calibration window when calibrating here (default: 256)")
-    group.add_argument("--refine-rounds", type=int, default=0, metavar="N",
+    group.add_argument("--refine-rounds", type=int, default=None, metavar="N",
                        help="threshold gating: after gating, re-read every gate's scores inside the gated "
                             "model on --data (--calib-windows x --calib-window tokens) and reset its "
                             "threshold to its target, N times; thresholds from the dense model overshoot "
-                            "the target in later layers (default: 0)")
+                            "the target in later layers (default: 1 with threshold gating when the model "
+                            "can run on text here, i.e. has a tokenizer.json beside it; 0 turns it off)")
     group.add_argument("--backend", choices=BACKENDS, default="custom-op",
                        help="custom-op: the WinaSparseMatMul op library (skips weight rows); "
                             "onnx: standard ONNX ops, runs anywhere, same numbers, no speed-up")
@@ -136,12 +137,24 @@ def gate_config_from_args(args: argparse.Namespace):
 
 
 def _refinement(args: argparse.Namespace, config):
-    """The threshold refinement `optimize --refine-rounds N` asks for (None for 0)."""
-    if args.refine_rounds <= 0:
+    """The threshold refinement of `optimize` (None for none).
+
+    --refine-rounds N asks for N rounds; without it, threshold gates get one round when
+    the model can run on text here (the measured default, see cmd_optimize), else none.
+    """
+    rounds = args.refine_rounds
+    reason = _cannot_calibrate(Path(args.model))
+    if rounds is None:
+        if config.gating != schema.GATING_THRESHOLD:
+            return None
+        if reason is not None:
+            _notice(f"thresholds not refined inside the gated model: {reason}")
+            return None
+        rounds = 1
+    if rounds <= 0:
         return None
     if config.gating != schema.GATING_THRESHOLD:
         raise ConfigError("--refine-rounds needs --gating threshold")
-    reason = _cannot_calibrate(Path(args.model))
     if reason is not None:
         raise ConfigError(f"--refine-rounds runs the model on text: {reason}")
     from .data import read_text
@@ -151,7 +164,7 @@ def _refinement(args: argparse.Namespace, config):
 
     ids = tokenize_text(load_tokenizer(Path(args.model).parent), read_text(args.data))
     return Refinement(token_ids=ids, windows=args.calib_windows, window=args.calib_window,
-                      rounds=args.refine_rounds)
+                      rounds=rounds)
 
 
 def _notice(message: str) -> None:

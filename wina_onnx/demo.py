@@ -2,8 +2,9 @@
 
 export -> calibrate (first half of the text) -> optimize (WINA and TEAL) -> perplexity
 (second half of the text) and decode speed, dense and sparse side by side in one run.
-Each method runs in `optimize`'s default configuration (calibrated thresholds, greedy
-per-MatMul allocation) and as the plain port (uniform top-k).
+Each method runs in `optimize`'s default configuration (calibrated thresholds refined
+once inside the gated model, greedy per-MatMul allocation) and as the plain port
+(uniform top-k).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def run_demo(
     from .evaluate import perplexity, tokenize_text
     from .optimize import optimize_model
     from .passes import GateConfig
+    from .refine import Refinement
     from .runtime import CausalLM, load_tokenizer
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -78,8 +80,11 @@ def run_demo(
             allocation = Allocation.uniform(sparsity)
         config = GateConfig(mode=variant.mode, gating=variant.gating, allocation=allocation,
                             calibration=calibration, norm_on="reference")
+        # `optimize`'s default: threshold gates refined once, on the calibration text.
+        refine = (Refinement(token_ids=calib_ids, windows=16, window=256, rounds=1, threads=threads)
+                  if variant.gating == schema.GATING_THRESHOLD else None)
         stage("demo", f"optimizing {variant.name} at sparsity {sparsity}", enabled=progress)
-        optimize_model(dense, out, config, progress=progress)
+        optimize_model(dense, out, config, progress=progress, refine=refine)
         for sidecar in dense.parent.glob("*.json"):
             (out.parent / sidecar.name).write_bytes(sidecar.read_bytes())
         models[variant.name] = out
