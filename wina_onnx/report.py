@@ -71,7 +71,9 @@ def plot_quality(results: str | Path, out: str | Path, *, title: str | None = No
     lines, dense = read_quality(results)
     plt = _pyplot()
     many = len(lines) > 8
-    fig, ax = plt.subplots(figsize=(10.5, 5.6) if many else (6.4, 4.4), dpi=120)
+    # Tall enough for a legend of one line per family beside the axes (about 0.16 in each).
+    size = (10.5, max(5.6, 0.16 * (len(lines) + 1) + 0.9)) if many else (6.4, 4.4)
+    fig, ax = plt.subplots(figsize=size, dpi=120)
     colors = plt.get_cmap("tab20").colors
     for i, (family, points) in enumerate(sorted(lines.items())):
         xs, ys = zip(*points)
