@@ -176,3 +176,51 @@ def matmul_model(
         outs, initializer=inits,
     )
     return finish_model(graph)
+
+
+def group_model(
+    weights: Sequence[np.ndarray],
+    score_scale: np.ndarray,
+    threshold: np.ndarray,
+    *,
+    biases: Sequence[np.ndarray] | None = None,
+    x_dtype: np.dtype | None = None,
+) -> onnx.ModelProto:
+    """Model Y_0..Y_{S-1} = WinaSparseMatMulGroup(X, score_scale, threshold, B_0.., bias_0..).
+
+    Initializers B_s, bias_s, score_scale, threshold; X has any rank and shape.
+    """
+    dtype = np.dtype(x_dtype if x_dtype is not None else weights[0].dtype)
+    inits = [
+        numpy_helper.from_array(np.asarray(score_scale, dtype=np.float32), "score_scale"),
+        numpy_helper.from_array(np.asarray(threshold, dtype=np.float32), "threshold"),
+    ]
+    names = []
+    for s, w in enumerate(weights):
+        inits.append(numpy_helper.from_array(np.asarray(w), f"B{s}"))
+        names.append(f"B{s}")
+    for s, bias in enumerate(biases or ()):
+        inits.append(numpy_helper.from_array(np.asarray(bias), f"bias{s}"))
+        names.append(f"bias{s}")
+    outputs = [f"Y{s}" for s in range(len(weights))]
+    node = helper.make_node(
+        schema.GROUP_OP_TYPE, ["X", "score_scale", "threshold", *names], outputs,
+        name="wina_group", domain=schema.DOMAIN,
+    )
+    graph = helper.make_graph(
+        [node],
+        "wina_group_op",
+        [helper.make_tensor_value_info("X", onnx_type(dtype), None)],
+        [helper.make_tensor_value_info(o, onnx_type(dtype), None) for o in outputs],
+        initializer=inits,
+    )
+    return finish_model(graph)
+
+
+def run_group(sess, x: np.ndarray) -> list[np.ndarray]:
+    """Run a group model on X and return Y_0..Y_{S-1} as X's dtype."""
+    import onnxruntime as ort
+
+    names = [o.name for o in sess.get_outputs()]
+    outputs = sess.run_with_ort_values(names, {"X": to_ort_value(x)}, ort.RunOptions())
+    return [from_ort_value(o, x.dtype) for o in outputs]

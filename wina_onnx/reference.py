@@ -72,6 +72,29 @@ def wina_sparse_matmul(
     return y.astype(x.dtype)
 
 
+def wina_sparse_matmul_group(
+    x: np.ndarray,
+    score_scale: np.ndarray,
+    threshold: np.ndarray,
+    weights: list[np.ndarray],
+    biases: list[np.ndarray] | None = None,
+) -> list[np.ndarray]:
+    """Reference `WinaSparseMatMulGroup`: one threshold-gated product per weight.
+
+    score_scale: [S, K]; threshold: [S]; weights: S arrays [K, N_s]; biases: S arrays or None.
+    Output s is `wina_sparse_matmul(x, weights[s], score_scale[s], threshold=threshold[s], bias=biases[s])`.
+    """
+    count = len(weights)
+    if score_scale.shape != (count, x.shape[-1]) or np.shape(threshold) != (count,):
+        raise ValueError(f"score_scale must be [{count}, K] and threshold [{count}], got {score_scale.shape}, {np.shape(threshold)}")
+    if biases is not None and len(biases) != count:
+        raise ValueError(f"give one bias per weight ({count}), got {len(biases)}")
+    return [
+        wina_sparse_matmul(x, w, score_scale[s], threshold=float(threshold[s]), bias=None if biases is None else biases[s])
+        for s, w in enumerate(weights)
+    ]
+
+
 def weight_row_norms(b: np.ndarray) -> np.ndarray:
     """WINA's score scale: the L2 norm of each row of the [K, N] weight (axis 1), float32."""
     return np.linalg.norm(b.astype(np.float32), axis=1).astype(np.float32)

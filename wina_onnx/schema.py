@@ -41,5 +41,18 @@ MODE_WINA = "wina"
 MODE_TEAL = "teal"
 MODES = (MODE_WINA, MODE_TEAL)
 
+# The grouped form: several weights that read the same X in one node (q/k/v, gate/up).
+# Per weight s it computes exactly WinaSparseMatMul(X, B_s, score_scale[s], threshold[s],
+# bias_s) with threshold gating; one scoring pass and one launch serve them all.
+#   inputs:  0 X [..., K]   1 score_scale [S, K] float   2 threshold [S] float
+#            3 ... variadic: B_0 .. B_{S-1} ([K, N_s], T), then optionally bias_0 .. bias_{S-1}
+#   outputs: Y_0 .. Y_{S-1} ([..., N_s], T)
+GROUP_OP_TYPE = "WinaSparseMatMulGroup"
+GROUP_INPUT_X = 0
+GROUP_INPUT_SCORE_SCALE = 1
+GROUP_INPUT_THRESHOLD = 2
+GROUP_FIRST_WEIGHT = 3
+GROUP_MAX_WEIGHTS = 8  # the CUDA kernel's segment table
+
 # Keys written to ModelProto.metadata_props by the pass.
 META_PREFIX = "wina_onnx."

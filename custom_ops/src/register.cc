@@ -4,6 +4,7 @@
 #include <mutex>
 
 #include "wina_sparse_matmul.h"
+#include "wina_sparse_matmul_group.h"
 #ifdef WINA_ONNX_WITH_CUDA
 #include "cuda/wina_sparse_matmul_cuda.h"
 #endif
@@ -32,12 +33,18 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   static wina::WinaSparseMatMulOp op_float(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
   static wina::WinaSparseMatMulOp op_float16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
   static wina::WinaSparseMatMulOp op_bfloat16(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16);
+  static wina::WinaSparseMatMulGroupOp group_float(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  static wina::WinaSparseMatMulGroupOp group_float16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
+  static wina::WinaSparseMatMulGroupOp group_bfloat16(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16);
 
   try {
     Ort::CustomOpDomain domain(wina::kDomain);
     domain.Add(&op_float);
     domain.Add(&op_float16);
     domain.Add(&op_bfloat16);
+    domain.Add(&group_float);
+    domain.Add(&group_float16);
+    domain.Add(&group_bfloat16);
 #ifdef WINA_ONNX_WITH_CUDA
     // The same op for the CUDA execution provider; a session without it never creates
     // these kernels, so nothing of CUDA runs (or must be installed) on a CPU-only machine.

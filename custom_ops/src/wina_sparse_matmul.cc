@@ -1,6 +1,5 @@
 #include "wina_sparse_matmul.h"
 
-#include <sstream>
 #include <stdexcept>
 #include <vector>
 
@@ -16,81 +15,7 @@ std::string input_label(size_t index) {
   return std::string("input '") + kInputNames[index] + "' (index " + std::to_string(index) + ")";
 }
 
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::ostringstream s;
-  s << '[';
-  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
-  s << ']';
-  return s.str();
-}
-
-const char* type_name(ONNXTensorElementDataType t) {
-  switch (t) {
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
-    default: return "another type";
-  }
-}
-
-ONNXTensorElementDataType onnx_type(DType dt) {
-  switch (dt) {
-    case kFloat16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
-    case kBFloat16: return ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
-    default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-  }
-}
-
-DType dtype_of(ONNXTensorElementDataType t) {
-  switch (t) {
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return kFloat16;
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return kBFloat16;
-    default: return kFloat32;
-  }
-}
-
-struct InputView {
-  Ort::ConstValue value{nullptr};
-  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  std::vector<int64_t> shape;
-  int64_t elements = 0;
-  bool present() const { return static_cast<const OrtValue*>(value) != nullptr; }
-};
-
-InputView read_input(Ort::KernelContext& ctx, size_t index) {
-  InputView in;
-  if (index >= ctx.GetInputCount()) return in;
-  in.value = ctx.GetInput(index);
-  if (!in.present()) return in;
-  if (!in.value.IsTensor()) throw InvalidArgument(input_label(index) + " must be a tensor");
-  auto info = in.value.GetTensorTypeAndShapeInfo();
-  in.type = info.GetElementType();
-  in.shape = info.GetShape();
-  in.elements = static_cast<int64_t>(info.GetElementCount());
-  return in;
-}
-
-void expect_type(const InputView& in, size_t index, ONNXTensorElementDataType want, const char* why) {
-  if (in.type != want) {
-    throw InvalidArgument(input_label(index) + " has element type " + type_name(in.type) +
-                          " but must be " + type_name(want) + why);
-  }
-}
-
-void expect_scalar(const InputView& in, size_t index) {
-  if (in.shape.size() > 1 || in.elements != 1) {
-    throw InvalidArgument(input_label(index) + " must be a scalar (shape [] or [1]), got shape " +
-                          shape_str(in.shape));
-  }
-}
-
-void parallel_run(void* context, void (*fn)(void*, size_t), size_t total, void* data) {
-  Ort::KernelContext ctx(static_cast<OrtKernelContext*>(context));
-  ctx.ParallelFor(fn, total, 0, data);
-}
+InputView input_at(Ort::KernelContext& ctx, size_t index) { return read_input(ctx, index, input_label(index)); }
 
 }  // namespace
 
@@ -153,14 +78,14 @@ OrtStatusPtr WinaSparseMatMulKernel::ComputeV2(OrtKernelContext* context) {
 }
 
 OpInputs read_op_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType t, Gating gating_mode) {
-  const InputView x = read_input(ctx, kInputX);
-  const InputView b = read_input(ctx, kInputB);
-  const InputView scale = read_input(ctx, kInputScoreScale);
+  const InputView x = input_at(ctx, kInputX);
+  const InputView b = input_at(ctx, kInputB);
+  const InputView scale = input_at(ctx, kInputScoreScale);
   if (!x.present() || !b.present() || !scale.present())
     throw InvalidArgument("inputs 'X', 'B' and 'score_scale' are required");
-  expect_type(x, kInputX, t, "");
-  expect_type(b, kInputB, t, " (the type of input 'X')");
-  expect_type(scale, kInputScoreScale, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "");
+  expect_type(x, input_label(kInputX), t, "");
+  expect_type(b, input_label(kInputB), t, " (the type of input 'X')");
+  expect_type(scale, input_label(kInputScoreScale), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "");
 
   if (x.shape.empty()) throw InvalidArgument(input_label(kInputX) + " must have rank >= 1, got a scalar");
   if (b.shape.size() != 2) {
@@ -182,24 +107,24 @@ OpInputs read_op_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType t, Ga
 
   OpInputs in;
   if (gating_mode == Gating::kTopK) {
-    const InputView k = read_input(ctx, kInputK);
+    const InputView k = input_at(ctx, kInputK);
     if (!k.present())
       throw InvalidArgument("gating='topk' needs " + input_label(kInputK) + ", which is missing");
-    expect_type(k, kInputK, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, "");
-    expect_scalar(k, kInputK);
+    expect_type(k, input_label(kInputK), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, "");
+    expect_scalar(k, input_label(kInputK));
     in.k = k.value.GetTensorData<int64_t>();
   } else {
-    const InputView thr = read_input(ctx, kInputThreshold);
+    const InputView thr = input_at(ctx, kInputThreshold);
     if (!thr.present())
       throw InvalidArgument("gating='threshold' needs " + input_label(kInputThreshold) + ", which is missing");
-    expect_type(thr, kInputThreshold, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "");
-    expect_scalar(thr, kInputThreshold);
+    expect_type(thr, input_label(kInputThreshold), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "");
+    expect_scalar(thr, input_label(kInputThreshold));
     in.threshold = thr.value.GetTensorData<float>();
   }
 
-  const InputView bias = read_input(ctx, kInputBias);
+  const InputView bias = input_at(ctx, kInputBias);
   if (bias.present()) {
-    expect_type(bias, kInputBias, t, " (the type of input 'X')");
+    expect_type(bias, input_label(kInputBias), t, " (the type of input 'X')");
     if (bias.shape.size() != 1 || bias.shape[0] != N) {
       throw InvalidArgument("shape mismatch: " + input_label(kInputBias) + " must have shape [" +
                             std::to_string(N) + "] (N, the columns of 'B'), got " + shape_str(bias.shape));
@@ -208,11 +133,7 @@ OpInputs read_op_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType t, Ga
 
   in.out_shape.assign(x.shape.begin(), x.shape.end() - 1);
   in.out_shape.push_back(N);
-  in.M = K > 0 ? x.elements / K : [&] {
-    int64_t m = 1;
-    for (size_t i = 0; i + 1 < x.shape.size(); ++i) m *= x.shape[i];
-    return m;
-  }();
+  in.M = token_count(x);
   in.K = K;
   in.N = N;
   in.x = x.value.GetTensorRawData();

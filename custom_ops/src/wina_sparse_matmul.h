@@ -18,6 +18,7 @@
 #include "isa/isa.h"
 #include "ort_api.h"
 #include "gating.h"
+#include "tensor_checks.h"
 
 namespace wina {
 
@@ -38,11 +39,6 @@ enum InputIndex : size_t {
 inline constexpr const char* kAttrGating = "gating";
 inline constexpr const char* kGatingTopK = "topk";
 inline constexpr const char* kGatingThreshold = "threshold";
-
-// A problem with the node's inputs or attributes; becomes ORT_INVALID_ARGUMENT.
-struct InvalidArgument : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
 
 // The node's attribute, read once when the kernel is created (shared by the CPU and
 // CUDA kernels). Throws InvalidArgument for a missing or unknown gating.
