@@ -52,6 +52,7 @@ class GateConfig:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     calibration: "object | None" = None  # wina_onnx.calibration.Calibration, needed for threshold
+    group: bool = False  # gates sharing an input as one WinaSparseMatMulGroup (passes.group_gates); optimize_model
 
     def validate(self) -> None:
         """Raise ConfigError for an inconsistent configuration."""
@@ -63,6 +64,9 @@ class GateConfig:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.norm_on not in NORM_ON_CHOICES:
             raise ConfigError(f"norm-on must be one of {', '.join(NORM_ON_CHOICES)}, got {self.norm_on!r}")
+        if self.group and (self.gating != schema.GATING_THRESHOLD or self.backend != BACKEND_CUSTOM_OP):
+            raise ConfigError("--group needs threshold gating and the custom-op backend "
+                              f"(got gating {self.gating!r}, backend {self.backend!r})")
         if self.gating == schema.GATING_THRESHOLD and self.calibration is None:
             raise ConfigError("threshold gating needs a calibration file (wina-onnx calibrate, then --calibration)")
 

@@ -79,6 +79,10 @@ def _add_gate_options(parser: argparse.ArgumentParser) -> None:
                        help="first apply WINA's tensor transformation: fold the RMSNorm scales and rotate "
                             "the residual stream so the k/gate weights are row-orthogonal (same dense "
                             "function, plus one dense d x d MatMul per block); calibrate with it too")
+    group.add_argument("--group", action="store_true",
+                       help="threshold gating, custom-op backend: replace the gates that read the same input "
+                            "(q/k/v, gate/up) by one WinaSparseMatMulGroup node each: the same outputs, one "
+                            "scoring pass and on CUDA one kernel launch for all of them")
     group.add_argument("--include", action="append", default=[], metavar="PATTERN",
                        help="gate only MatMuls whose node name matches (fnmatch or substring); repeatable")
     group.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
@@ -184,7 +188,7 @@ def _gate_config(args: argparse.Namespace, gating: str, allocation, calibration)
     return GateConfig(
         mode=args.mode, gating=gating, allocation=allocation, backend=args.backend,
         norm_on=args.norm_on, transform=args.transform, include=args.include, exclude=args.exclude,
-        calibration=calibration,
+        calibration=calibration, group=getattr(args, "group", False),
     )
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 META_VERSION = schema.META_PREFIX + "version"
 META_CONFIG = schema.META_PREFIX + "config"
 META_GATED = schema.META_PREFIX + "gated"
+META_GROUPS = schema.META_PREFIX + "groups"  # member node names of each WinaSparseMatMulGroup (--group)
 
 
 def is_optimized(model: onnx.ModelProto) -> bool:
@@ -62,7 +63,7 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, object]:
 
 
 def _record_metadata(model: onnx.ModelProto, config: GateConfig, report: GateReport, *,
-                     refined: dict | None = None) -> None:
+                     refined: dict | None = None, groups: list[list[str]] | None = None) -> None:
     # Only threshold gating reads the calibration; top-k models do not depend on it.
     calibration = getattr(config.calibration, "source", None) if config.gating == schema.GATING_THRESHOLD else None
     settings = {
@@ -76,13 +77,16 @@ def _record_metadata(model: onnx.ModelProto, config: GateConfig, report: GateRep
         "include": config.include,
         "exclude": config.exclude,
         "thresholds_refined": refined,
+        "group": config.group,
     }
     entries = {
         META_VERSION: __version__,
         META_CONFIG: json.dumps(settings),
         META_GATED: json.dumps([r.to_json() for r in report.gated]),
     }
-    kept = [p for p in model.metadata_props if p.key not in entries]
+    if groups is not None:
+        entries[META_GROUPS] = json.dumps(groups)
+    kept = [p for p in model.metadata_props if p.key not in entries and p.key != META_GROUPS]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     for key, value in entries.items():
@@ -146,7 +150,14 @@ def optimize_model(
         new = refine_thresholds(model, targets, refine, progress=progress)
         report.gated = [replace(r, threshold=new.get(r.node_name, r.threshold)) for r in report.gated]
         refined = {"rounds": refine.rounds, "windows": refine.windows, "window": refine.window}
-    _record_metadata(model, config, report, refined=refined)
+    groups = None
+    if config.group:
+        from .passes.group_gates import group_shared_inputs
+
+        group_report = group_shared_inputs(model)
+        stage("optimize", f"grouping gates that share an input: {group_report.summary()}", enabled=progress)
+        groups = group_report.groups
+    _record_metadata(model, config, report, refined=refined, groups=groups)
     if check:
         stage("optimize", "checking the rewritten model (onnx.checker, shape inference)", enabled=progress)
         _check(model)

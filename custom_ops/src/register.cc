@@ -51,10 +51,16 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     static wina::WinaSparseMatMulCudaOp cuda_float(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
     static wina::WinaSparseMatMulCudaOp cuda_float16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
     static wina::WinaSparseMatMulCudaOp cuda_bfloat16(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16);
+    static wina::WinaSparseMatMulGroupCudaOp cuda_group_float(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+    static wina::WinaSparseMatMulGroupCudaOp cuda_group_float16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
+    static wina::WinaSparseMatMulGroupCudaOp cuda_group_bfloat16(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16);
     if (api_base->GetApi(wina::kMinCudaApiVersion) != nullptr) {
       domain.Add(&cuda_float);
       domain.Add(&cuda_float16);
       domain.Add(&cuda_bfloat16);
+      domain.Add(&cuda_group_float);
+      domain.Add(&cuda_group_float16);
+      domain.Add(&cuda_group_bfloat16);
     }
 #endif
     Ort::UnownedSessionOptions(options).Add(domain);

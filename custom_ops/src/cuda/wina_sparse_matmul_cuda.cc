@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "cuda/wina_sparse_matmul_impl.cuh"
 
@@ -133,16 +134,36 @@ constexpr cudaDataType_t cuda_type() {
   return CUDA_R_32F;
 }
 
-template <typename T>
-void run(const cuda::Problem& problem, const cuda::DeviceInfo& device, OrtKernelContext* context,
-         const OrtMemoryInfo* info, OrtAllocator* allocator, cuda::Stream stream) {
-  // WINA_ONNX_CUDA_PDL=0: no programmatic dependent launches (a diagnostic switch, read once).
-  static const bool no_pdl = [] {
+// WINA_ONNX_CUDA_PDL=0: no programmatic dependent launches (a diagnostic switch, read once).
+bool no_pdl() {
+  static const bool off = [] {
     const char* v = std::getenv("WINA_ONNX_CUDA_PDL");
     return v != nullptr && v[0] == '0';
   }();
+  return off;
+}
+
+cuda::Stream compute_stream(Ort::KernelContext& ctx) {
+  const cuda::Stream stream(static_cast<cudaStream_t>(ctx.GetGPUComputeStream()));
+  if (!stream.valid()) throw std::runtime_error("ONNX Runtime gave no CUDA compute stream for this node");
+  return stream;
+}
+
+// Calls fn with a value of the CUDA element type of `type`.
+template <typename Fn>
+void dispatch_type(ONNXTensorElementDataType type, Fn&& fn) {
+  switch (type) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: fn(__half{}); break;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: fn(__nv_bfloat16{}); break;
+    default: fn(float{}); break;
+  }
+}
+
+template <typename T>
+void run(const cuda::Problem& problem, const cuda::DeviceInfo& device, OrtKernelContext* context,
+         const OrtMemoryInfo* info, OrtAllocator* allocator, cuda::Stream stream) {
   cuda::Plan plan = cuda::MakePlan<T>(problem, device);
-  if (no_pdl) plan.pdl = false;
+  if (no_pdl()) plan.pdl = false;
   Scratch scratch(context, info, allocator, cuda::WorkspaceBytes<T>(problem, plan));
   // Prefill without bias (the decoder projections): gated X by our kernel, product by cuBLAS.
   // fp32 is left to the SIMT GEMM, since cuBLAS's default fp32 mode may use TF32.
@@ -162,21 +183,17 @@ void run(const cuda::Problem& problem, const cuda::DeviceInfo& device, OrtKernel
 
 }  // namespace
 
-WinaSparseMatMulCudaKernel::WinaSparseMatMulCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type)
-    : type_(type), gating_(Gating::kTopK) {
-  NodeConfig config = read_node_config(info);
-  gating_ = config.gating;
-  node_ = std::move(config.node);
+CudaKernelBase::CudaKernelBase(const OrtKernelInfo* info, std::string node) : node_(std::move(node)) {
   const OrtApi& api = Ort::GetApi();
   throw_on_error(api.KernelInfoGetAllocator(info, OrtMemTypeDefault, &allocator_));
   throw_on_error(api.AllocatorGetInfo(allocator_, &memory_info_));
 }
 
-WinaSparseMatMulCudaKernel::~WinaSparseMatMulCudaKernel() {
+CudaKernelBase::~CudaKernelBase() {
   if (allocator_ != nullptr) Ort::GetApi().ReleaseAllocator(allocator_);
 }
 
-OrtStatusPtr WinaSparseMatMulCudaKernel::ComputeV2(OrtKernelContext* context) {
+OrtStatusPtr CudaKernelBase::ComputeV2(OrtKernelContext* context) {
   try {
     Compute(context);
     return nullptr;
@@ -185,23 +202,29 @@ OrtStatusPtr WinaSparseMatMulCudaKernel::ComputeV2(OrtKernelContext* context) {
   }
 }
 
-void WinaSparseMatMulCudaKernel::Compute(OrtKernelContext* context) {
-  Ort::KernelContext ctx(context);
-  const OpInputs in = read_op_inputs(ctx, type_, gating_);
-  auto y = ctx.GetOutput(0, in.out_shape);
-
-  const cuda::Stream stream(static_cast<cudaStream_t>(ctx.GetGPUComputeStream()));
-  if (!stream.valid()) throw std::runtime_error("ONNX Runtime gave no CUDA compute stream for this node");
-
+void CudaKernelBase::read_device() {
   std::call_once(device_once_, [this] {
     int device = 0;
     check_cuda(cudaGetDevice(&device), "cudaGetDevice");
     check_cuda(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
     check_cuda(cudaDeviceGetAttribute(&cc_major_, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
   });
-  cuda::DeviceInfo device;
-  device.sm_count = sm_count_;
-  device.cc_major = cc_major_;
+}
+
+WinaSparseMatMulCudaKernel::WinaSparseMatMulCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type)
+    : WinaSparseMatMulCudaKernel(info, type, read_node_config(info)) {}
+
+WinaSparseMatMulCudaKernel::WinaSparseMatMulCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type,
+                                                       NodeConfig config)
+    : CudaKernelBase(info, std::move(config.node)), type_(type), gating_(config.gating) {}
+
+void WinaSparseMatMulCudaKernel::Compute(OrtKernelContext* context) {
+  Ort::KernelContext ctx(context);
+  const OpInputs in = read_op_inputs(ctx, type_, gating_);
+  auto y = ctx.GetOutput(0, in.out_shape);
+  const cuda::Stream stream = compute_stream(ctx);
+  read_device();
+  const cuda::DeviceInfo device{sm_count_, cc_major_};
 
   cuda::Problem problem;
   problem.x = in.x;
@@ -215,18 +238,53 @@ void WinaSparseMatMulCudaKernel::Compute(OrtKernelContext* context) {
   problem.K = in.K;
   problem.N = in.N;
   problem.mode = gating_ == Gating::kTopK ? cuda::GateMode::kTopK : cuda::GateMode::kThreshold;
+  dispatch_type(type_, [&](auto tag) {
+    using T = decltype(tag);
+    run<T>(problem, device, context, memory_info_, allocator_, stream);
+  });
+}
 
-  switch (type_) {
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16:
-      run<__half>(problem, device, context, memory_info_, allocator_, stream);
-      break;
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16:
-      run<__nv_bfloat16>(problem, device, context, memory_info_, allocator_, stream);
-      break;
-    default:
-      run<float>(problem, device, context, memory_info_, allocator_, stream);
-      break;
+WinaSparseMatMulGroupCudaKernel::WinaSparseMatMulGroupCudaKernel(const OrtKernelInfo* info,
+                                                                 ONNXTensorElementDataType type)
+    : CudaKernelBase(info, group_node_label(info)), type_(type) {}
+
+void WinaSparseMatMulGroupCudaKernel::Compute(OrtKernelContext* context) {
+  Ort::KernelContext ctx(context);
+  const GroupInputs in = read_group_inputs(ctx, type_);
+  const cuda::Stream stream = compute_stream(ctx);
+  read_device();
+  const cuda::DeviceInfo device{sm_count_, cc_major_};
+
+  cuda::GroupProblem group;
+  group.x = in.x;
+  group.M = in.M;
+  group.K = in.K;
+  group.count = static_cast<int>(in.b.size());
+  for (int s = 0; s < group.count; ++s) {
+    std::vector<int64_t> shape = in.out_prefix;
+    shape.push_back(in.n[s]);
+    cuda::Segment& w = group.segments[s];
+    w.b = in.b[s];
+    w.score_scale = in.score_scale + static_cast<int64_t>(s) * in.K;
+    w.threshold = in.threshold + s;
+    w.bias = in.bias.empty() ? nullptr : in.bias[s];
+    w.y = ctx.GetOutput(static_cast<size_t>(s), shape).GetTensorMutableRawData();
+    w.N = in.n[s];
   }
+  dispatch_type(type_, [&](auto tag) {
+    using T = decltype(tag);
+    if (group.M <= cuda::kMaxDecodeTokens) {
+      // Decode: one kernel over every weight's columns, one reduction.
+      cuda::Plan plan = cuda::MakeGroupPlan<T>(group, device);
+      if (no_pdl()) plan.pdl = false;
+      Scratch scratch(context, memory_info_, allocator_, cuda::GroupWorkspaceBytes<T>(group, plan));
+      check_cuda(cuda::LaunchWinaGroupDecode<T>(group, plan, scratch.get(), stream), "kernel launch");
+      return;
+    }
+    // Prefill: each weight's masked X and GEMM in turn (the GEMMs dominate; grouping saves nothing there).
+    for (int s = 0; s < group.count; ++s)
+      run<T>(cuda::SegmentProblem(group, s), device, context, memory_info_, allocator_, stream);
+  });
 }
 
 OrtStatusPtr WinaSparseMatMulCudaOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
@@ -240,6 +298,22 @@ OrtStatusPtr WinaSparseMatMulCudaOp::CreateKernelV2(const OrtApi& api, const Ort
     return api.CreateStatus(e.GetOrtErrorCode(), (std::string(kOpType) + ": " + e.what()).c_str());
   } catch (const std::exception& e) {
     return api.CreateStatus(ORT_FAIL, (std::string(kOpType) + ": " + e.what()).c_str());
+  }
+}
+
+}  // namespace wina
+
+namespace wina {
+
+OrtStatusPtr WinaSparseMatMulGroupCudaOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
+                                                         void** kernel) const {
+  try {
+    *kernel = new WinaSparseMatMulGroupCudaKernel(info, type_);
+    return nullptr;
+  } catch (const Ort::Exception& e) {
+    return api.CreateStatus(e.GetOrtErrorCode(), (std::string(kGroupOpType) + ": " + e.what()).c_str());
+  } catch (const std::exception& e) {
+    return api.CreateStatus(ORT_FAIL, (std::string(kGroupOpType) + ": " + e.what()).c_str());
   }
 }
 

@@ -11,29 +11,53 @@
 #include <string>
 
 #include "wina_sparse_matmul.h"
+#include "wina_sparse_matmul_group.h"
 
 namespace wina {
 
-class WinaSparseMatMulCudaKernel {
+// What both CUDA kernels hold: the CUDA EP's allocator for scratch, the device's SM count
+// and compute capability (read at the first call, on the device ORT runs the node on).
+class CudaKernelBase {
  public:
-  WinaSparseMatMulCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
-  ~WinaSparseMatMulCudaKernel();
-  WinaSparseMatMulCudaKernel(const WinaSparseMatMulCudaKernel&) = delete;
-  WinaSparseMatMulCudaKernel& operator=(const WinaSparseMatMulCudaKernel&) = delete;
+  CudaKernelBase(const OrtKernelInfo* info, std::string node);
+  virtual ~CudaKernelBase();
+  CudaKernelBase(const CudaKernelBase&) = delete;
+  CudaKernelBase& operator=(const CudaKernelBase&) = delete;
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
- private:
-  void Compute(OrtKernelContext* context);
+ protected:
+  virtual void Compute(OrtKernelContext* context) = 0;
+  void read_device();  // once
 
-  ONNXTensorElementDataType type_;
-  Gating gating_;
   std::string node_;
   OrtAllocator* allocator_ = nullptr;            // the CUDA EP's allocator (frees the scratch)
   const OrtMemoryInfo* memory_info_ = nullptr;   // owned by allocator_
   std::once_flag device_once_;
   int sm_count_ = 0;
   int cc_major_ = 0;
+};
+
+class WinaSparseMatMulCudaKernel : public CudaKernelBase {
+ public:
+  WinaSparseMatMulCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
+
+ private:
+  WinaSparseMatMulCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type, NodeConfig config);
+  void Compute(OrtKernelContext* context) override;
+
+  ONNXTensorElementDataType type_;
+  Gating gating_;
+};
+
+class WinaSparseMatMulGroupCudaKernel : public CudaKernelBase {
+ public:
+  WinaSparseMatMulGroupCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
+
+ private:
+  void Compute(OrtKernelContext* context) override;
+
+  ONNXTensorElementDataType type_;
 };
 
 struct WinaSparseMatMulCudaOp
@@ -53,6 +77,28 @@ struct WinaSparseMatMulCudaOp
 
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return type_; }
+
+ private:
+  ONNXTensorElementDataType type_;
+};
+
+struct WinaSparseMatMulGroupCudaOp
+    : Ort::CustomOpBase<WinaSparseMatMulGroupCudaOp, WinaSparseMatMulGroupCudaKernel, /*WithStatus=*/true>,
+      GroupOpSchema<WinaSparseMatMulGroupCudaOp> {
+  explicit WinaSparseMatMulGroupCudaOp(ONNXTensorElementDataType type) : type_(type) {}
+
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
+
+  const char* GetName() const { return kGroupOpType; }
+  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
+  ONNXTensorElementDataType type() const { return type_; }
+
+  using GroupOpSchema::GetInputCharacteristic;
+  using GroupOpSchema::GetInputType;
+  using GroupOpSchema::GetInputTypeCount;
+  using GroupOpSchema::GetOutputCharacteristic;
+  using GroupOpSchema::GetOutputType;
+  using GroupOpSchema::GetOutputTypeCount;
 
  private:
   ONNXTensorElementDataType type_;

@@ -396,14 +396,44 @@ __host__ __device__ constexpr int tile_cols() {
   return kColThreads * vec_elems<T>();
 }
 
+// The weights of one call as the kernels see them (one for WinaSparseMatMul, up to
+// kMaxSegments for the grouped op), passed as a __grid_constant__ parameter. Weight s owns
+// column tiles [tile_begin[s], tile_begin[s + 1]) of the grid and columns
+// [col_begin[s], col_begin[s + 1]) of the partial sums.
+struct Table {
+  int count;
+  int tile_begin[kMaxSegments + 1];
+  int64_t col_begin[kMaxSegments + 1];
+  const void* b[kMaxSegments];
+  const float* scale[kMaxSegments];
+  const float* threshold[kMaxSegments];
+  const void* bias[kMaxSegments];
+  void* y[kMaxSegments];
+};
+
+// The weight owning grid column tile `tile` (or partial-sum column `col`).
+__device__ __forceinline__ int segment_of_tile(const Table& t, int tile) {
+  int s = 0;
+#pragma unroll
+  for (int i = 1; i < kMaxSegments; ++i)
+    if (i < t.count && tile >= t.tile_begin[i]) s = i;
+  return s;
+}
+__device__ __forceinline__ int segment_of_col(const Table& t, int64_t col) {
+  int s = 0;
+#pragma unroll
+  for (int i = 1; i < kMaxSegments; ++i)
+    if (i < t.count && col >= t.col_begin[i]) s = i;
+  return s;
+}
+
 // Block (tile, split): columns [tile * TN, +TN) of the partial sums of rows
 // [split * rows_per_split, +rows_per_split), for every token.
 // partial: [splits, M, N] float32.
 template <typename T, int MT, bool VEC, GateMode MODE, int U>  // U: rows in flight per thread
 __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (ptxas chose 32 registers and spilled)
-    decode_partial_kernel(const T* __restrict__ x, const T* __restrict__ b, const float* __restrict__ scale,
-                          Gate gate, float* __restrict__ partial, int M, int K, int64_t N,
-                          int rows_per_split) {
+    decode_partial_kernel(const T* __restrict__ x, const __grid_constant__ Table table, Gate gate,
+                          float* __restrict__ partial, int M, int K, int64_t n_total, int rows_per_split) {
   constexpr int V = vec_elems<T>();
   constexpr int TN = tile_cols<T>();
   __shared__ int s_rows[kMaxSlabRows];
@@ -417,6 +447,13 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
   const int split = blockIdx.y;
   const int r0 = split * rows_per_split;
   const int r1 = min(r0 + rows_per_split, K);
+  // This block's weight: its rows, scale, threshold, and where its columns go.
+  const int seg = segment_of_tile(table, blockIdx.x);
+  const T* __restrict__ b = static_cast<const T*>(table.b[seg]);
+  const float* __restrict__ scale = table.scale[seg];
+  const int64_t N = table.col_begin[seg + 1] - table.col_begin[seg];
+  const int tile = blockIdx.x - table.tile_begin[seg];
+  if (MODE == GateMode::kThreshold) gate.threshold = table.threshold[seg];
 
   grid_dependency_wait();  // PDL: x (and the top-k rule) come from the kernels before
   uint32_t gate_key[MT];
@@ -473,7 +510,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
   // 2. Multiply: row group rg takes kept rows rg, rg + kRowGroups, ...
   const int ct = tid % kColThreads;
   const int rg = tid / kColThreads;
-  const int64_t col = static_cast<int64_t>(blockIdx.x) * TN + static_cast<int64_t>(ct) * V;
+  const int64_t col = static_cast<int64_t>(tile) * TN + static_cast<int64_t>(ct) * V;
   float acc[MT][V];
 #pragma unroll
   for (int m = 0; m < MT; ++m)
@@ -532,7 +569,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
     }
     __syncthreads();
     if (rg == 0 && col < N) {
-      float* out = partial + (static_cast<int64_t>(split) * M + m) * N + col;
+      float* out = partial + (static_cast<int64_t>(split) * M + m) * n_total + table.col_begin[seg] + col;
       float sum[V];
 #pragma unroll
       for (int v = 0; v < V; ++v) {
@@ -721,28 +758,35 @@ constexpr int kReduceLanes = 8;
 
 template <typename T>
 __global__ void __launch_bounds__(kReduceCols * kReduceLanes)
-    reduce_splits_kernel(const float* __restrict__ partial, int splits, const T* __restrict__ bias,
-                         T* __restrict__ y, int M, int64_t N) {
+    reduce_splits_kernel(const float* __restrict__ partial, int splits, const __grid_constant__ Table table, int M,
+                         int64_t n_total) {
   __shared__ float s_sum[kReduceLanes][kReduceCols + 1];
   grid_dependency_wait();
   // The next kernel on the stream (the next op's decode or select kernel, PDL-launched) may
   // be scheduled now; it waits for this grid's completion before reading anything.
   allow_dependent_launch();
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kReduceCols + threadIdx.x;
+  // Column n of the partial sums is column n - col_begin[seg] of weight seg's output.
+  const int seg = segment_of_col(table, n);
+  const int64_t seg_n = table.col_begin[seg + 1] - table.col_begin[seg];
+  const int64_t local = n - table.col_begin[seg];
+  const T* __restrict__ bias = static_cast<const T*>(table.bias[seg]);
+  T* __restrict__ y = static_cast<T*>(table.y[seg]);
   for (int m = blockIdx.y; m < M; m += gridDim.y) {
     float acc = 0.0f;
-    if (n < N) {
+    if (n < n_total) {
 #pragma unroll 4
-      for (int s = threadIdx.y; s < splits; s += kReduceLanes) acc += partial[(static_cast<int64_t>(s) * M + m) * N + n];
+      for (int s = threadIdx.y; s < splits; s += kReduceLanes)
+        acc += partial[(static_cast<int64_t>(s) * M + m) * n_total + n];
     }
     s_sum[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
-    if (threadIdx.y == 0 && n < N) {
+    if (threadIdx.y == 0 && n < n_total) {
       float total = 0.0f;
 #pragma unroll
       for (int i = 0; i < kReduceLanes; ++i) total += s_sum[i][threadIdx.x];
-      if (bias != nullptr) total += Elem<T>::to_float(bias[n]);
-      y[static_cast<int64_t>(m) * N + n] = Elem<T>::from_float(total);
+      if (bias != nullptr) total += Elem<T>::to_float(bias[local]);
+      y[static_cast<int64_t>(m) * seg_n + local] = Elem<T>::from_float(total);
     }
     __syncthreads();
   }
@@ -867,48 +911,102 @@ size_t gate_bytes(const Problem& p) {
   return p.mode == GateMode::kTopK ? 2 * align_up(static_cast<size_t>(p.M) * 4) : 0;
 }
 
+// One decode call: X, its shape, and the weights' table.
+struct DecodeCall {
+  const void* x = nullptr;
+  int64_t M = 0, K = 0;
+  int64_t n_total = 0;  // columns of all weights together
+  int tiles = 0;        // grid columns: every weight's column tiles
+  Table table = {};
+};
+
+template <typename T>
+int64_t column_tiles(int64_t n) {
+  return (n + tile_cols<T>() - 1) / tile_cols<T>();
+}
+
+// Appends weight (b, scale, threshold, bias, y) of N columns to the call's table.
+template <typename T>
+void add_weight(DecodeCall& c, const void* b, const float* scale, const float* threshold, const void* bias, void* y,
+                int64_t N) {
+  Table& t = c.table;
+  const int s = t.count++;
+  t.b[s] = b;
+  t.scale[s] = scale;
+  t.threshold[s] = threshold;
+  t.bias[s] = bias;
+  t.y[s] = y;
+  t.tile_begin[s] = c.tiles;
+  t.col_begin[s] = c.n_total;
+  c.tiles += static_cast<int>(column_tiles<T>(N));
+  c.n_total += N;
+  t.tile_begin[s + 1] = c.tiles;
+  t.col_begin[s + 1] = c.n_total;
+}
+
+template <typename T>
+DecodeCall single_call(const Problem& p) {
+  DecodeCall c;
+  c.x = p.x;
+  c.M = p.M;
+  c.K = p.K;
+  add_weight<T>(c, p.b, p.score_scale, p.threshold, p.bias, p.y, p.N);
+  return c;
+}
+
+template <typename T>
+DecodeCall group_call(const GroupProblem& g) {
+  DecodeCall c;
+  c.x = g.x;
+  c.M = g.M;
+  c.K = g.K;
+  for (int s = 0; s < g.count; ++s) {
+    const Segment& w = g.segments[s];
+    add_weight<T>(c, w.b, w.score_scale, w.threshold, w.bias, w.y, w.N);
+  }
+  return c;
+}
+
 template <typename T, int MT, GateMode MODE, int U>
-cudaError_t launch_decode_u(const Problem& p, const Plan& plan, const Gate& gate, float* partial, Stream stream) {
-  const dim3 grid(static_cast<unsigned>((p.N + tile_cols<T>() - 1) / tile_cols<T>()),
-                  static_cast<unsigned>(plan.splits));
+cudaError_t launch_decode_u(const DecodeCall& c, const Plan& plan, const Gate& gate, float* partial, Stream stream) {
+  const dim3 grid(static_cast<unsigned>(c.tiles), static_cast<unsigned>(plan.splits));
   const dim3 block(kDecodeThreads);
-  const T* x = static_cast<const T*>(p.x);
-  const T* b = static_cast<const T*>(p.b);
-  const int M = static_cast<int>(p.M), K = static_cast<int>(p.K), rows = static_cast<int>(plan.rows_per_split);
+  const T* x = static_cast<const T*>(c.x);
+  const int M = static_cast<int>(c.M), K = static_cast<int>(c.K), rows = static_cast<int>(plan.rows_per_split);
   // Programmatically dependent (sm_90) on the kernel before it: the select kernel (top-k) or,
   // with pdl_first, whatever ran before on the stream (threshold); it waits for that one first.
   const bool pdl = plan.pdl && (MODE == GateMode::kTopK || plan.pdl_first);
   if (plan.vectorized)
-    return launch(stream, decode_partial_kernel<T, MT, true, MODE, U>, grid, block, 0, pdl, x, b, p.score_scale, gate,
-                  partial, M, K, p.N, rows);
-  return launch(stream, decode_partial_kernel<T, MT, false, MODE, U>, grid, block, 0, pdl, x, b, p.score_scale, gate,
-                partial, M, K, p.N, rows);
+    return launch(stream, decode_partial_kernel<T, MT, true, MODE, U>, grid, block, 0, pdl, x, c.table, gate, partial,
+                  M, K, c.n_total, rows);
+  return launch(stream, decode_partial_kernel<T, MT, false, MODE, U>, grid, block, 0, pdl, x, c.table, gate, partial,
+                M, K, c.n_total, rows);
 }
 
 // Rows in flight per thread: 4 or 8 for up to two tokens, 4 for more (shared memory).
 template <typename T, int MT, GateMode MODE>
-cudaError_t launch_decode_mt(const Problem& p, const Plan& plan, const Gate& gate, float* partial, Stream stream) {
+cudaError_t launch_decode_mt(const DecodeCall& c, const Plan& plan, const Gate& gate, float* partial, Stream stream) {
   if constexpr (MT <= 2) {
-    if (plan.unroll >= 8) return launch_decode_u<T, MT, MODE, 8>(p, plan, gate, partial, stream);
+    if (plan.unroll >= 8) return launch_decode_u<T, MT, MODE, 8>(c, plan, gate, partial, stream);
   }
-  return launch_decode_u<T, MT, MODE, 4>(p, plan, gate, partial, stream);
+  return launch_decode_u<T, MT, MODE, 4>(c, plan, gate, partial, stream);
 }
 
 template <typename T, GateMode MODE>
-cudaError_t launch_decode(const Problem& p, const Plan& plan, const Gate& gate, float* partial, Stream stream) {
-  if (p.M <= 1) return launch_decode_mt<T, 1, MODE>(p, plan, gate, partial, stream);
-  if (p.M <= 2) return launch_decode_mt<T, 2, MODE>(p, plan, gate, partial, stream);
-  if (p.M <= 4) return launch_decode_mt<T, 4, MODE>(p, plan, gate, partial, stream);
-  return launch_decode_mt<T, 8, MODE>(p, plan, gate, partial, stream);
+cudaError_t launch_decode(const DecodeCall& c, const Plan& plan, const Gate& gate, float* partial, Stream stream) {
+  if (c.M <= 1) return launch_decode_mt<T, 1, MODE>(c, plan, gate, partial, stream);
+  if (c.M <= 2) return launch_decode_mt<T, 2, MODE>(c, plan, gate, partial, stream);
+  if (c.M <= 4) return launch_decode_mt<T, 4, MODE>(c, plan, gate, partial, stream);
+  return launch_decode_mt<T, 8, MODE>(c, plan, gate, partial, stream);
 }
 
 template <typename T>
-cudaError_t launch_reduce(const Problem& p, const float* partial, int splits, bool pdl, Stream stream) {
-  const dim3 grid(static_cast<unsigned>((p.N + kReduceCols - 1) / kReduceCols),
-                  static_cast<unsigned>(std::min<int64_t>(p.M, 65535)));
+cudaError_t launch_reduce(const DecodeCall& c, const float* partial, int splits, bool pdl, Stream stream) {
+  const dim3 grid(static_cast<unsigned>((c.n_total + kReduceCols - 1) / kReduceCols),
+                  static_cast<unsigned>(std::min<int64_t>(c.M, 65535)));
   const dim3 block(kReduceCols, kReduceLanes);
-  return launch(stream, reduce_splits_kernel<T>, grid, block, 0, pdl, partial, splits, static_cast<const T*>(p.bias),
-                static_cast<T*>(p.y), static_cast<int>(p.M), p.N);
+  return launch(stream, reduce_splits_kernel<T>, grid, block, 0, pdl, partial, splits, c.table, static_cast<int>(c.M),
+                c.n_total);
 }
 
 // Raises the shared-memory limit of the top-k kernel once per device (128 KiB > the default 48).
@@ -962,22 +1060,22 @@ cudaError_t launch_prefill(const Problem& p, const Gate& gate, T* xg, Stream str
 
 }  // namespace
 
-template <typename T>
-Plan MakePlan(const Problem& p, const DeviceInfo& device, int blocks_per_sm) {
+namespace {
+
+// The decode plan for M tokens over K rows and `tiles` column tiles (all weights together).
+Plan decode_plan(int64_t M, int64_t K, int64_t tiles, bool vectorized, const DeviceInfo& device, int blocks_per_sm) {
   Plan plan;
-  plan.decode = p.M <= kMaxDecodeTokens;
+  plan.decode = M <= kMaxDecodeTokens;
   plan.pdl = device.cc_major >= 9;
-  if (!plan.decode || p.M == 0 || p.K == 0 || p.N == 0) return plan;
-  constexpr int64_t V = vec_elems<T>();
-  plan.vectorized = p.N % V == 0 && reinterpret_cast<uintptr_t>(p.b) % 16 == 0;
-  const int64_t tiles = (p.N + tile_cols<T>() - 1) / tile_cols<T>();
+  if (!plan.decode || M == 0 || K == 0 || tiles == 0) return plan;
+  plan.vectorized = vectorized;
   // Two blocks per multiprocessor: the best or within 3% of it for the Llama-3-8B shapes
   // on an H100 (benchmarks/results/kernel_cuda_launchers.txt).
   const int64_t target = static_cast<int64_t>(blocks_per_sm > 0 ? blocks_per_sm : 2) * std::max(device.sm_count, 1);
   // At most `target` blocks (floor): a grid a little over two blocks per SM ran 7% slower
   // on 4096x14336 once the decode kernel was PDL-launched (round 2, docs/cuda-notes.md).
   const int64_t want_splits = std::max<int64_t>(1, target / tiles);
-  int64_t rows = (p.K + want_splits - 1) / want_splits;
+  int64_t rows = (K + want_splits - 1) / want_splits;
   rows = (rows + 31) / 32 * 32;
   rows = std::min<int64_t>(std::max<int64_t>(rows, 64), kMaxSlabRows);
   // The threshold decode kernel PDL-launched after the previous op: -1.2 to -1.3 us a call in
@@ -985,9 +1083,71 @@ Plan MakePlan(const Problem& p, const DeviceInfo& device, int blocks_per_sm) {
   // round 2, docs/cuda-notes.md.
   plan.pdl_first = plan.pdl && tiles <= 16;
   plan.rows_per_split = rows;
-  plan.splits = (p.K + rows - 1) / rows;
-  plan.unroll = p.M <= 2 ? 8 : 4;
+  plan.splits = (K + rows - 1) / rows;
+  plan.unroll = M <= 2 ? 8 : 4;
   return plan;
+}
+
+// 16-byte loads of a weight's rows: whole vectors per row and an aligned base.
+template <typename T>
+bool vectorizable(const void* b, int64_t N) {
+  return N % vec_elems<T>() == 0 && reinterpret_cast<uintptr_t>(b) % 16 == 0;
+}
+
+size_t partial_bytes(const Plan& plan, int64_t M, int64_t n_total) {
+  return align_up(static_cast<size_t>(plan.splits) * static_cast<size_t>(M) * static_cast<size_t>(n_total) * 4);
+}
+
+bool bad_decode_plan(const Plan& plan, int64_t M, int64_t K) {
+  return M > kMaxDecodeTokens || plan.rows_per_split <= 0 || plan.rows_per_split > kMaxSlabRows ||
+         plan.rows_per_split % 32 != 0 || plan.splits != (K + plan.rows_per_split - 1) / plan.rows_per_split ||
+         plan.splits > 65535;
+}
+
+}  // namespace
+
+template <typename T>
+Plan MakePlan(const Problem& p, const DeviceInfo& device, int blocks_per_sm) {
+  if (p.N == 0) return decode_plan(p.M, p.K, 0, false, device, blocks_per_sm);
+  return decode_plan(p.M, p.K, column_tiles<T>(p.N), vectorizable<T>(p.b, p.N), device, blocks_per_sm);
+}
+
+template <typename T>
+Plan MakeGroupPlan(const GroupProblem& g, const DeviceInfo& device, int blocks_per_sm) {
+  int64_t tiles = 0;
+  bool vectorized = true;
+  for (int s = 0; s < g.count; ++s) {
+    tiles += column_tiles<T>(g.segments[s].N);
+    vectorized = vectorized && vectorizable<T>(g.segments[s].b, g.segments[s].N);
+  }
+  return decode_plan(g.M, g.K, tiles, vectorized, device, blocks_per_sm);
+}
+
+template <typename T>
+size_t GroupWorkspaceBytes(const GroupProblem& g, const Plan& plan) {
+  int64_t n_total = 0;
+  for (int s = 0; s < g.count; ++s) n_total += g.segments[s].N;
+  if (g.M == 0 || g.K == 0 || n_total == 0) return 0;
+  return partial_bytes(plan, g.M, n_total);
+}
+
+template <typename T>
+cudaError_t LaunchWinaGroupDecode(const GroupProblem& g, const Plan& plan, void* workspace, Stream stream) {
+  if (!stream.valid()) return cudaErrorInvalidResourceHandle;
+  if (g.count < 1 || g.count > kMaxSegments || g.M < 0 || g.K < 0 || g.K > INT_MAX / 2 || !plan.decode ||
+      g.M > kMaxDecodeTokens)
+    return cudaErrorInvalidValue;
+  for (int s = 0; s < g.count; ++s)
+    if (g.segments[s].N < 0 || g.segments[s].threshold == nullptr) return cudaErrorInvalidValue;
+  const DecodeCall c = group_call<T>(g);
+  if (c.M == 0 || c.n_total == 0) return cudaSuccess;
+  if (c.K == 0) return launch_reduce<T>(c, nullptr, 0, false, stream);  // Y_s = bias_s or 0
+  if (bad_decode_plan(plan, c.M, c.K) || workspace == nullptr) return cudaErrorInvalidValue;
+  float* partial = static_cast<float*>(workspace);
+  const Gate gate{nullptr, nullptr, nullptr};  // each block reads its weight's threshold
+  const cudaError_t err = launch_decode<T, GateMode::kThreshold>(c, plan, gate, partial, stream);
+  if (err != cudaSuccess) return err;
+  return launch_reduce<T>(c, partial, static_cast<int>(plan.splits), plan.pdl, stream);
 }
 
 template <typename T>
@@ -995,7 +1155,7 @@ size_t WorkspaceBytes(const Problem& p, const Plan& plan) {
   if (p.M == 0 || p.N == 0 || p.K == 0) return 0;
   size_t bytes = gate_bytes(p);
   if (plan.decode) {
-    bytes += align_up(static_cast<size_t>(plan.splits) * static_cast<size_t>(p.M) * static_cast<size_t>(p.N) * 4);
+    bytes += partial_bytes(plan, p.M, p.N);
   } else {
     bytes += align_up(static_cast<size_t>(p.M) * static_cast<size_t>(p.K) * sizeof(T));
   }
@@ -1008,11 +1168,8 @@ cudaError_t LaunchWinaSparseMatMul(const Problem& p, const Plan& plan, void* wor
   if (p.M < 0 || p.K < 0 || p.N < 0 || p.K > INT_MAX / 2 || p.M > INT_MAX || p.M > 65535 * kGemmBM)
     return cudaErrorInvalidValue;
   if (p.M == 0 || p.N == 0) return cudaSuccess;
-  if (p.K == 0) return launch_reduce<T>(p, nullptr, 0, false, stream);  // Y = bias or 0
-  if (plan.decode && (p.M > kMaxDecodeTokens || plan.rows_per_split <= 0 || plan.rows_per_split > kMaxSlabRows ||
-                      plan.rows_per_split % 32 != 0 ||
-                      plan.splits != (p.K + plan.rows_per_split - 1) / plan.rows_per_split || plan.splits > 65535))
-    return cudaErrorInvalidValue;
+  if (p.K == 0) return launch_reduce<T>(single_call<T>(p), nullptr, 0, false, stream);  // Y = bias or 0
+  if (plan.decode && bad_decode_plan(plan, p.M, p.K)) return cudaErrorInvalidValue;
   if (workspace == nullptr) return cudaErrorInvalidValue;
 
   char* ws = static_cast<char*>(workspace);
@@ -1028,11 +1185,12 @@ cudaError_t LaunchWinaSparseMatMul(const Problem& p, const Plan& plan, void* wor
   ws += gate_bytes(p);
   if (plan.decode) {
     float* partial = reinterpret_cast<float*>(ws);
+    const DecodeCall c = single_call<T>(p);
     const cudaError_t err = p.mode == GateMode::kTopK
-                                ? launch_decode<T, GateMode::kTopK>(p, plan, gate, partial, stream)
-                                : launch_decode<T, GateMode::kThreshold>(p, plan, gate, partial, stream);
+                                ? launch_decode<T, GateMode::kTopK>(c, plan, gate, partial, stream)
+                                : launch_decode<T, GateMode::kThreshold>(c, plan, gate, partial, stream);
     if (err != cudaSuccess) return err;
-    return launch_reduce<T>(p, partial, static_cast<int>(plan.splits), plan.pdl, stream);
+    return launch_reduce<T>(c, partial, static_cast<int>(plan.splits), plan.pdl, stream);
   }
   T* xg = reinterpret_cast<T*>(ws);
   return p.mode == GateMode::kTopK ? launch_prefill<T, GateMode::kTopK>(p, gate, xg, stream)
@@ -1085,7 +1243,10 @@ cudaError_t LaunchWinaGatedX(const Problem& p, const Plan& plan, void* workspace
   template Plan MakePlan<T>(const Problem&, const DeviceInfo&, int);                               \
   template size_t WorkspaceBytes<T>(const Problem&, const Plan&);                                  \
   template cudaError_t LaunchWinaSparseMatMul<T>(const Problem&, const Plan&, void*, Stream);      \
-  template cudaError_t LaunchWinaGatedX<T>(const Problem&, const Plan&, void*, Stream, const void**);
+  template cudaError_t LaunchWinaGatedX<T>(const Problem&, const Plan&, void*, Stream, const void**);       \
+  template Plan MakeGroupPlan<T>(const GroupProblem&, const DeviceInfo&, int);                     \
+  template size_t GroupWorkspaceBytes<T>(const GroupProblem&, const Plan&);                        \
+  template cudaError_t LaunchWinaGroupDecode<T>(const GroupProblem&, const Plan&, void*, Stream);
 
 WINA_INSTANTIATE(float)
 WINA_INSTANTIATE(__half)

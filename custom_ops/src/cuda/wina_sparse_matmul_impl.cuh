@@ -96,6 +96,54 @@ Plan MakePlan(const Problem& p, const DeviceInfo& device, int blocks_per_sm = 0)
 template <typename T>
 size_t WorkspaceBytes(const Problem& p, const Plan& plan);
 
+// The grouped form (WinaSparseMatMulGroup): several weights that read the same X, threshold
+// gating, each with its own score scale, threshold, bias and output. One decode kernel covers
+// the column tiles of every weight (each block gates its slab with its weight's scale and
+// threshold) and one reduction kernel writes every output: one launch pair instead of one per
+// weight, and a grid that fills the GPU where a single small weight (k/v) would not.
+inline constexpr int kMaxSegments = 8;
+
+struct Segment {
+  const void* b = nullptr;             // [K, N], T, row-major
+  const float* score_scale = nullptr;  // [K]
+  const float* threshold = nullptr;    // scalar
+  const void* bias = nullptr;          // [N], T, or nullptr
+  void* y = nullptr;                   // [M, N], T
+  int64_t N = 0;
+};
+
+struct GroupProblem {
+  const void* x = nullptr;  // [M, K], T
+  int64_t M = 0, K = 0;
+  int count = 0;            // weights, 1 .. kMaxSegments
+  Segment segments[kMaxSegments];
+};
+
+// Weight s of a group as a single threshold-gated problem (the prefill path runs them one by one).
+inline Problem SegmentProblem(const GroupProblem& g, int s) {
+  Problem p;
+  p.x = g.x;
+  p.b = g.segments[s].b;
+  p.score_scale = g.segments[s].score_scale;
+  p.threshold = g.segments[s].threshold;
+  p.bias = g.segments[s].bias;
+  p.y = g.segments[s].y;
+  p.M = g.M;
+  p.K = g.K;
+  p.N = g.segments[s].N;
+  p.mode = GateMode::kThreshold;
+  return p;
+}
+
+// Plan and workspace of the grouped decode path (M <= kMaxDecodeTokens).
+template <typename T>
+Plan MakeGroupPlan(const GroupProblem& g, const DeviceInfo& device, int blocks_per_sm = 0);
+template <typename T>
+size_t GroupWorkspaceBytes(const GroupProblem& g, const Plan& plan);
+// Enqueues every output of a grouped decode call (M <= kMaxDecodeTokens) on `stream`.
+template <typename T>
+cudaError_t LaunchWinaGroupDecode(const GroupProblem& g, const Plan& plan, void* workspace, Stream stream);
+
 // Enqueues the whole computation of Y on `stream`. The workspace must hold
 // WorkspaceBytes(p, plan) bytes and stay untouched until the work is done (stream order).
 template <typename T>
