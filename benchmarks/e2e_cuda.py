@@ -63,6 +63,9 @@ def parse_args(argv=None):
     p.add_argument("--cuda-graph", action="store_true",
                    help="static-cache models, decode as CUDA graph replays (needs --device cuda)")
     p.add_argument("--greedy-tokens", type=int, default=16, help="with --cuda-graph: greedy tokens compared")
+    p.add_argument("--group", action="store_true",
+                   help="also bench every WINA model with its q/k/v and gate/up gates grouped "
+                        "(passes.group_gates: one WinaSparseMatMulGroup each, weights file shared)")
     p.add_argument("--stop-after", choices=["optimize"], default=None,
                    help="build, calibrate and optimize only (a later call resumes from --work)")
     return p.parse_args(argv)
@@ -95,6 +98,16 @@ def retarget(wina_model: Path, output: Path, calibration, sparsity: float) -> No
         if prop.key == schema.META_PREFIX + "gated":
             prop.value = json.dumps(list(gated.values()))
     onnx.save_model(model, str(output))
+
+
+def write_grouped(wina_model: Path, output: Path) -> str:
+    """Write `wina_model` with its gates that share an input grouped (weights file shared)."""
+    from wina_onnx.passes import group_shared_inputs
+
+    model = onnx.load(str(wina_model), load_external_data=False)
+    report = group_shared_inputs(model, base_dir=str(wina_model.parent))
+    onnx.save_model(model, str(output))
+    return report.summary()
 
 
 def graph_lines(result) -> list[str]:
@@ -168,6 +181,12 @@ def main(argv=None) -> int:
         path = first.parent / f"model_s{int(round(s * 100))}.onnx"
         retarget(first, path, calibration, s)
         models[f"WINA {s:.0%}"] = path
+    if args.group:
+        for name, path in list(models.items()):
+            if name.startswith("WINA"):
+                grouped = path.with_name(path.stem + "_grouped.onnx")
+                log(f"{name} grouped: {write_grouped(path, grouped)}")
+                models[f"{name} grouped"] = grouped
 
     if args.stop_after == "optimize":
         log(f"stopping after the WINA pass; steps (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")

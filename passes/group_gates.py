@@ -78,12 +78,15 @@ def _common_prefix(names: list[str]) -> str:
     return prefix[: prefix.rfind("/") + 1] if "/" in prefix else prefix
 
 
-def group_shared_inputs(model: onnx.ModelProto, *, max_weights: int = schema.GROUP_MAX_WEIGHTS) -> GroupReport:
+def group_shared_inputs(model: onnx.ModelProto, *, max_weights: int = schema.GROUP_MAX_WEIGHTS,
+                        base_dir: str = "") -> GroupReport:
     """Replace, in place, every set of >= 2 groupable gates reading the same X by one group node.
 
     Gates are grouped by (X, weight element type, whether they have a bias), in graph order,
     at most `max_weights` to a node. The group node takes the place of the first gate of its
     set: it needs only X and initializers, so the graph stays topologically sorted.
+    base_dir: the model's folder, when it was loaded without its external data (the score
+    scales and thresholds are then read from there; the weights are never read).
     """
     graph = model.graph
     inits = {init.name: init for init in graph.initializer}
@@ -110,8 +113,9 @@ def group_shared_inputs(model: onnx.ModelProto, *, max_weights: int = schema.GRO
     for chunk in chunks:
         member_names = [g.node.name for g in chunk]
         base = _common_prefix(member_names) or (chunk[0].node.name + "/")
-        scale = np.stack([numpy_helper.to_array(inits[g.scale]).astype(np.float32) for g in chunk])
-        threshold = np.array([numpy_helper.to_array(inits[g.threshold]).reshape(()) for g in chunk], dtype=np.float32)
+        scale = np.stack([numpy_helper.to_array(inits[g.scale], base_dir).astype(np.float32) for g in chunk])
+        threshold = np.array([numpy_helper.to_array(inits[g.threshold], base_dir).reshape(()) for g in chunk],
+                             dtype=np.float32)
         scale_name = names.fresh(f"{base}wina_group_score_scale")
         threshold_name = names.fresh(f"{base}wina_group_threshold")
         graph.initializer.append(numpy_helper.from_array(scale, scale_name))
@@ -143,8 +147,22 @@ def group_shared_inputs(model: onnx.ModelProto, *, max_weights: int = schema.GRO
 
 def _drop_unused_initializers(graph: onnx.GraphProto, candidates: set[str]) -> None:
     """Remove the initializers in `candidates` that no node (or graph output) reads any more."""
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    used = _inputs_read(graph) | {o.name for o in graph.output}
     keep = [init for init in graph.initializer if init.name not in candidates or init.name in used]
     if len(keep) != len(graph.initializer):
         del graph.initializer[:]
         graph.initializer.extend(keep)
+
+
+def _inputs_read(graph: onnx.GraphProto) -> set[str]:
+    """Every value name a node of `graph` or of its subgraphs reads."""
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                names |= _inputs_read(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    names |= _inputs_read(sub)
+    return names
