@@ -88,3 +88,16 @@ def test_at_most_max_weights_per_group(tiny_llama_dir, tmp_path, calibration) ->
     assert sorted(len(g) for g in report.groups) == [2, 2, 2, 2]
     assert sum(n.op_type == schema.OP_TYPE for n in model.graph.node) == 2 * 3
     onnx.checker.check_model(model)
+
+
+def test_sparsity_probe_reads_group_nodes_per_member(tiny_llama_dir, tmp_path, text_ids, calibration) -> None:
+    from wina_onnx.sparsity_probe import measure_sparsity
+
+    plain = optimized_copy(tiny_llama_dir, tmp_path / "plain", gating="threshold", calibration=calibration)
+    grouped = optimized_copy(tiny_llama_dir, tmp_path / "grouped", gating="threshold", calibration=calibration,
+                             group=True)
+    before = measure_sparsity(plain, text_ids, windows=1, window=128)
+    after = measure_sparsity(grouped, text_ids, windows=1, window=128)
+    assert after["gates"].keys() == before["gates"].keys()  # the gates by their original names
+    assert after["gates"] == pytest.approx(before["gates"])
+    assert after["weighted"] == pytest.approx(before["weighted"])

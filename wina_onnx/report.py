@@ -120,7 +120,13 @@ def _matmul_names(model_path: str | Path) -> list[str]:
     from .passes.candidates import node_display_name
 
     model = load_model(model_path, load_weights=False)
-    return [node_display_name(n) for n in model.graph.node if n.op_type in ("MatMul", "WinaSparseMatMul")]
+    names = []
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "WinaSparseMatMul"):
+            names.append(node_display_name(node))
+        elif node.op_type == "WinaSparseMatMulGroup":  # the gates it replaced, by name
+            names += [m.decode() for a in node.attribute if a.name == "members" for m in a.strings]
+    return names
 
 
 def plot_allocation(allocation_path: str | Path, out: str | Path, *, model: str | Path | None = None,

@@ -2,7 +2,7 @@
 
 Top-k gates mask exactly K - k features per token. Threshold gates mask a fraction that
 depends on the text; this runs the model with the input of every WinaSparseMatMul
-exposed and counts, per gate, the scores at or below its threshold (the op keeps a
+exposed (and of every WinaSparseMatMulGroup, per weight) and counts, per gate, the scores at or below its threshold (the op keeps a
 feature when its score is strictly above; a NaN score counts as +inf and is kept).
 The model-level figure weights each gate by its weight bytes, which is what a decode
 step skips reading.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from . import reference, schema
 from .modelio import load_model
@@ -33,11 +33,36 @@ class GateProbe:
     weight_bytes: int
 
 
+def _is_gate(node: onnx.NodeProto) -> bool:
+    return node.domain == schema.DOMAIN and node.op_type in (schema.OP_TYPE, schema.GROUP_OP_TYPE)
+
+
+def _item_bytes(weight: onnx.TensorProto) -> int:
+    return 4 if weight.data_type == onnx.TensorProto.FLOAT else 2
+
+
+def _group_gates(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> list[GateProbe]:
+    """One probe per weight of a WinaSparseMatMulGroup, named after the gate it replaced."""
+    scales = numpy_helper.to_array(inits[node.input[schema.GROUP_INPUT_SCORE_SCALE]]).astype(np.float32)
+    thresholds = numpy_helper.to_array(inits[node.input[schema.GROUP_INPUT_THRESHOLD]]).reshape(-1)
+    members = next((list(helper.get_attribute_value(a)) for a in node.attribute if a.name == "members"), [])
+    probes = []
+    for s in range(scales.shape[0]):
+        weight = inits[node.input[schema.GROUP_FIRST_WEIGHT + s]]
+        name = members[s].decode() if s < len(members) else f"{node.name}[{s}]"
+        probes.append(GateProbe(name, node.input[0], scales[s], float(thresholds[s]), None,
+                                int(np.prod(weight.dims)) * _item_bytes(weight)))
+    return probes
+
+
 def _gates(model: onnx.ModelProto) -> list[GateProbe]:
     inits = {init.name: init for init in model.graph.initializer}
     probes = []
     for node in model.graph.node:
-        if node.op_type != schema.OP_TYPE or node.domain != schema.DOMAIN:
+        if not _is_gate(node):
+            continue
+        if node.op_type == schema.GROUP_OP_TYPE:
+            probes.extend(_group_gates(node, inits))
             continue
         weight = inits[node.input[1]]
         scale = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
@@ -46,9 +71,8 @@ def _gates(model: onnx.ModelProto) -> list[GateProbe]:
             threshold = float(numpy_helper.to_array(inits[node.input[3]]).reshape(-1)[0])
         if len(node.input) > 4 and node.input[4]:
             keep = int(numpy_helper.to_array(inits[node.input[4]]).reshape(-1)[0])
-        item = 4 if weight.data_type == onnx.TensorProto.FLOAT else 2
         probes.append(GateProbe(node.name, node.input[0], scale, threshold, keep,
-                                int(np.prod(weight.dims)) * item))
+                                int(np.prod(weight.dims)) * _item_bytes(weight)))
     return probes
 
 
@@ -70,8 +94,9 @@ def measure_sparsity(model_path: str | Path, token_ids: np.ndarray, *, windows: 
     existing = {o.name for o in model.graph.output}
     elem_types = {init.name: init.data_type for init in model.graph.initializer}
     for node in model.graph.node:
-        if node.op_type == schema.OP_TYPE and node.input[0] not in existing:
-            elem = elem_types[node.input[1]]  # x has the weight's type
+        if _is_gate(node) and node.input[0] not in existing:
+            weight = node.input[1] if node.op_type == schema.OP_TYPE else node.input[schema.GROUP_FIRST_WEIGHT]
+            elem = elem_types[weight]  # x has the weight's type
             model.graph.output.append(onnx.helper.make_tensor_value_info(node.input[0], elem, None))
             existing.add(node.input[0])
     options = session_options(threads=threads)
