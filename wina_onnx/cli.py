@@ -79,10 +79,12 @@ def _add_gate_options(parser: argparse.ArgumentParser) -> None:
                        help="first apply WINA's tensor transformation: fold the RMSNorm scales and rotate "
                             "the residual stream so the k/gate weights are row-orthogonal (same dense "
                             "function, plus one dense d x d MatMul per block); calibrate with it too")
-    group.add_argument("--group", action="store_true",
-                       help="threshold gating, custom-op backend: replace the gates that read the same input "
-                            "(q/k/v, gate/up) by one WinaSparseMatMulGroup node each: the same outputs, one "
-                            "scoring pass and on CUDA one kernel launch for all of them")
+    group.add_argument("--group", action=argparse.BooleanOptionalAction, default=None,
+                       help="replace the threshold gates that read the same input (q/k/v, gate/up) by one "
+                            "WinaSparseMatMulGroup node each: the same outputs, one scoring pass and on CUDA one "
+                            "kernel launch for all (Llama-3-8B shape on an H200, decode at 50%%: 1.62x the dense "
+                            "model's speed grouped, 1.42x not; on the CPU the same speed). Default: on with "
+                            "threshold gating and the custom-op backend; --no-group keeps one node per projection")
     group.add_argument("--include", action="append", default=[], metavar="PATTERN",
                        help="gate only MatMuls whose node name matches (fnmatch or substring); repeatable")
     group.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
@@ -188,8 +190,16 @@ def _gate_config(args: argparse.Namespace, gating: str, allocation, calibration)
     return GateConfig(
         mode=args.mode, gating=gating, allocation=allocation, backend=args.backend,
         norm_on=args.norm_on, transform=args.transform, include=args.include, exclude=args.exclude,
-        calibration=calibration, group=getattr(args, "group", False),
+        calibration=calibration, group=_group(args, gating),
     )
+
+
+def _group(args: argparse.Namespace, gating: str) -> bool:
+    """--group as given, else on wherever it applies (threshold gating, op library backend)."""
+    group = getattr(args, "group", None)
+    if group is not None:
+        return group
+    return gating == schema.GATING_THRESHOLD and args.backend == "custom-op"
 
 
 # ----------------------------------------------------------------------------- commands
@@ -239,7 +249,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    """Rewrite every eligible MatMul of MODEL into a WINA-gated WinaSparseMatMul.
+    """Rewrite every eligible MatMul of MODEL into a WINA-gated WinaSparseMatMul (threshold
+    gates that read the same input then become one WinaSparseMatMulGroup each: --group).
 
     Eligible: decoder projections (attention q/k/v/o, fused qkv, MLP gate/up/down, fused
     gate_up) whose weight is a 2-D float constant; never the LM head or embeddings.
