@@ -34,6 +34,27 @@ DTYPES = {
 }
 
 
+# Relative error allowed against the oracle, per dtype: the summation order (fp32) and
+# one rounding of the result (fp16, bf16).
+TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
+
+
+def assert_close(y: np.ndarray, expected: np.ndarray, dtype_name: str, context: str = "") -> None:
+    """y equals the oracle's `expected`: shape, dtype, NaN positions, values within TOLERANCE of the scale."""
+    assert y.shape == expected.shape, context
+    assert y.dtype == expected.dtype, context
+    if y.size == 0:
+        return
+    yf, ef = y.astype(np.float32), expected.astype(np.float32)
+    assert np.array_equal(np.isnan(yf), np.isnan(ef)), f"{context}: NaN positions differ"
+    finite = ~np.isnan(ef)
+    if not finite.any():
+        return
+    scale = max(float(np.abs(ef[finite]).max()), 1e-3)
+    err = float(np.abs(yf[finite] - ef[finite]).max())
+    assert err <= TOLERANCE[dtype_name] * scale, f"{context}: max error {err} vs scale {scale}"
+
+
 def onnx_type(dtype: np.dtype) -> int:
     return NUMPY_TO_ONNX[np.dtype(dtype)]
 

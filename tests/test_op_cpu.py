@@ -14,13 +14,10 @@ ort = pytest.importorskip("onnxruntime")
 import wina_onnx  # noqa: E402
 from wina_onnx import reference  # noqa: E402
 
-from op_models import DTYPES, run, session, wina_model  # noqa: E402
+from op_models import DTYPES, assert_close, run, session, wina_model  # noqa: E402
 
 SIZES = (1, 3, 17, 64, 192, 576, 1000)
 SPARSITIES = (0.0, 0.25, 0.5, 0.9, 1.0)
-# Tolerance relative to the output scale, per dtype: fp32 differs from the oracle
-# only by summation order; fp16/bf16 also by one rounding of the result.
-TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
 # (leading dims of X) for each token count M, as rank-2 and rank-3 inputs.
 LEADING = {0: [(0,), (1, 0)], 1: [(1,), (1, 1)], 2: [(2,), (2, 1)], 7: [(7,), (1, 7)], 64: [(64,), (4, 16)]}
 
@@ -47,17 +44,6 @@ def gating_for(gating, sparsity, x, score_scale):
     if finite.size == 0:
         return {"threshold": 0.0}
     return {"threshold": float(np.quantile(finite, sparsity))}
-
-
-def assert_close(y, expected, dtype_name, context=""):
-    assert y.shape == expected.shape, context
-    assert y.dtype == expected.dtype, context
-    if y.size == 0:
-        return
-    yf, ef = y.astype(np.float32), expected.astype(np.float32)
-    scale = max(float(np.abs(ef).max()), 1e-3)
-    err = float(np.abs(yf - ef).max())
-    assert err <= TOLERANCE[dtype_name] * scale, f"{context}: max error {err} vs scale {scale}"
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))

@@ -26,11 +26,10 @@ if "CUDAExecutionProvider" not in ort.get_available_providers():
 
 from wina_onnx import reference  # noqa: E402
 
-from op_models import DTYPES, run, session, wina_model  # noqa: E402
+from op_models import DTYPES, assert_close, run, session, wina_model  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
-TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
 # Token counts: empty, decode (1 to 8 tokens in the fused kernel), prefill (more).
 TOKENS = (0, 1, 3, 8, 9, 64)
 # (K, N): K and N off the block sizes (64-column thread groups x 16-byte vectors,
@@ -77,20 +76,6 @@ def gating_for(gating, sparsity, x, score_scale):
     finite = scores[np.isfinite(scores)]
     return {"threshold": float(np.quantile(finite, sparsity)) if finite.size else 0.0}
 
-
-def assert_close(y, expected, dtype_name, context=""):
-    assert y.shape == expected.shape, context
-    assert y.dtype == expected.dtype, context
-    if y.size == 0:
-        return
-    yf, ef = y.astype(np.float32), expected.astype(np.float32)
-    assert np.array_equal(np.isnan(yf), np.isnan(ef)), f"{context}: NaN positions differ"
-    finite = ~np.isnan(ef)
-    if not finite.any():
-        return
-    scale = max(float(np.abs(ef[finite]).max()), 1e-3)
-    err = float(np.abs(yf[finite] - ef[finite]).max())
-    assert err <= TOLERANCE[dtype_name] * scale, f"{context}: max error {err} vs scale {scale}"
 
 
 def test_runs_on_the_cuda_provider():

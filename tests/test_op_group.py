@@ -14,9 +14,8 @@ ort = pytest.importorskip("onnxruntime")
 
 from wina_onnx import reference  # noqa: E402
 
-from op_models import DTYPES, group_model, run_group, session  # noqa: E402
+from op_models import DTYPES, assert_close, group_model, run_group, session  # noqa: E402
 
-TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 3e-2}
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 PROVIDERS = [
     "cpu",
@@ -64,16 +63,6 @@ def _case(rng, k, ns, dtype, sparsity):
     return weights, scale, thresholds, x
 
 
-def _assert_close(y, expected, dtype_name, context):
-    assert y.shape == expected.shape and y.dtype == expected.dtype, context
-    if y.size == 0:
-        return
-    yf, ef = y.astype(np.float32), expected.astype(np.float32)
-    scale = max(float(np.abs(ef).max()), 1e-3)
-    err = float(np.abs(yf - ef).max())
-    assert err <= TOLERANCE[dtype_name] * scale, f"{context}: max error {err} vs scale {scale}"
-
-
 @pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("group", list(GROUPS))
@@ -93,7 +82,7 @@ def test_group_matches_reference(group, dtype_name, provider):
             expected = reference.wina_sparse_matmul_group(x, scale, thresholds, weights, biases)
             assert len(ys) == len(ns)
             for s, (y, e) in enumerate(zip(ys, expected)):
-                _assert_close(y, e, dtype_name, f"{group} s={sparsity} output {s} X{x.shape}")
+                assert_close(y, e, dtype_name, f"{group} s={sparsity} output {s} X{x.shape}")
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

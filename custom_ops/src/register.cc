@@ -33,9 +33,10 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   static wina::WinaSparseMatMulOp op_float(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
   static wina::WinaSparseMatMulOp op_float16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
   static wina::WinaSparseMatMulOp op_bfloat16(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16);
-  static wina::WinaSparseMatMulGroupOp group_float(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
-  static wina::WinaSparseMatMulGroupOp group_float16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
-  static wina::WinaSparseMatMulGroupOp group_bfloat16(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16);
+  using CpuGroupOp = wina::WinaSparseMatMulGroupOp<wina::WinaSparseMatMulGroupKernel>;
+  static CpuGroupOp group_float(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "CPUExecutionProvider");
+  static CpuGroupOp group_float16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, "CPUExecutionProvider");
+  static CpuGroupOp group_bfloat16(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16, "CPUExecutionProvider");
 
   try {
     Ort::CustomOpDomain domain(wina::kDomain);
@@ -51,9 +52,10 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     static wina::WinaSparseMatMulCudaOp cuda_float(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
     static wina::WinaSparseMatMulCudaOp cuda_float16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
     static wina::WinaSparseMatMulCudaOp cuda_bfloat16(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16);
-    static wina::WinaSparseMatMulGroupCudaOp cuda_group_float(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
-    static wina::WinaSparseMatMulGroupCudaOp cuda_group_float16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
-    static wina::WinaSparseMatMulGroupCudaOp cuda_group_bfloat16(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16);
+    using CudaGroupOp = wina::WinaSparseMatMulGroupOp<wina::WinaSparseMatMulGroupCudaKernel>;
+    static CudaGroupOp cuda_group_float(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "CUDAExecutionProvider");
+    static CudaGroupOp cuda_group_float16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, "CUDAExecutionProvider");
+    static CudaGroupOp cuda_group_bfloat16(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16, "CUDAExecutionProvider");
     if (api_base->GetApi(wina::kMinCudaApiVersion) != nullptr) {
       domain.Add(&cuda_float);
       domain.Add(&cuda_float16);

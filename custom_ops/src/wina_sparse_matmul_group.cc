@@ -97,8 +97,8 @@ GroupInputs read_group_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType
   return in;
 }
 
-WinaSparseMatMulGroupKernel::WinaSparseMatMulGroupKernel(const OrtKernelInfo* info, DType dtype)
-    : dtype_(dtype), node_(group_node_label(info)), kernels_(&select_isa_kernels()) {}
+WinaSparseMatMulGroupKernel::WinaSparseMatMulGroupKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type)
+    : dtype_(dtype_of(type)), node_(group_node_label(info)), kernels_(&select_isa_kernels()) {}
 
 OrtStatusPtr WinaSparseMatMulGroupKernel::ComputeV2(OrtKernelContext* context) {
   try {
@@ -130,16 +130,6 @@ void WinaSparseMatMulGroupKernel::Compute(OrtKernelContext* context) {
     args.gating.mode = Gating::kThreshold;
     args.gating.threshold = in.threshold[s];
     sparse_matmul(args, *kernels_, ParallelRunner{context, parallel_run});
-  }
-}
-
-OrtStatusPtr WinaSparseMatMulGroupOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
-                                                     void** kernel) const {
-  try {
-    *kernel = new WinaSparseMatMulGroupKernel(info, dtype_of(type_));
-    return nullptr;
-  } catch (const std::exception& e) {
-    return api.CreateStatus(ORT_FAIL, (std::string(kGroupOpType) + ": " + e.what()).c_str());
   }
 }
 

@@ -46,7 +46,7 @@ std::string group_node_label(const OrtKernelInfo* info);
 
 class WinaSparseMatMulGroupKernel {
  public:
-  WinaSparseMatMulGroupKernel(const OrtKernelInfo* info, DType dtype);
+  WinaSparseMatMulGroupKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
   OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
  private:
@@ -57,45 +57,45 @@ class WinaSparseMatMulGroupKernel {
   const IsaKernels* kernels_;
 };
 
-// The schema shared by the CPU and CUDA op objects.
-template <typename Op>
-struct GroupOpSchema {
+// The op object for one element type and execution provider; Kernel is
+// WinaSparseMatMulGroupKernel (CPU) or WinaSparseMatMulGroupCudaKernel, built from (info, type).
+template <typename Kernel>
+struct WinaSparseMatMulGroupOp
+    : Ort::CustomOpBase<WinaSparseMatMulGroupOp<Kernel>, Kernel, /*WithStatus=*/true> {
+  WinaSparseMatMulGroupOp(ONNXTensorElementDataType type, const char* provider) : type_(type), provider_(provider) {}
+
+  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      *kernel = new Kernel(info, type_);
+      return nullptr;
+    } catch (const Ort::Exception& e) {
+      return api.CreateStatus(e.GetOrtErrorCode(), (std::string(kGroupOpType) + ": " + e.what()).c_str());
+    } catch (const std::exception& e) {
+      return api.CreateStatus(ORT_FAIL, (std::string(kGroupOpType) + ": " + e.what()).c_str());
+    }
+  }
+
+  const char* GetName() const { return kGroupOpType; }
+  const char* GetExecutionProviderType() const { return provider_; }
+
   size_t GetInputTypeCount() const { return kGroupFirstWeight + 1; }
   ONNXTensorElementDataType GetInputType(size_t index) const {
     return index == kGroupInputScoreScale || index == kGroupInputThreshold ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT
-                                                                          : static_cast<const Op*>(this)->type();
+                                                                          : type_;
   }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
     return index == kGroupFirstWeight ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_VARIADIC
                                       : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return static_cast<const Op*>(this)->type(); }
+  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return type_; }
   OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t /*index*/) const {
     return OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_VARIADIC;
   }
-};
-
-struct WinaSparseMatMulGroupOp
-    : Ort::CustomOpBase<WinaSparseMatMulGroupOp, WinaSparseMatMulGroupKernel, /*WithStatus=*/true>,
-      GroupOpSchema<WinaSparseMatMulGroupOp> {
-  explicit WinaSparseMatMulGroupOp(ONNXTensorElementDataType type) : type_(type) {}
-
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
-
-  const char* GetName() const { return kGroupOpType; }
-  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  ONNXTensorElementDataType type() const { return type_; }
-
-  using GroupOpSchema::GetInputCharacteristic;
-  using GroupOpSchema::GetInputType;
-  using GroupOpSchema::GetInputTypeCount;
-  using GroupOpSchema::GetOutputCharacteristic;
-  using GroupOpSchema::GetOutputType;
-  using GroupOpSchema::GetOutputTypeCount;
 
  private:
   ONNXTensorElementDataType type_;
+  const char* provider_;
 };
 
 }  // namespace wina

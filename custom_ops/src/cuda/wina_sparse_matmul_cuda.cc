@@ -302,19 +302,3 @@ OrtStatusPtr WinaSparseMatMulCudaOp::CreateKernelV2(const OrtApi& api, const Ort
 }
 
 }  // namespace wina
-
-namespace wina {
-
-OrtStatusPtr WinaSparseMatMulGroupCudaOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
-                                                         void** kernel) const {
-  try {
-    *kernel = new WinaSparseMatMulGroupCudaKernel(info, type_);
-    return nullptr;
-  } catch (const Ort::Exception& e) {
-    return api.CreateStatus(e.GetOrtErrorCode(), (std::string(kGroupOpType) + ": " + e.what()).c_str());
-  } catch (const std::exception& e) {
-    return api.CreateStatus(ORT_FAIL, (std::string(kGroupOpType) + ": " + e.what()).c_str());
-  }
-}
-
-}  // namespace wina

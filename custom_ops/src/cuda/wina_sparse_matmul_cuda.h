@@ -82,28 +82,6 @@ struct WinaSparseMatMulCudaOp
   ONNXTensorElementDataType type_;
 };
 
-struct WinaSparseMatMulGroupCudaOp
-    : Ort::CustomOpBase<WinaSparseMatMulGroupCudaOp, WinaSparseMatMulGroupCudaKernel, /*WithStatus=*/true>,
-      GroupOpSchema<WinaSparseMatMulGroupCudaOp> {
-  explicit WinaSparseMatMulGroupCudaOp(ONNXTensorElementDataType type) : type_(type) {}
-
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
-
-  const char* GetName() const { return kGroupOpType; }
-  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
-  ONNXTensorElementDataType type() const { return type_; }
-
-  using GroupOpSchema::GetInputCharacteristic;
-  using GroupOpSchema::GetInputType;
-  using GroupOpSchema::GetInputTypeCount;
-  using GroupOpSchema::GetOutputCharacteristic;
-  using GroupOpSchema::GetOutputType;
-  using GroupOpSchema::GetOutputTypeCount;
-
- private:
-  ONNXTensorElementDataType type_;
-};
-
 // Oldest ORT API the CUDA kernels need (KernelContext_GetScratchBuffer, KernelInfoGetAllocator).
 inline constexpr uint32_t kMinCudaApiVersion = 18;
 

@@ -411,19 +411,14 @@ struct Table {
   void* y[kMaxSegments];
 };
 
-// The weight owning grid column tile `tile` (or partial-sum column `col`).
-__device__ __forceinline__ int segment_of_tile(const Table& t, int tile) {
+// The weight owning grid column tile v (begin = t.tile_begin) or partial-sum column v
+// (begin = t.col_begin): the last weight whose range starts at or before v.
+template <typename I>
+__device__ __forceinline__ int segment_of(const Table& t, const I (&begin)[kMaxSegments + 1], int64_t v) {
   int s = 0;
 #pragma unroll
   for (int i = 1; i < kMaxSegments; ++i)
-    if (i < t.count && tile >= t.tile_begin[i]) s = i;
-  return s;
-}
-__device__ __forceinline__ int segment_of_col(const Table& t, int64_t col) {
-  int s = 0;
-#pragma unroll
-  for (int i = 1; i < kMaxSegments; ++i)
-    if (i < t.count && col >= t.col_begin[i]) s = i;
+    if (i < t.count && v >= begin[i]) s = i;
   return s;
 }
 
@@ -448,7 +443,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
   const int r0 = split * rows_per_split;
   const int r1 = min(r0 + rows_per_split, K);
   // This block's weight: its rows, scale, threshold, and where its columns go.
-  const int seg = segment_of_tile(table, blockIdx.x);
+  const int seg = segment_of(table, table.tile_begin, blockIdx.x);
   const T* __restrict__ b = static_cast<const T*>(table.b[seg]);
   const float* __restrict__ scale = table.scale[seg];
   const int64_t N = table.col_begin[seg + 1] - table.col_begin[seg];
@@ -767,7 +762,7 @@ __global__ void __launch_bounds__(kReduceCols * kReduceLanes)
   allow_dependent_launch();
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kReduceCols + threadIdx.x;
   // Column n of the partial sums is column n - col_begin[seg] of weight seg's output.
-  const int seg = segment_of_col(table, n);
+  const int seg = segment_of(table, table.col_begin, n);
   const int64_t seg_n = table.col_begin[seg + 1] - table.col_begin[seg];
   const int64_t local = n - table.col_begin[seg];
   const T* __restrict__ bias = static_cast<const T*>(table.bias[seg]);
@@ -1045,6 +1040,23 @@ cudaError_t launch_select(const Problem& p, uint32_t* keys, int32_t* cuts, bool 
   return launch_select_items<T, 0>(p, keys, cuts, pdl, stream);
 }
 
+// The gate of a call: the threshold, or for top-k the per-token rule, selected on the device
+// into the front of the workspace. Advances ws past the gate's bytes.
+template <typename T>
+cudaError_t enqueue_gate(const Problem& p, bool pdl, Stream stream, char*& ws, Gate& gate) {
+  gate = Gate{p.threshold, nullptr, nullptr};
+  if (p.mode == GateMode::kTopK) {
+    uint32_t* keys = reinterpret_cast<uint32_t*>(ws);
+    int32_t* cuts = reinterpret_cast<int32_t*>(ws + align_up(static_cast<size_t>(p.M) * 4));
+    gate.keys = keys;
+    gate.cuts = cuts;
+    const cudaError_t err = launch_select<T>(p, keys, cuts, pdl, stream);
+    if (err != cudaSuccess) return err;
+  }
+  ws += gate_bytes(p);
+  return cudaSuccess;
+}
+
 template <typename T, GateMode MODE>
 cudaError_t launch_prefill(const Problem& p, const Gate& gate, T* xg, Stream stream) {
   const int64_t total = p.M * p.K;
@@ -1173,16 +1185,9 @@ cudaError_t LaunchWinaSparseMatMul(const Problem& p, const Plan& plan, void* wor
   if (workspace == nullptr) return cudaErrorInvalidValue;
 
   char* ws = static_cast<char*>(workspace);
-  Gate gate{p.threshold, nullptr, nullptr};
-  if (p.mode == GateMode::kTopK) {
-    uint32_t* keys = reinterpret_cast<uint32_t*>(ws);
-    int32_t* cuts = reinterpret_cast<int32_t*>(ws + align_up(static_cast<size_t>(p.M) * 4));
-    gate.keys = keys;
-    gate.cuts = cuts;
-    const cudaError_t err = launch_select<T>(p, keys, cuts, plan.decode && plan.pdl, stream);
-    if (err != cudaSuccess) return err;
-  }
-  ws += gate_bytes(p);
+  Gate gate;
+  const cudaError_t gate_err = enqueue_gate<T>(p, plan.decode && plan.pdl, stream, ws, gate);
+  if (gate_err != cudaSuccess) return gate_err;
   if (plan.decode) {
     float* partial = reinterpret_cast<float*>(ws);
     const DecodeCall c = single_call<T>(p);
@@ -1204,16 +1209,9 @@ cudaError_t LaunchWinaGatedX(const Problem& p, const Plan& plan, void* workspace
     return cudaErrorInvalidValue;
   if (workspace == nullptr) return cudaErrorInvalidValue;
   char* ws = static_cast<char*>(workspace);
-  Gate gate{p.threshold, nullptr, nullptr};
-  if (p.mode == GateMode::kTopK) {
-    uint32_t* keys = reinterpret_cast<uint32_t*>(ws);
-    int32_t* cuts = reinterpret_cast<int32_t*>(ws + align_up(static_cast<size_t>(p.M) * 4));
-    gate.keys = keys;
-    gate.cuts = cuts;
-    const cudaError_t err = launch_select<T>(p, keys, cuts, false, stream);
-    if (err != cudaSuccess) return err;
-  }
-  ws += gate_bytes(p);
+  Gate gate;
+  const cudaError_t gate_err = enqueue_gate<T>(p, false, stream, ws, gate);
+  if (gate_err != cudaSuccess) return gate_err;
   T* out = reinterpret_cast<T*>(ws);
   *xg = out;
   if constexpr (sizeof(T) == 2) {
