@@ -141,6 +141,12 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+
+def as_batch(input_ids: np.ndarray) -> np.ndarray:
+    """input_ids as an int64 [b, s] array (a 1-D array is one sequence)."""
+    input_ids = np.asarray(input_ids, dtype=np.int64)
+    return input_ids[None, :] if input_ids.ndim == 1 else input_ids
+
 class CausalLM:
     """A text-generation-with-past ONNX model with its KV cache bookkeeping.
 
@@ -225,6 +231,18 @@ class CausalLM:
         shape = (batch, self.num_kv_heads, 0, self.head_dim)
         return [(np.zeros(shape, self.dtype), np.zeros(shape, self.dtype)) for _ in range(self.num_layers)]
 
+    def token_inputs(self, input_ids: np.ndarray, cached: int) -> dict[str, np.ndarray]:
+        """input_ids [b, s] and, where the model takes them, the attention mask and positions
+        of those tokens after `cached` cached positions (no padding: a mask of ones)."""
+        batch, seq = input_ids.shape
+        inputs: dict[str, np.ndarray] = {"input_ids": input_ids}
+        if self.takes_attention_mask:
+            inputs["attention_mask"] = np.ones((batch, cached + seq), dtype=np.int64)
+        if self.takes_position_ids:
+            positions = np.arange(cached, cached + seq, dtype=np.int64)
+            inputs["position_ids"] = np.broadcast_to(positions, (batch, seq)).copy()
+        return inputs
+
     def feeds(
         self,
         input_ids: np.ndarray,
@@ -236,25 +254,15 @@ class CausalLM:
         past None means an empty cache. past_length defaults to the cache's length.
         No padding: every sequence of the batch has the same length (mask of ones).
         """
-        input_ids = np.asarray(input_ids, dtype=np.int64)
-        if input_ids.ndim == 1:
-            input_ids = input_ids[None, :]
-        batch, seq = input_ids.shape
+        input_ids = as_batch(input_ids)
         if past is None:
-            past = self.empty_past(batch)
+            past = self.empty_past(input_ids.shape[0])
         if len(past) != self.num_layers:
             raise ValueError(f"past has {len(past)} layers, the model {self.num_layers}")
         cached = past[0][0].shape[2]
-        if past_length is None:
-            past_length = cached
-        elif past_length != cached:
+        if past_length is not None and past_length != cached:
             raise ValueError(f"past_length={past_length} but the cache holds {cached} positions")
-        feeds: dict[str, np.ndarray] = {"input_ids": input_ids}
-        if self.takes_attention_mask:
-            feeds["attention_mask"] = np.ones((batch, past_length + seq), dtype=np.int64)
-        if self.takes_position_ids:
-            positions = np.arange(past_length, past_length + seq, dtype=np.int64)
-            feeds["position_ids"] = np.broadcast_to(positions, (batch, seq)).copy()
+        feeds = self.token_inputs(input_ids, cached)
         for i, (k, v) in enumerate(past):
             feeds[f"past_key_values.{i}.key"] = k
             feeds[f"past_key_values.{i}.value"] = v
@@ -339,22 +347,15 @@ class CudaCausalLM:
 
         Returns when the GPU work of the step is done (the run synchronises the stream).
         """
-        input_ids = np.asarray(input_ids, dtype=np.int64)
-        if input_ids.ndim == 1:
-            input_ids = input_ids[None, :]
-        batch, seq = input_ids.shape
+        input_ids = as_batch(input_ids)
         if past is None:
-            past = self.empty_past(batch)
+            past = self.empty_past(input_ids.shape[0])
         cached = past[0][0].shape()[2]
         if past_length is not None and past_length != cached:
             raise ValueError(f"past_length={past_length} but the cache holds {cached} positions")
         binding = self.session.io_binding()
-        binding.bind_ortvalue_input("input_ids", self._device(input_ids))
-        if self.lm.takes_attention_mask:
-            binding.bind_ortvalue_input("attention_mask", self._device(np.ones((batch, cached + seq), np.int64)))
-        if self.lm.takes_position_ids:
-            positions = np.broadcast_to(np.arange(cached, cached + seq, dtype=np.int64), (batch, seq))
-            binding.bind_ortvalue_input("position_ids", self._device(positions))
+        for name, value in self.lm.token_inputs(input_ids, cached).items():
+            binding.bind_ortvalue_input(name, self._device(value))
         for i, (k, v) in enumerate(past):
             binding.bind_ortvalue_input(f"past_key_values.{i}.key", k)
             binding.bind_ortvalue_input(f"past_key_values.{i}.value", v)
