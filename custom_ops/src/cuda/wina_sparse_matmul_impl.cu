@@ -422,12 +422,47 @@ __device__ __forceinline__ int segment_of(const Table& t, const I (&begin)[kMaxS
   return s;
 }
 
+// The kernels' parameter for WinaSparseMatMul: one weight, as small as before the grouped
+// op existed (a 400-byte Table parameter and its lookups cost the single op 2-5%: 4096x4096
+// at 65% took 7.59 instead of 7.18 us in ORT's CUDA graphs on the H200).
+struct OneWeight {
+  const void* b;
+  const float* scale;
+  const float* threshold;
+  const void* bias;
+  void* y;
+  int64_t n;
+};
+
+// What a block needs of its weight, whichever parameter the kernel was given.
+struct WeightView {
+  const void* b;
+  const float* scale;
+  const float* threshold;
+  const void* bias;
+  void* y;
+  int64_t n;          // the weight's columns
+  int64_t col_begin;  // its first column among all the weights' partial sums
+  int tile_begin;     // its first column tile in the grid
+};
+
+__device__ __forceinline__ WeightView weight_view(const OneWeight& w, int /*tile*/, int64_t /*col*/, bool /*by_tile*/) {
+  return {w.b, w.scale, w.threshold, w.bias, w.y, w.n, 0, 0};
+}
+
+// Weight of grid column tile `tile` (by_tile) or of partial-sum column `col`.
+__device__ __forceinline__ WeightView weight_view(const Table& t, int tile, int64_t col, bool by_tile) {
+  const int s = by_tile ? segment_of(t, t.tile_begin, tile) : segment_of(t, t.col_begin, col);
+  return {t.b[s], t.scale[s], t.threshold[s], t.bias[s], t.y[s], t.col_begin[s + 1] - t.col_begin[s], t.col_begin[s],
+          t.tile_begin[s]};
+}
+
 // Block (tile, split): columns [tile * TN, +TN) of the partial sums of rows
 // [split * rows_per_split, +rows_per_split), for every token.
 // partial: [splits, M, N] float32.
-template <typename T, int MT, bool VEC, GateMode MODE, int U>  // U: rows in flight per thread
+template <typename T, int MT, bool VEC, GateMode MODE, int U, typename W>  // U: rows in flight per thread; W: OneWeight or Table
 __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (ptxas chose 32 registers and spilled)
-    decode_partial_kernel(const T* __restrict__ x, const __grid_constant__ Table table, Gate gate,
+    decode_partial_kernel(const T* __restrict__ x, const __grid_constant__ W weights, Gate gate,
                           float* __restrict__ partial, int M, int K, int64_t n_total, int rows_per_split) {
   constexpr int V = vec_elems<T>();
   constexpr int TN = tile_cols<T>();
@@ -443,12 +478,12 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
   const int r0 = split * rows_per_split;
   const int r1 = min(r0 + rows_per_split, K);
   // This block's weight: its rows, scale, threshold, and where its columns go.
-  const int seg = segment_of(table, table.tile_begin, blockIdx.x);
-  const T* __restrict__ b = static_cast<const T*>(table.b[seg]);
-  const float* __restrict__ scale = table.scale[seg];
-  const int64_t N = table.col_begin[seg + 1] - table.col_begin[seg];
-  const int tile = blockIdx.x - table.tile_begin[seg];
-  if (MODE == GateMode::kThreshold) gate.threshold = table.threshold[seg];
+  const WeightView w = weight_view(weights, blockIdx.x, 0, true);
+  const T* __restrict__ b = static_cast<const T*>(w.b);
+  const float* __restrict__ scale = w.scale;
+  const int64_t N = w.n;
+  const int tile = blockIdx.x - w.tile_begin;
+  if (MODE == GateMode::kThreshold) gate.threshold = w.threshold;
 
   grid_dependency_wait();  // PDL: x (and the top-k rule) come from the kernels before
   uint32_t gate_key[MT];
@@ -564,7 +599,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
     }
     __syncthreads();
     if (rg == 0 && col < N) {
-      float* out = partial + (static_cast<int64_t>(split) * M + m) * n_total + table.col_begin[seg] + col;
+      float* out = partial + (static_cast<int64_t>(split) * M + m) * n_total + w.col_begin + col;
       float sum[V];
 #pragma unroll
       for (int v = 0; v < V; ++v) {
@@ -751,9 +786,9 @@ __global__ void __launch_bounds__(kSelectThreads)
 constexpr int kReduceCols = 32;
 constexpr int kReduceLanes = 8;
 
-template <typename T>
+template <typename T, typename W>
 __global__ void __launch_bounds__(kReduceCols * kReduceLanes)
-    reduce_splits_kernel(const float* __restrict__ partial, int splits, const __grid_constant__ Table table, int M,
+    reduce_splits_kernel(const float* __restrict__ partial, int splits, const __grid_constant__ W weights, int M,
                          int64_t n_total) {
   __shared__ float s_sum[kReduceLanes][kReduceCols + 1];
   grid_dependency_wait();
@@ -762,11 +797,11 @@ __global__ void __launch_bounds__(kReduceCols * kReduceLanes)
   allow_dependent_launch();
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kReduceCols + threadIdx.x;
   // Column n of the partial sums is column n - col_begin[seg] of weight seg's output.
-  const int seg = segment_of(table, table.col_begin, n);
-  const int64_t seg_n = table.col_begin[seg + 1] - table.col_begin[seg];
-  const int64_t local = n - table.col_begin[seg];
-  const T* __restrict__ bias = static_cast<const T*>(table.bias[seg]);
-  T* __restrict__ y = static_cast<T*>(table.y[seg]);
+  const WeightView w = weight_view(weights, 0, n, false);
+  const int64_t seg_n = w.n;
+  const int64_t local = n - w.col_begin;
+  const T* __restrict__ bias = static_cast<const T*>(w.bias);
+  T* __restrict__ y = static_cast<T*>(w.y);
   for (int m = blockIdx.y; m < M; m += gridDim.y) {
     float acc = 0.0f;
     if (n < n_total) {
@@ -913,6 +948,11 @@ struct DecodeCall {
   int64_t n_total = 0;  // columns of all weights together
   int tiles = 0;        // grid columns: every weight's column tiles
   Table table = {};
+  bool grouped() const { return table.count > 1; }
+  // The single weight's parameter (count == 1).
+  OneWeight one() const {
+    return {table.b[0], table.scale[0], table.threshold[0], table.bias[0], table.y[0], n_total};
+  }
 };
 
 template <typename T>
@@ -971,11 +1011,21 @@ cudaError_t launch_decode_u(const DecodeCall& c, const Plan& plan, const Gate& g
   // Programmatically dependent (sm_90) on the kernel before it: the select kernel (top-k) or,
   // with pdl_first, whatever ran before on the stream (threshold); it waits for that one first.
   const bool pdl = plan.pdl && (MODE == GateMode::kTopK || plan.pdl_first);
+  if constexpr (MODE == GateMode::kThreshold) {  // the grouped op gates by thresholds only
+    if (c.grouped()) {
+      if (plan.vectorized)
+        return launch(stream, decode_partial_kernel<T, MT, true, MODE, U, Table>, grid, block, 0, pdl, x, c.table, gate,
+                      partial, M, K, c.n_total, rows);
+      return launch(stream, decode_partial_kernel<T, MT, false, MODE, U, Table>, grid, block, 0, pdl, x, c.table, gate,
+                    partial, M, K, c.n_total, rows);
+    }
+  }
+  if (c.grouped()) return cudaErrorInvalidValue;
   if (plan.vectorized)
-    return launch(stream, decode_partial_kernel<T, MT, true, MODE, U>, grid, block, 0, pdl, x, c.table, gate, partial,
-                  M, K, c.n_total, rows);
-  return launch(stream, decode_partial_kernel<T, MT, false, MODE, U>, grid, block, 0, pdl, x, c.table, gate, partial,
-                M, K, c.n_total, rows);
+    return launch(stream, decode_partial_kernel<T, MT, true, MODE, U, OneWeight>, grid, block, 0, pdl, x, c.one(), gate,
+                  partial, M, K, c.n_total, rows);
+  return launch(stream, decode_partial_kernel<T, MT, false, MODE, U, OneWeight>, grid, block, 0, pdl, x, c.one(), gate,
+                partial, M, K, c.n_total, rows);
 }
 
 // Rows in flight per thread: 4 or 8 for up to two tokens, 4 for more (shared memory).
@@ -1000,8 +1050,11 @@ cudaError_t launch_reduce(const DecodeCall& c, const float* partial, int splits,
   const dim3 grid(static_cast<unsigned>((c.n_total + kReduceCols - 1) / kReduceCols),
                   static_cast<unsigned>(std::min<int64_t>(c.M, 65535)));
   const dim3 block(kReduceCols, kReduceLanes);
-  return launch(stream, reduce_splits_kernel<T>, grid, block, 0, pdl, partial, splits, c.table, static_cast<int>(c.M),
-                c.n_total);
+  if (c.grouped())
+    return launch(stream, reduce_splits_kernel<T, Table>, grid, block, 0, pdl, partial, splits, c.table,
+                  static_cast<int>(c.M), c.n_total);
+  return launch(stream, reduce_splits_kernel<T, OneWeight>, grid, block, 0, pdl, partial, splits, c.one(),
+                static_cast<int>(c.M), c.n_total);
 }
 
 // Raises the shared-memory limit of the top-k kernel once per device (128 KiB > the default 48).
