@@ -101,3 +101,14 @@ def test_sparsity_probe_reads_group_nodes_per_member(tiny_llama_dir, tmp_path, t
     assert after["gates"].keys() == before["gates"].keys()  # the gates by their original names
     assert after["gates"] == pytest.approx(before["gates"])
     assert after["weighted"] == pytest.approx(before["weighted"])
+
+
+def test_inspect_says_how_the_gates_are_grouped(tiny_llama_dir, tmp_path, calibration) -> None:
+    from wina_onnx.summary import summarize
+
+    grouped = optimized_copy(tiny_llama_dir, tmp_path, gating="threshold", calibration=calibration, group=True)
+    summary = summarize(onnx.load(grouped, load_external_data=False))
+    assert len(summary.gates) == 14  # every gate still has its row
+    assert sorted(len(g) for g in summary.groups) == [2, 2, 3, 3]
+    assert "grouped: 10 of the gates in 4 WinaSparseMatMulGroup node(s)" in summary.table()
+    assert summary.to_json()["groups"] == summary.groups

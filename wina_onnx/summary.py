@@ -9,13 +9,14 @@ sparsity (the expected fraction, on text like the calibration text) for threshol
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import onnx
 
 from .errors import ConfigError
 from .optimize import read_metadata
+from .schema import DOMAIN, GROUP_OP_TYPE
 
 _ROLE_RE = re.compile(r"^L(\d+)\.(.+)$")
 
@@ -46,6 +47,7 @@ class ModelSummary:
     config: dict
     gates: list[GateRow]
     model_weight_bytes: int  # every float initializer of the model, gated or not
+    groups: list[list[str]] = field(default_factory=list)  # per WinaSparseMatMulGroup node, the gates it holds
 
     @property
     def gated_weight_bytes(self) -> int:
@@ -72,7 +74,7 @@ class ModelSummary:
     def to_json(self) -> dict:
         """version, config, gated (the rows) and totals."""
         return {"version": self.version, "config": self.config, "gated": [asdict(g) for g in self.gates],
-                "totals": self.totals()}
+                "groups": self.groups, "totals": self.totals()}
 
     def table(self) -> str:
         """A text table, one row per gate, then the totals."""
@@ -92,6 +94,9 @@ class ModelSummary:
             f"{t['gated_weight_bytes'] / scale:.3f} {unit} of their weights not read per token "
             f"({100 * t['gated_fraction_skipped']:.1f}%), {100 * t['model_fraction_skipped']:.1f}% of the model's "
             f"{t['model_weight_bytes'] / scale:.3f} {unit} of weights")
+        if self.groups:
+            lines.append(f"grouped: {sum(len(g) for g in self.groups)} of the gates in {len(self.groups)} "
+                         f"WinaSparseMatMulGroup node(s), one per set of gates reading the same input")
         return "\n".join(lines)
 
 
@@ -132,5 +137,9 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
             sparsity=g["sparsity"], k=g.get("k"), threshold=g.get("threshold"), weight_bytes=g["weight_bytes"],
             bytes_skipped=fraction * g["weight_bytes"],
         ))
+    groups = [
+        [m.decode() for a in node.attribute if a.name == "members" for m in a.strings]
+        for node in model.graph.node if node.op_type == GROUP_OP_TYPE and node.domain == DOMAIN
+    ]
     return ModelSummary(version=meta.get("version"), config=config, gates=rows,
-                        model_weight_bytes=_initializer_bytes(model))
+                        model_weight_bytes=_initializer_bytes(model), groups=groups)
