@@ -8,8 +8,8 @@
 // Semantics: docs/op-schema.md; the NumPy oracle wina_onnx/reference.py.
 //   decode  (M <= kMaxDecodeTokens): one fused kernel scores and gates the rows of a
 //           K slab for every token, lists in shared memory the rows kept by any token, and
-//           multiplies only those rows (16-byte cp.async copies, 4 or 8 rows in flight per
-//           thread, fp32 accumulation) into per-slab
+//           multiplies only those rows (16-byte cp.async copies in batches of 4 rows a
+//           thread, the next batch in flight while one is multiplied; fp32 accumulation) into per-slab
 //           partial sums; a second small kernel adds the slabs in a fixed order, adds the
 //           bias and rounds to T. On sm_90 every kernel of this path is launched
 //           programmatically dependent on the one before it on the stream (this call's or
@@ -73,7 +73,9 @@ struct Plan {
   int64_t rows_per_split = 0;  // decode: rows of B per K slab (a multiple of 32, <= kMaxSlabRows)
   int64_t splits = 0;        // decode: number of K slabs = ceil(K / rows_per_split)
   bool vectorized = false;   // decode: 16-byte loads (N * sizeof(T) % 16 == 0, aligned B)
-  int unroll = 4;            // decode: weight rows in flight per thread (4; 8 for <= 2 tokens)
+  int unroll = 4;            // decode: weight rows a thread loads per batch (4, 8; 16 for one token)
+  int stages = 1;            // decode, 16-byte loads, <= 2 tokens: batches in flight (2, the default
+                             // there: load the next batch while multiplying this one)
   bool pdl = false;          // programmatic dependent launch (sm_90+) of the kernels of the
                              // decode path: each waits (griddepcontrol.wait) for the kernel
                              // before it on the stream, whose tail hides its launch

@@ -215,7 +215,8 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
   wina::cuda::DeviceInfo dev_case = dev;
   if (seed % 3 == 2) dev_case.cc_major = 8;  // every third case: the plan of an sm_80 GPU (no PDL)
   Plan plan = wina::cuda::MakePlan<T>(p, dev_case, static_cast<int>(1 + seed % 8));
-  plan.unroll = 4 << (seed % 2);
+  plan.unroll = 4 << (seed % 3);      // 4, 8, 16 rows a batch (16: one token only)
+  plan.stages = 1 + (seed / 3) % 2;   // 1 or 2 batches in flight (2: up to two tokens, 16-byte loads)
   const size_t ws_bytes = wina::cuda::WorkspaceBytes<T>(p, plan);
   void* ws = buf.alloc(ws_bytes);
   CHECK(cudaMemset(ws, 0x5a, ws_bytes ? ws_bytes : 1));  // a workspace as ORT may hand it out: not zero
@@ -334,8 +335,10 @@ int bench_all(bool quick) {
   const int chain = 32;
   const int replays = quick ? 10 : 30;
   const int bpsm_list[] = {1, 2, 4, 8};
-  std::printf("%-12s %-9s %5s %5s %4s %6s %9s %9s %8s\n", "shape", "gating", "s", "bpsm", "unr", "rows",
+  std::printf("%-12s %-9s %5s %5s %4s %3s %6s %9s %9s %8s\n", "shape", "gating", "s", "bpsm", "unr", "stg", "rows",
               "us/call", "GB/s", "kept");
+  // (rows a batch, batches in flight) of the decode kernel's load loop.
+  const int variants[][2] = {{4, 1}, {8, 1}, {16, 1}, {4, 2}, {8, 2}, {16, 2}};
   for (const auto& shape : shapes) {
     const int64_t K = shape[0], N = shape[1];
     const size_t wbytes = static_cast<size_t>(K * N) * sizeof(__half);
@@ -378,7 +381,8 @@ int bench_all(bool quick) {
       for (GateMode mode : {GateMode::kThreshold, GateMode::kTopK}) {
         const int64_t kept = mode == GateMode::kTopK ? kk : kept_thr;
         for (int bpsm : bpsm_list) {
-          for (int unroll : {4, 8}) {
+          for (const auto& variant : variants) {
+            const int unroll = variant[0], stages = variant[1];
             const int pdl = dev.cc_major >= 9 ? 1 : 0;
             if (quick && (bpsm == 1 || bpsm == 8)) continue;
             Problem p;
@@ -394,6 +398,7 @@ int bench_all(bool quick) {
             Plan plan = wina::cuda::MakePlan<__half>(p, dev, bpsm);
             plan.pdl = pdl != 0;
             plan.unroll = unroll;
+            plan.stages = stages;
             void* ws[chain];
             for (int c = 0; c < chain; ++c) ws[c] = buf.alloc(wina::cuda::WorkspaceBytes<__half>(p, plan));
             cudaGraph_t graph = nullptr;
@@ -408,7 +413,8 @@ int bench_all(bool quick) {
             if (err == cudaSuccess) err = end;
             if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, graph, 0);
             if (err != cudaSuccess) {
-              std::printf("bpsm=%d unroll=%d: graph capture failed: %s\n", bpsm, unroll, cudaGetErrorString(err));
+              std::printf("bpsm=%d unroll=%d stages=%d: graph capture failed: %s\n", bpsm, unroll, stages,
+                          cudaGetErrorString(err));
               cudaGetLastError();
               if (graph) cudaGraphDestroy(graph);
               continue;
@@ -432,8 +438,8 @@ int bench_all(bool quick) {
             const double bytes = static_cast<double>(kept) * N * sizeof(__half);
             char shape_name[32];
             std::snprintf(shape_name, sizeof shape_name, "%lldx%lld", (long long)K, (long long)N);
-            std::printf("%-12s %-9s %5.2f %5d %4d %6lld %9.2f %9.0f %8lld\n", shape_name,
-                        mode == GateMode::kTopK ? "topk" : "threshold", s, bpsm, unroll, (long long)plan.rows_per_split,
+            std::printf("%-12s %-9s %5.2f %5d %4d %3d %6lld %9.2f %9.0f %8lld\n", shape_name,
+                        mode == GateMode::kTopK ? "topk" : "threshold", s, bpsm, unroll, stages, (long long)plan.rows_per_split,
                         us, bytes / us / 1e3, (long long)kept);
             std::fflush(stdout);
             CHECK(cudaEventDestroy(e0));
