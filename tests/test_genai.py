@@ -96,3 +96,25 @@ def test_package_genai_errors(wina_dir: Path, tmp_path: Path, capsys):
     assert "--triton only" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
     assert _package(wina_dir, wina_dir) == 2  # never into the model's own folder
+
+
+def test_genai_runs_the_default_grouped_model(tiny_llama_dir: Path, tmp_path: Path, monkeypatch):
+    """What `optimize` writes by default (threshold gates, q/k/v and gate/up as
+    WinaSparseMatMulGroup nodes with variadic inputs and outputs) decodes in GenAI as in wina-onnx."""
+    from wina_onnx.calibration import calibrate_model
+    from wina_onnx.data import default_text
+    from wina_onnx.evaluate import tokenize_text
+    from wina_onnx.runtime import load_tokenizer
+
+    ids = tokenize_text(load_tokenizer(tiny_llama_dir), default_text())[:512]
+    calibration = calibrate_model(tiny_llama_dir / "model.onnx", token_ids=ids, windows=4, window=128, progress=False)
+    wina = tmp_path / "wina"
+    model = optimized_copy(tiny_llama_dir, wina, gating="threshold", calibration=calibration, group=True)
+    assert any(n.op_type == "WinaSparseMatMulGroup" for n in onnx.load(model, load_external_data=False).graph.node)
+    out = tmp_path / "genai"
+    assert _package(wina, out) == 0
+    lm = CausalLM.from_path(wina)
+    prompt = lm.tokenizer.encode(PROMPT, add_special_tokens=False).ids
+    want = generate(lm, prompt, MAX_NEW, eos_token_id=lm.eos_token_ids)
+    monkeypatch.chdir(tmp_path)
+    assert _genai_tokens(out, prompt) == want
