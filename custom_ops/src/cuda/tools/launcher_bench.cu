@@ -4,7 +4,8 @@
 //
 //   wina_cuda_launcher_bench check [quick]  launchers against a host reference (the oracle's
 //                                           rules: NaN scores = +inf, top-k ties to lower indices),
-//                                           every dtype, decode and prefill paths, odd shapes
+//                                           every dtype, decode and prefill paths, odd shapes, and
+//                                           the grouped decode launcher (several weights, one X)
 //   wina_cuda_launcher_bench bench [quick]  one token, float16, 4096x4096, 4096x14336, 14336x4096,
 //                                           sparsity 0 / 0.5 / 0.65, threshold and top-k, over
 //                                           several plans; each case is a CUDA graph of 32 calls on
@@ -263,6 +264,107 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
   return ok;
 }
 
+// The grouped decode launcher (WinaSparseMatMulGroup, threshold gating): every weight
+// against the host reference with its own scale and threshold, outputs poisoned first.
+template <typename T>
+bool run_group_check(int64_t M, int64_t K, const std::vector<int64_t>& Ns, bool bias, cudaStream_t stream,
+                     const wina::cuda::DeviceInfo& dev, uint64_t seed) {
+  Rng rng(seed);
+  const int S = static_cast<int>(Ns.size());
+  std::vector<T> hx(static_cast<size_t>(M * K));
+  std::vector<float> fx(hx.size());
+  for (size_t i = 0; i < hx.size(); ++i) {
+    hx[i] = from_f<T>(rng.normal());
+    fx[i] = to_f(hx[i]);
+  }
+  DeviceBuffers buf;
+  T* dx = static_cast<T*>(buf.alloc(hx.size() * sizeof(T)));
+  CHECK(cudaMemcpy(dx, hx.data(), hx.size() * sizeof(T), cudaMemcpyHostToDevice));
+  wina::cuda::GroupProblem g;
+  g.x = dx;
+  g.M = M;
+  g.K = K;
+  g.count = S;
+  std::vector<std::vector<double>> refs(S);
+  std::vector<double> ref_scale(S, 1e-3);
+  std::vector<T*> dys(S);
+  for (int s = 0; s < S; ++s) {
+    const int64_t N = Ns[s];
+    std::vector<T> hb(static_cast<size_t>(K * N)), hbias(static_cast<size_t>(N));
+    std::vector<float> fb(hb.size()), fbias(hbias.size()), scale(static_cast<size_t>(K));
+    for (size_t i = 0; i < hb.size(); ++i) {
+      hb[i] = from_f<T>(rng.normal() / std::sqrt(static_cast<float>(std::max<int64_t>(K, 1))));
+      fb[i] = to_f(hb[i]);
+    }
+    for (size_t i = 0; i < hbias.size(); ++i) {
+      hbias[i] = from_f<T>(rng.normal());
+      fbias[i] = to_f(hbias[i]);
+    }
+    for (int64_t i = 0; i < K; ++i) scale[i] = 0.5f + rng.uniform();
+    // Each weight its own sparsity: 0, 0.3, 0.6, 0.9, ... of its own scores.
+    std::vector<float> sc;
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t i = 0; i < K; ++i) sc.push_back(host_score(fx[m * K + i], scale[i]));
+    std::sort(sc.begin(), sc.end());
+    const float sparsity = 0.3f * static_cast<float>(s % 4);
+    const float threshold = sparsity <= 0.0f ? -1.0f : sc[std::min(sc.size() - 1, static_cast<size_t>(sparsity * sc.size()))];
+    const std::vector<char> keep = host_keep(fx, scale, M, K, GateMode::kThreshold, threshold, 0);
+    refs[s].assign(static_cast<size_t>(M * N), 0.0);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n) {
+        double acc = bias ? fbias[n] : 0.0;
+        for (int64_t i = 0; i < K; ++i)
+          if (keep[m * K + i]) acc += static_cast<double>(fx[m * K + i]) * fb[i * N + n];
+        refs[s][m * N + n] = acc;
+        ref_scale[s] = std::max(ref_scale[s], std::fabs(acc));
+      }
+    T* db = static_cast<T*>(buf.alloc(hb.size() * sizeof(T)));
+    T* dbias = static_cast<T*>(buf.alloc(hbias.size() * sizeof(T)));
+    float* dscale = static_cast<float*>(buf.alloc(scale.size() * sizeof(float)));
+    float* dthr = static_cast<float*>(buf.alloc(sizeof(float)));
+    dys[s] = static_cast<T*>(buf.alloc(static_cast<size_t>(M * N) * sizeof(T)));
+    CHECK(cudaMemcpy(db, hb.data(), hb.size() * sizeof(T), cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(dbias, hbias.data(), hbias.size() * sizeof(T), cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(dscale, scale.data(), scale.size() * sizeof(float), cudaMemcpyHostToDevice));
+    CHECK(cudaMemcpy(dthr, &threshold, sizeof(float), cudaMemcpyHostToDevice));
+    CHECK(cudaMemset(dys[s], 0xff, static_cast<size_t>(M * N) * sizeof(T)));  // poison: NaN in every type
+    wina::cuda::Segment& w = g.segments[s];
+    w.b = db;
+    w.score_scale = dscale;
+    w.threshold = dthr;
+    w.bias = bias ? dbias : nullptr;
+    w.y = dys[s];
+    w.N = N;
+  }
+  Plan plan = wina::cuda::MakeGroupPlan<T>(g, dev, static_cast<int>(1 + seed % 4));
+  plan.unroll = 4 << (seed % 2);
+  plan.stages = 1 + (seed / 2) % 2;
+  const size_t ws_bytes = wina::cuda::GroupWorkspaceBytes<T>(g, plan);
+  void* ws = buf.alloc(ws_bytes);
+  CHECK(cudaMemset(ws, 0x5a, ws_bytes ? ws_bytes : 1));
+  CHECK(wina::cuda::LaunchWinaGroupDecode<T>(g, plan, ws, wina::cuda::Stream(stream)));
+  CHECK(cudaStreamSynchronize(stream));
+  const double tol = sizeof(T) == 4 ? 1e-4 : (std::strcmp(type_name<T>(), "float16") == 0 ? 4e-3 : 1.6e-2);
+  bool ok = true;
+  for (int s = 0; s < S; ++s) {
+    const int64_t N = Ns[s];
+    std::vector<T> hy(static_cast<size_t>(M * N));
+    CHECK(cudaMemcpy(hy.data(), dys[s], hy.size() * sizeof(T), cudaMemcpyDeviceToHost));
+    int64_t bad = 0;
+    for (size_t i = 0; i < hy.size(); ++i) {
+      const double y = to_f(hy[i]);
+      if (!std::isfinite(y) || std::fabs(y - refs[s][i]) / ref_scale[s] > tol) ++bad;
+    }
+    if (bad) {
+      std::printf("FAIL group %-8s M=%lld K=%lld weight %d of %d (N=%lld) bias=%d unroll=%d stages=%d: %lld bad\n",
+                  type_name<T>(), (long long)M, (long long)K, s, S, (long long)N, bias, plan.unroll, plan.stages,
+                  (long long)bad);
+      ok = false;
+    }
+  }
+  return ok;
+}
+
 int check_all(bool quick) {
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -302,6 +404,21 @@ int check_all(bool quick) {
       ++total;
     }
   }
+  // The grouped decode path: q/k/v- and gate/up-like sets, odd column counts, up to 8 weights.
+  const std::vector<std::vector<int64_t>> groups = {{64, 16, 16}, {136, 136}, {3, 77, 1, 520}, {1000},
+                                                    {1536, 512, 512}, {8, 8, 8, 8, 8, 8, 8, 8}};
+  for (int64_t M : quick ? std::vector<int64_t>{1, 5} : std::vector<int64_t>{1, 2, 5, 8})
+    for (int64_t K : quick ? std::vector<int64_t>{17, 1000} : std::vector<int64_t>{17, 1000, 4096})
+      for (const auto& Ns : groups) {
+        const bool bias = seed % 2 == 0;
+        const int t = static_cast<int>(seed % 3);
+        const bool ok = t == 0 ? run_group_check<__half>(M, K, Ns, bias, stream, dev, seed)
+                                : (t == 1 ? run_group_check<__nv_bfloat16>(M, K, Ns, bias, stream, dev, seed)
+                                          : run_group_check<float>(M, K, Ns, bias, stream, dev, seed));
+        ++total;
+        failed += ok ? 0 : 1;
+        ++seed;
+      }
   std::printf("check: %d cases, %d failed\n", total, failed);
   CHECK(cudaStreamDestroy(stream));
   return failed == 0 ? 0 : 1;
