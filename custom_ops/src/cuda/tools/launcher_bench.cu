@@ -125,6 +125,15 @@ wina::cuda::DeviceInfo device_info() {
 // ---------------------------------------------------------------------------------
 // check
 
+// v[i] = T(normal * sd) and f[i] = float(v[i]), the value the device sees.
+template <typename T>
+void random_fill(Rng& rng, float sd, std::vector<T>& v, std::vector<float>& f) {
+  for (size_t i = 0; i < v.size(); ++i) {
+    v[i] = from_f<T>(rng.normal() * sd);
+    f[i] = to_f(v[i]);
+  }
+}
+
 struct CheckCase {
   int64_t M, K, N;
   GateMode mode;
@@ -145,14 +154,8 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
     hx[i] = from_f<T>(v);
     fx[i] = to_f(hx[i]);
   }
-  for (size_t i = 0; i < hb.size(); ++i) {
-    hb[i] = from_f<T>(rng.normal() / std::sqrt(static_cast<float>(std::max<int64_t>(K, 1))));
-    fb[i] = to_f(hb[i]);
-  }
-  for (size_t i = 0; i < hbias.size(); ++i) {
-    hbias[i] = from_f<T>(rng.normal());
-    fbias[i] = to_f(hbias[i]);
-  }
+  random_fill(rng, 1.0f / std::sqrt(static_cast<float>(std::max<int64_t>(K, 1))), hb, fb);
+  random_fill(rng, 1.0f, hbias, fbias);
   for (int64_t i = 0; i < K; ++i) scale[i] = c.special == 1 ? 0.5f * (1 + (rng.next() % 3)) : 0.5f + rng.uniform();
 
   float threshold = 0.0f;
@@ -292,14 +295,8 @@ bool run_group_check(int64_t M, int64_t K, const std::vector<int64_t>& Ns, bool 
     const int64_t N = Ns[s];
     std::vector<T> hb(static_cast<size_t>(K * N)), hbias(static_cast<size_t>(N));
     std::vector<float> fb(hb.size()), fbias(hbias.size()), scale(static_cast<size_t>(K));
-    for (size_t i = 0; i < hb.size(); ++i) {
-      hb[i] = from_f<T>(rng.normal() / std::sqrt(static_cast<float>(std::max<int64_t>(K, 1))));
-      fb[i] = to_f(hb[i]);
-    }
-    for (size_t i = 0; i < hbias.size(); ++i) {
-      hbias[i] = from_f<T>(rng.normal());
-      fbias[i] = to_f(hbias[i]);
-    }
+    random_fill(rng, 1.0f / std::sqrt(static_cast<float>(std::max<int64_t>(K, 1))), hb, fb);
+    random_fill(rng, 1.0f, hbias, fbias);
     for (int64_t i = 0; i < K; ++i) scale[i] = 0.5f + rng.uniform();
     // Each weight its own sparsity: 0, 0.3, 0.6, 0.9, ... of its own scores.
     std::vector<float> sc;
