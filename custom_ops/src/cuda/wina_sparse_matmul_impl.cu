@@ -106,13 +106,41 @@ struct Elem<__nv_bfloat16> {
   }
 };
 
-// 16 bytes global -> shared without registers (cp.async, sm_80+, L2 only): a thread can
-// have many rows in flight, whatever register budget the compiler settles on.
-__device__ __forceinline__ void copy16_async(void* smem, const void* gmem) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+
+
+// L2 eviction policies (sm_80+): the weight rows are read once per call and should leave the
+// L2 first, so that X, the score scales and the partial sums stay there across calls.
+__device__ __forceinline__ uint64_t l2_policy(bool evict_first) {
+  uint64_t policy;
+  if (evict_first) {
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  } else {
+    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
+  }
+  return policy;
 }
 
+__device__ __forceinline__ uint64_t l2_policy_keep() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+
+// 16 bytes global -> shared without registers (cp.async, sm_80+, L2 only) under an L2
+// eviction policy: a thread can have many rows in flight, whatever register budget the
+// compiler settles on.
+__device__ __forceinline__ void copy16_async(void* smem, const void* gmem, uint64_t policy) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "l"(policy)
+               : "memory");
+}
+
+// A read-only float through the L2 with an eviction policy.
+__device__ __forceinline__ float load_float(const float* p, uint64_t policy) {
+  float v;
+  asm volatile("ld.global.nc.L2::cache_hint.f32 %0, [%1], %2;" : "=f"(v) : "l"(p), "l"(policy));
+  return v;
+}
 
 __device__ __forceinline__ void commit_async_copies() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 
@@ -391,6 +419,8 @@ __global__ void __launch_bounds__(kSelectThreads)
 constexpr int kDecodeThreads = 256;
 constexpr int kColThreads = 64;                             // threads across a column tile
 constexpr int kRowGroups = kDecodeThreads / kColThreads;    // threads along the rows
+constexpr int kGateRows = kMaxSlabRows / kDecodeThreads;    // slab rows a thread gates
+static_assert(kMaxSlabRows % kDecodeThreads == 0, "whole gating rounds");
 
 template <typename T>
 __host__ __device__ constexpr int vec_elems() {
@@ -471,7 +501,8 @@ __device__ __forceinline__ WeightView weight_view(const Table& t, int tile, int6
 template <typename T, int MT, bool VEC, GateMode MODE, int U, typename W, int S = 1>
 __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (ptxas chose 32 registers and spilled)
     decode_partial_kernel(const T* __restrict__ x, const __grid_constant__ W weights, Gate gate,
-                          float* __restrict__ partial, int M, int K, int64_t n_total, int rows_per_split) {
+                          float* __restrict__ partial, int M, int K, int64_t n_total, int rows_per_split,
+                          int l2_hints) {
   constexpr int V = vec_elems<T>();
   constexpr int TN = tile_cols<T>();
   __shared__ int s_rows[kMaxSlabRows];
@@ -493,7 +524,23 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
   const int tile = blockIdx.x - w.tile_begin;
   if (MODE == GateMode::kThreshold) gate.threshold = w.threshold;
 
+  // With L2 hints the score scales stay in the L2 (evict_last) and the weight rows, read once a
+  // call, leave it first: the next call's gating then reads its scales from the L2, not DRAM.
+  const bool hints = l2_hints != 0;
+  const uint64_t keep_policy = hints ? l2_policy_keep() : l2_policy(false);
   grid_dependency_wait();  // PDL: x (and the top-k rule) come from the kernels before
+  // The slab's scales and every token's x (at most kGateRows rows a thread): all loads are
+  // issued before the first use, so gating costs one round trip to the L2.
+  float sc[kGateRows];
+  float xs[kGateRows][MT];
+#pragma unroll
+  for (int q = 0; q < kGateRows; ++q) {
+    const int r = r0 + q * kDecodeThreads + tid;
+    sc[q] = r < r1 ? load_float(scale + r, keep_policy) : 0.0f;
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+      xs[q][m] = (m < M && r < r1) ? Elem<T>::to_float(x[static_cast<int64_t>(m) * K + r]) : 0.0f;
+  }
   uint32_t gate_key[MT];
   int gate_cut[MT];
 #pragma unroll
@@ -508,17 +555,19 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
 
   // 1. Gate the slab's rows for every token; list the rows kept by any token, in order.
   int count = 0;
-  for (int rb = r0; rb < r1; rb += kDecodeThreads) {
+#pragma unroll
+  for (int q = 0; q < kGateRows; ++q) {
+    const int rb = r0 + q * kDecodeThreads;
+    if (rb >= r1) break;  // uniform over the block
     const int r = rb + tid;
     float xv[MT];
     bool any = false;
-    const float sc = r < r1 ? scale[r] : 0.0f;
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       xv[m] = 0.0f;
       if (m < M && r < r1) {
-        const float xf = Elem<T>::to_float(x[static_cast<int64_t>(m) * K + r]);
-        if (keep(score_key(xf, sc), r, gate_key[m], gate_cut[m])) {
+        const float xf = xs[q][m];
+        if (keep(score_key(xf, sc[q]), r, gate_key[m], gate_cut[m])) {
           xv[m] = xf;
           any = true;
         }
@@ -561,11 +610,14 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
       // reads back only its own slots, so no barrier is needed.
       extern __shared__ uint4 s_w[];  // [S][U][kDecodeThreads]
       const T* bcol = b + col;
+      const uint64_t stream_policy = l2_policy(hints);
       auto load = [&](int j0, int stage) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           const int j = j0 + u * kRowGroups;
-          if (j < count) copy16_async(&s_w[(stage * U + u) * kDecodeThreads + tid], bcol + static_cast<int64_t>(s_rows[j]) * N);
+          if (j < count)
+            copy16_async(&s_w[(stage * U + u) * kDecodeThreads + tid], bcol + static_cast<int64_t>(s_rows[j]) * N,
+                         stream_policy);
         }
         commit_async_copies();
       };
@@ -1061,7 +1113,7 @@ cudaError_t launch_decode_kernel(const DecodeCall& c, const P& weights, const Pl
   if (err != cudaSuccess) return err;
   return launch(stream, kernel, grid, dim3(kDecodeThreads), smem, pdl, static_cast<const T*>(c.x), weights, gate,
                 partial, static_cast<int>(c.M), static_cast<int>(c.K), c.n_total,
-                static_cast<int>(plan.rows_per_split));
+                static_cast<int>(plan.rows_per_split), plan.l2_hints ? 1 : 0);
 }
 
 template <typename T, int MT, GateMode MODE, int U, typename W, typename P>
@@ -1206,10 +1258,10 @@ Plan decode_plan(int64_t M, int64_t K, int64_t tiles, bool vectorized, const Dev
   int64_t rows = (K + want_splits - 1) / want_splits;
   rows = (rows + 31) / 32 * 32;
   rows = std::min<int64_t>(std::max<int64_t>(rows, 64), kMaxSlabRows);
-  // The threshold decode kernel PDL-launched after the previous op: -1.2 to -1.3 us a call in
-  // ORT's CUDA graphs for 4096x4096 and 14336x4096, +0.2 to +2.5 us for 4096x14336 (28 tiles);
-  // round 2, docs/cuda-notes.md.
-  plan.pdl_first = plan.pdl && tiles <= 16;
+  // The threshold decode kernel PDL-launched after the previous op. Round 2 (docs/cuda-notes.md)
+  // kept it off for more than 16 column tiles (+0.2 to +2.5 us on 4096x14336 in ORT); with the
+  // weights read evict_first it is 0.5-0.6 us faster there too (launchers, H200).
+  plan.pdl_first = plan.pdl;
   plan.rows_per_split = rows;
   plan.splits = (K + rows - 1) / rows;
   // Up to two tokens: batches of 4 rows a thread, the next batch loading while one is multiplied

@@ -434,6 +434,27 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// A comma-separated list of integers from the environment ("4x2" reads as 42), or `fallback`.
+std::vector<int> env_ints(const char* name, std::vector<int> fallback) {
+  const char* text = std::getenv(name);
+  if (text == nullptr || *text == '\0') return fallback;
+  std::vector<int> out;
+  std::string item;
+  for (const char* c = text;; ++c) {
+    if (*c == ',' || *c == '\0') {
+      std::string digits;
+      for (char d : item)
+        if (d >= '0' && d <= '9') digits += d;
+      if (!digits.empty()) out.push_back(std::atoi(digits.c_str()));
+      item.clear();
+      if (*c == '\0') break;
+    } else {
+      item += *c;
+    }
+  }
+  return out.empty() ? fallback : out;
+}
+
 int bench_all(bool quick) {
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -448,11 +469,18 @@ int bench_all(bool quick) {
   const float sparsities[] = {0.0f, 0.5f, 0.65f};
   const int chain = 32;
   const int replays = quick ? 10 : 30;
-  const int bpsm_list[] = {1, 2, 4, 8};
-  std::printf("%-12s %-9s %5s %5s %4s %3s %6s %9s %9s %8s\n", "shape", "gating", "s", "bpsm", "unr", "stg", "rows",
-              "us/call", "GB/s", "kept");
+  // WINA_BENCH_BPSM / WINA_BENCH_VARIANTS ("4x2,8x1": rows a batch x batches) / WINA_BENCH_MODES
+  // ("threshold", "topk") narrow or widen the sweep.
+  const std::vector<int> bpsm_list = env_ints("WINA_BENCH_BPSM", {1, 2, 4, 8});
+  std::printf("%-12s %-9s %5s %5s %4s %3s %5s %6s %9s %9s %8s\n", "shape", "gating", "s", "bpsm", "unr", "stg", "eh",
+              "rows", "us/call", "GB/s", "kept");
   // (rows a batch, batches in flight) of the decode kernel's load loop.
-  const int variants[][2] = {{4, 1}, {8, 1}, {16, 1}, {4, 2}, {8, 2}, {16, 2}};
+  const std::vector<int> variant_codes = env_ints("WINA_BENCH_VARIANTS", {41, 81, 161, 42, 82, 162});
+  // WINA_BENCH_OPTS: decode options as two digits: l2_hints, then pdl_first ("11": the default
+  // plan; "10": the decode kernel waits for the previous call to finish before it starts).
+  const std::vector<int> opt_codes = env_ints("WINA_BENCH_OPTS", {11});
+  const char* modes_env = std::getenv("WINA_BENCH_MODES");
+  const std::string modes = modes_env != nullptr ? modes_env : "threshold,topk";
   for (const auto& shape : shapes) {
     const int64_t K = shape[0], N = shape[1];
     const size_t wbytes = static_cast<size_t>(K * N) * sizeof(__half);
@@ -493,10 +521,12 @@ int bench_all(bool quick) {
       int64_t kept_thr = 0;
       for (int64_t i = 0; i < K; ++i) kept_thr += host_score(fx[i], scale[i]) > thr;
       for (GateMode mode : {GateMode::kThreshold, GateMode::kTopK}) {
+        if (modes.find(mode == GateMode::kTopK ? "topk" : "threshold") == std::string::npos) continue;
         const int64_t kept = mode == GateMode::kTopK ? kk : kept_thr;
         for (int bpsm : bpsm_list) {
-          for (const auto& variant : variants) {
-            const int unroll = variant[0], stages = variant[1];
+          for (const int code : variant_codes) {
+           for (const int opts : opt_codes) {
+            const int unroll = code / 10, stages = code % 10;
             const int pdl = dev.cc_major >= 9 ? 1 : 0;
             if (quick && (bpsm == 1 || bpsm == 8)) continue;
             Problem p;
@@ -513,6 +543,8 @@ int bench_all(bool quick) {
             plan.pdl = pdl != 0;
             plan.unroll = unroll;
             plan.stages = stages;
+            plan.l2_hints = opts / 10 != 0;
+            plan.pdl_first = plan.pdl && opts % 10 != 0;
             void* ws[chain];
             for (int c = 0; c < chain; ++c) ws[c] = buf.alloc(wina::cuda::WorkspaceBytes<__half>(p, plan));
             cudaGraph_t graph = nullptr;
@@ -552,14 +584,15 @@ int bench_all(bool quick) {
             const double bytes = static_cast<double>(kept) * N * sizeof(__half);
             char shape_name[32];
             std::snprintf(shape_name, sizeof shape_name, "%lldx%lld", (long long)K, (long long)N);
-            std::printf("%-12s %-9s %5.2f %5d %4d %3d %6lld %9.2f %9.0f %8lld\n", shape_name,
-                        mode == GateMode::kTopK ? "topk" : "threshold", s, bpsm, unroll, stages, (long long)plan.rows_per_split,
-                        us, bytes / us / 1e3, (long long)kept);
+            std::printf("%-12s %-9s %5.2f %5d %4d %3d %4d%d %6lld %9.2f %9.0f %8lld\n", shape_name,
+                        mode == GateMode::kTopK ? "topk" : "threshold", s, bpsm, unroll, stages, opts / 10, opts % 10,
+                        (long long)plan.rows_per_split, us, bytes / us / 1e3, (long long)kept);
             std::fflush(stdout);
             CHECK(cudaEventDestroy(e0));
             CHECK(cudaEventDestroy(e1));
             CHECK(cudaGraphExecDestroy(exec));
             CHECK(cudaGraphDestroy(graph));
+           }
           }
         }
       }
