@@ -24,25 +24,42 @@ constexpr unsigned kFullMask = 0xffffffffu;
 // ---------------------------------------------------------------------------------
 // Launching
 
+// Launches kernel on stream; cluster_y > 0 groups its blocks into clusters of (1, cluster_y, 1)
+// (sm_90).
 template <typename... KernelArgs, typename... Args>
-cudaError_t launch(Stream stream, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, bool pdl,
-                   Args&&... args) {
+cudaError_t launch_clustered(Stream stream, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                             bool pdl, unsigned cluster_y, Args&&... args) {
   if (!stream.valid()) return cudaErrorInvalidResourceHandle;
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = smem;
   config.stream = stream.get();
-  cudaLaunchAttribute attribute[1];
+  cudaLaunchAttribute attribute[2];
+  unsigned count = 0;
   if (pdl) {
     // The kernel may start while the previous one on the stream finishes; it waits
     // for it (grid_dependency_wait) before reading what that one wrote.
-    attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[0].val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = attribute;
-    config.numAttrs = 1;
+    attribute[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[count].val.programmaticStreamSerializationAllowed = 1;
+    ++count;
   }
+  if (cluster_y > 0) {
+    attribute[count].id = cudaLaunchAttributeClusterDimension;
+    attribute[count].val.clusterDim.x = 1;
+    attribute[count].val.clusterDim.y = cluster_y;
+    attribute[count].val.clusterDim.z = 1;
+    ++count;
+  }
+  config.attrs = count > 0 ? attribute : nullptr;
+  config.numAttrs = count;
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+template <typename... KernelArgs, typename... Args>
+cudaError_t launch(Stream stream, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem, bool pdl,
+                   Args&&... args) {
+  return launch_clustered(stream, kernel, grid, block, smem, pdl, 0u, std::forward<Args>(args)...);
 }
 
 // Programmatic dependent launch (sm_90+); no-ops elsewhere and when not launched that way.
@@ -56,6 +73,34 @@ __device__ __forceinline__ void allow_dependent_launch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+// Thread-block clusters (sm_90): a barrier over the cluster's blocks that orders their shared
+// memory, the block's rank in its cluster, and a float read from the shared memory of the
+// cluster's block `rank` at the address of `local` in this block.
+__device__ __forceinline__ void cluster_barrier() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned rank = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+#endif
+  return rank;
+}
+
+__device__ __forceinline__ float load_cluster_shared(const float* local, unsigned rank) {
+  float v = 0.0f;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(local));
+  unsigned remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+#endif
+  return v;
 }
 
 // ---------------------------------------------------------------------------------
@@ -502,7 +547,7 @@ template <typename T, int MT, bool VEC, GateMode MODE, int U, typename W, int S 
 __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (ptxas chose 32 registers and spilled)
     decode_partial_kernel(const T* __restrict__ x, const __grid_constant__ W weights, Gate gate,
                           float* __restrict__ partial, int M, int K, int64_t n_total, int rows_per_split,
-                          int l2_hints) {
+                          int l2_hints, int cluster) {
   constexpr int V = vec_elems<T>();
   constexpr int TN = tile_cols<T>();
   __shared__ int s_rows[kMaxSlabRows];
@@ -673,7 +718,14 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
     }
   }
 
-  // 3. Add the row groups in a fixed order and store the slab's partial sums.
+  // 3. Add the row groups in a fixed order and store the slab's partial sums: to the partial-sum
+  // workspace, or (cluster > 0) to this block's shared memory, where the cluster's blocks (the
+  // tile's K slabs) add them up below.
+  float* s_part = nullptr;  // [MT][TN] over the dynamic shared memory, free after the product loop
+  if constexpr (VEC && MT <= 2) {
+    extern __shared__ uint4 s_w[];
+    s_part = reinterpret_cast<float*>(s_w);
+  }
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
     if (m >= M) break;
@@ -683,7 +735,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
     }
     __syncthreads();
     if (rg == 0 && col < N) {
-      float* out = partial + (static_cast<int64_t>(split) * M + m) * n_total + w.col_begin + col;
+      float* out = cluster > 0 ? s_part + m * TN + ct * V
+                               : partial + (static_cast<int64_t>(split) * M + m) * n_total + w.col_begin + col;
       float sum[V];
 #pragma unroll
       for (int v = 0; v < V; ++v) {
@@ -703,6 +756,29 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
       }
     }
     __syncthreads();
+  }
+  if constexpr (VEC && MT <= 2) {
+    if (cluster > 0) {
+      // The cluster is this tile's `cluster` slabs; block rank r adds columns [r, r + 1) * TN /
+      // cluster of every slab, in slab order (deterministic), adds the bias and writes Y.
+      cluster_barrier();  // every slab's sums are in its block's shared memory
+      const int per_rank = TN / cluster;
+      const int first = static_cast<int>(cluster_rank()) * per_rank;
+      const T* __restrict__ bias = static_cast<const T*>(w.bias);
+      T* __restrict__ y = static_cast<T*>(w.y);
+      for (int e = tid; e < M * per_rank; e += kDecodeThreads) {
+        const int m = e / per_rank;
+        const int c = first + e % per_rank;
+        const int64_t gcol = static_cast<int64_t>(tile) * TN + c;
+        if (gcol < N) {
+          float total = 0.0f;
+          for (int q = 0; q < cluster; ++q) total += load_cluster_shared(s_part + m * TN + c, static_cast<unsigned>(q));
+          if (bias != nullptr) total += Elem<T>::to_float(bias[gcol]);
+          y[static_cast<int64_t>(m) * N + gcol] = Elem<T>::from_float(total);
+        }
+      }
+      cluster_barrier();  // no block leaves while another still reads its shared memory
+    }
   }
 }
 
@@ -1111,9 +1187,11 @@ cudaError_t launch_decode_kernel(const DecodeCall& c, const P& weights, const Pl
   static std::atomic<uint64_t> smem_done{0};  // one per instantiation, i.e. per kernel
   const cudaError_t err = allow_decode_smem(kernel, smem, smem_done);
   if (err != cudaSuccess) return err;
-  return launch(stream, kernel, grid, dim3(kDecodeThreads), smem, pdl, static_cast<const T*>(c.x), weights, gate,
-                partial, static_cast<int>(c.M), static_cast<int>(c.K), c.n_total,
-                static_cast<int>(plan.rows_per_split), plan.l2_hints ? 1 : 0);
+  const int cluster = VEC && MT <= 2 ? plan.cluster : 0;
+  return launch_clustered(stream, kernel, grid, dim3(kDecodeThreads), smem, pdl, static_cast<unsigned>(cluster),
+                          static_cast<const T*>(c.x), weights, gate, partial, static_cast<int>(c.M),
+                          static_cast<int>(c.K), c.n_total, static_cast<int>(plan.rows_per_split),
+                          plan.l2_hints ? 1 : 0, cluster);
 }
 
 template <typename T, int MT, GateMode MODE, int U, typename W, typename P>
@@ -1258,10 +1336,11 @@ Plan decode_plan(int64_t M, int64_t K, int64_t tiles, bool vectorized, const Dev
   int64_t rows = (K + want_splits - 1) / want_splits;
   rows = (rows + 31) / 32 * 32;
   rows = std::min<int64_t>(std::max<int64_t>(rows, 64), kMaxSlabRows);
-  // The threshold decode kernel PDL-launched after the previous op. Round 2 (docs/cuda-notes.md)
-  // kept it off for more than 16 column tiles (+0.2 to +2.5 us on 4096x14336 in ORT); with the
-  // weights read evict_first it is 0.5-0.6 us faster there too (launchers, H200).
-  plan.pdl_first = plan.pdl;
+  // The threshold decode kernel PDL-launched after the previous op: -1.2 to -1.3 us a call in
+  // ORT's CUDA graphs for 4096x4096 and 14336x4096, +0.2 to +2.5 us for 4096x14336 (28 tiles);
+  // round 2, docs/cuda-notes.md; again +2.5 to +5 us there with the L2 hints (H200, 2026-12-01,
+  // kernel_cuda_h200_pdl_all.txt), although the launchers' own graphs gain 0.5 us.
+  plan.pdl_first = plan.pdl && tiles <= 16;
   plan.rows_per_split = rows;
   plan.splits = (K + rows - 1) / rows;
   // Up to two tokens: batches of 4 rows a thread, the next batch loading while one is multiplied
@@ -1269,6 +1348,24 @@ Plan decode_plan(int64_t M, int64_t K, int64_t tiles, bool vectorized, const Dev
   // one batch of 8 at a time on the Llama-3-8B shapes, H200 (kernel_cuda_launchers_pipeline_h200.txt).
   plan.unroll = 4;
   plan.stages = M <= 2 ? 2 : 1;
+  // A cluster plan where one cluster of 8 slabs (of at most kMaxSlabRows rows) per column tile
+  // gives 1.5 to 2 blocks per SM: each tile's slabs are added in the cluster's shared memory, so
+  // no partial sums leave the SMs and no reduction kernel follows (4096x14336: -0.75 us a call,
+  // launchers on the H200, kernel_cuda_launchers_cluster_h200.txt). The narrower outputs have too
+  // few tiles for it; a version with narrower tiles for them was slower (docs/cuda-notes.md).
+  constexpr int kClusterSlabs = 8;
+  const int64_t cluster_blocks = tiles * kClusterSlabs;
+  if (device.cc_major >= 9 && vectorized && M <= 2 && blocks_per_sm <= 0 && K <= kClusterSlabs * kMaxSlabRows &&
+      2 * cluster_blocks >= 3 * device.sm_count && cluster_blocks <= 2 * device.sm_count) {
+    plan.cluster = kClusterSlabs;
+    plan.rows_per_split = ((K + kClusterSlabs - 1) / kClusterSlabs + 31) / 32 * 32;
+    plan.splits = (K + plan.rows_per_split - 1) / plan.rows_per_split;
+    if (plan.splits != kClusterSlabs) {  // a K too short for 8 slabs of whole 32-row groups
+      plan.cluster = 0;
+      plan.rows_per_split = rows;
+      plan.splits = (K + rows - 1) / rows;
+    }
+  }
   return plan;
 }
 
@@ -1279,11 +1376,14 @@ bool vectorizable(const void* b, int64_t N) {
 }
 
 size_t partial_bytes(const Plan& plan, int64_t M, int64_t n_total) {
+  if (plan.cluster > 0) return 0;  // the slabs are added in the cluster's shared memory
   return align_up(static_cast<size_t>(plan.splits) * static_cast<size_t>(M) * static_cast<size_t>(n_total) * 4);
 }
 
 bool bad_decode_plan(const Plan& plan, int64_t M, int64_t K) {
-  return M > kMaxDecodeTokens || plan.rows_per_split <= 0 || plan.rows_per_split > kMaxSlabRows ||
+  const bool bad_cluster = plan.cluster != 0 && ((plan.cluster != 2 && plan.cluster != 4 && plan.cluster != 8) ||
+                                                 plan.splits != plan.cluster || !plan.vectorized || M > 2);
+  return bad_cluster || M > kMaxDecodeTokens || plan.rows_per_split <= 0 || plan.rows_per_split > kMaxSlabRows ||
          plan.rows_per_split % 32 != 0 || plan.splits != (K + plan.rows_per_split - 1) / plan.rows_per_split ||
          plan.splits > 65535;
 }
@@ -1326,11 +1426,11 @@ cudaError_t LaunchWinaGroupDecode(const GroupProblem& g, const Plan& plan, void*
   const DecodeCall c = group_call<T>(g);
   if (c.M == 0 || c.n_total == 0) return cudaSuccess;
   if (c.K == 0) return launch_reduce<T>(c, nullptr, 0, false, stream);  // Y_s = bias_s or 0
-  if (bad_decode_plan(plan, c.M, c.K) || workspace == nullptr) return cudaErrorInvalidValue;
+  if (bad_decode_plan(plan, c.M, c.K) || (workspace == nullptr && plan.cluster == 0)) return cudaErrorInvalidValue;
   float* partial = static_cast<float*>(workspace);
   const Gate gate{nullptr, nullptr, nullptr};  // each block reads its weight's threshold
   const cudaError_t err = launch_decode<T, GateMode::kThreshold>(c, plan, gate, partial, stream);
-  if (err != cudaSuccess) return err;
+  if (err != cudaSuccess || plan.cluster > 0) return err;  // a cluster plan writes Y itself
   return launch_reduce<T>(c, partial, static_cast<int>(plan.splits), plan.pdl, stream);
 }
 
@@ -1354,7 +1454,7 @@ cudaError_t LaunchWinaSparseMatMul(const Problem& p, const Plan& plan, void* wor
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   if (p.K == 0) return launch_reduce<T>(single_call<T>(p), nullptr, 0, false, stream);  // Y = bias or 0
   if (plan.decode && bad_decode_plan(plan, p.M, p.K)) return cudaErrorInvalidValue;
-  if (workspace == nullptr) return cudaErrorInvalidValue;
+  if (workspace == nullptr && WorkspaceBytes<T>(p, plan) > 0) return cudaErrorInvalidValue;
 
   char* ws = static_cast<char*>(workspace);
   Gate gate;
@@ -1366,7 +1466,7 @@ cudaError_t LaunchWinaSparseMatMul(const Problem& p, const Plan& plan, void* wor
     const cudaError_t err = p.mode == GateMode::kTopK
                                 ? launch_decode<T, GateMode::kTopK>(c, plan, gate, partial, stream)
                                 : launch_decode<T, GateMode::kThreshold>(c, plan, gate, partial, stream);
-    if (err != cudaSuccess) return err;
+    if (err != cudaSuccess || plan.cluster > 0) return err;  // a cluster plan writes Y itself
     return launch_reduce<T>(c, partial, static_cast<int>(plan.splits), plan.pdl, stream);
   }
   T* xg = reinterpret_cast<T*>(ws);

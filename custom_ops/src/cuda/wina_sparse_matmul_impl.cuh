@@ -80,8 +80,12 @@ struct Plan {
                              // decode path: each waits (griddepcontrol.wait) for the kernel
                              // before it on the stream, whose tail hides its launch
   bool pdl_first = false;    // threshold: the decode kernel too, after the previous op's
-                             // kernel (MakePlan: on wherever PDL is)
+                             // kernel (faster in ORT for N <= 8192 fp16, slower for 14336)
   bool l2_hints = true;      // decode: weight rows evict_first, score scales evict_last in the L2
+  int cluster = 0;           // decode, sm_90, <= 2 tokens, 16-byte loads: 0, or the splits (2, 4
+                             // or 8) of a column tile as one thread-block cluster that adds its
+                             // slabs in shared memory and writes Y (no partial sums in the
+                             // workspace, no reduction kernel)
 };
 inline constexpr int64_t kMaxSlabRows = 512;
 

@@ -125,6 +125,21 @@ wina::cuda::DeviceInfo device_info() {
 // ---------------------------------------------------------------------------------
 // check
 
+// Turns a decode plan into a cluster plan of `cluster` slabs (sm_90, <= 2 tokens, 16-byte
+// loads), the smallest of cluster, 2 x cluster, ... (up to 8) whose slabs fit; false if none.
+bool try_cluster_plan(Plan& plan, int64_t M, int64_t K, int cluster, const wina::cuda::DeviceInfo& dev) {
+  if (dev.cc_major < 9 || !plan.decode || !plan.vectorized || M > 2 || K <= 0) return false;
+  for (int c = cluster; c <= 8; c *= 2) {
+    const int64_t rows = ((K + c - 1) / c + 31) / 32 * 32;
+    if (rows > wina::cuda::kMaxSlabRows || (K + rows - 1) / rows != c) continue;
+    plan.cluster = c;
+    plan.rows_per_split = rows;
+    plan.splits = c;
+    return true;
+  }
+  return false;
+}
+
 // v[i] = T(normal * sd) and f[i] = float(v[i]), the value the device sees.
 template <typename T>
 void random_fill(Rng& rng, float sd, std::vector<T>& v, std::vector<float>& f) {
@@ -221,6 +236,7 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
   Plan plan = wina::cuda::MakePlan<T>(p, dev_case, static_cast<int>(1 + seed % 8));
   plan.unroll = 4 << (seed % 3);      // 4, 8, 16 rows a batch (16: one token only)
   plan.stages = 1 + (seed / 3) % 2;   // 1 or 2 batches in flight (2: up to two tokens, 16-byte loads)
+  if (seed % 2 == 1) try_cluster_plan(plan, M, K, 2 << ((seed / 2) % 3), dev_case);  // half the sm_90 cases
   const size_t ws_bytes = wina::cuda::WorkspaceBytes<T>(p, plan);
   void* ws = buf.alloc(ws_bytes);
   CHECK(cudaMemset(ws, 0x5a, ws_bytes ? ws_bytes : 1));  // a workspace as ORT may hand it out: not zero
@@ -258,11 +274,12 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
   }
   const bool ok = bad == 0 && repeat_ok;
   if (!ok) {
-    std::printf("FAIL %-8s M=%-3lld K=%-5lld N=%-5lld %-9s s=%.2f bias=%d special=%d plan(decode=%d rows=%lld vec=%d pdl=%d) "
-                "max_rel_err=%.3g bad=%lld repeat_equal=%d\n",
+    std::printf("FAIL %-8s M=%-3lld K=%-5lld N=%-5lld %-9s s=%.2f bias=%d special=%d plan(decode=%d rows=%lld vec=%d pdl=%d "
+                "cluster=%d) max_rel_err=%.3g bad=%lld repeat_equal=%d\n",
                 type_name<T>(), (long long)M, (long long)K, (long long)N,
                 c.mode == GateMode::kTopK ? "topk" : "threshold", c.sparsity, c.bias, c.special, plan.decode,
-                (long long)plan.rows_per_split, plan.vectorized, plan.pdl, max_err, (long long)bad, repeat_ok);
+                (long long)plan.rows_per_split, plan.vectorized, plan.pdl, plan.cluster, max_err, (long long)bad,
+                repeat_ok);
   }
   return ok;
 }
@@ -336,6 +353,7 @@ bool run_group_check(int64_t M, int64_t K, const std::vector<int64_t>& Ns, bool 
   Plan plan = wina::cuda::MakeGroupPlan<T>(g, dev, static_cast<int>(1 + seed % 4));
   plan.unroll = 4 << (seed % 2);
   plan.stages = 1 + (seed / 2) % 2;
+  if (seed % 3 == 1) try_cluster_plan(plan, M, K, 2 << ((seed / 3) % 3), dev);
   const size_t ws_bytes = wina::cuda::GroupWorkspaceBytes<T>(g, plan);
   void* ws = buf.alloc(ws_bytes);
   CHECK(cudaMemset(ws, 0x5a, ws_bytes ? ws_bytes : 1));
@@ -353,9 +371,10 @@ bool run_group_check(int64_t M, int64_t K, const std::vector<int64_t>& Ns, bool 
       if (!std::isfinite(y) || std::fabs(y - refs[s][i]) / ref_scale[s] > tol) ++bad;
     }
     if (bad) {
-      std::printf("FAIL group %-8s M=%lld K=%lld weight %d of %d (N=%lld) bias=%d unroll=%d stages=%d: %lld bad\n",
+      std::printf("FAIL group %-8s M=%lld K=%lld weight %d of %d (N=%lld) bias=%d unroll=%d stages=%d cluster=%d: "
+                  "%lld bad\n",
                   type_name<T>(), (long long)M, (long long)K, s, S, (long long)N, bias, plan.unroll, plan.stages,
-                  (long long)bad);
+                  plan.cluster, (long long)bad);
       ok = false;
     }
   }
@@ -444,7 +463,7 @@ std::vector<int> env_ints(const char* name, std::vector<int> fallback) {
     if (*c == ',' || *c == '\0') {
       std::string digits;
       for (char d : item)
-        if (d >= '0' && d <= '9') digits += d;
+        if ((d >= '0' && d <= '9') || (d == '-' && digits.empty())) digits += d;
       if (!digits.empty()) out.push_back(std::atoi(digits.c_str()));
       item.clear();
       if (*c == '\0') break;
@@ -472,13 +491,16 @@ int bench_all(bool quick) {
   // WINA_BENCH_BPSM / WINA_BENCH_VARIANTS ("4x2,8x1": rows a batch x batches) / WINA_BENCH_MODES
   // ("threshold", "topk") narrow or widen the sweep.
   const std::vector<int> bpsm_list = env_ints("WINA_BENCH_BPSM", {1, 2, 4, 8});
-  std::printf("%-12s %-9s %5s %5s %4s %3s %5s %6s %9s %9s %8s\n", "shape", "gating", "s", "bpsm", "unr", "stg", "eh",
-              "rows", "us/call", "GB/s", "kept");
+  std::printf("%-12s %-9s %5s %5s %4s %3s %5s %3s %6s %9s %9s %8s\n", "shape", "gating", "s", "bpsm", "unr", "stg",
+              "hp", "cl", "rows", "us/call", "GB/s", "kept");
   // (rows a batch, batches in flight) of the decode kernel's load loop.
   const std::vector<int> variant_codes = env_ints("WINA_BENCH_VARIANTS", {41, 81, 161, 42, 82, 162});
-  // WINA_BENCH_OPTS: decode options as two digits: l2_hints, then pdl_first ("11": the default
-  // plan; "10": the decode kernel waits for the previous call to finish before it starts).
+  // WINA_BENCH_OPTS: decode options as two digits: l2_hints, then pdl_first ("10": the decode
+  // kernel waits for the previous call to finish before it starts).
   const std::vector<int> opt_codes = env_ints("WINA_BENCH_OPTS", {11});
+  // WINA_BENCH_CLUSTERS: 0 (split-K partial sums and a reduction kernel), 2, 4, 8 (cluster plans),
+  // -1 (MakePlan's default plan, whatever the other settings).
+  const std::vector<int> clusters = env_ints("WINA_BENCH_CLUSTERS", {0});
   const char* modes_env = std::getenv("WINA_BENCH_MODES");
   const std::string modes = modes_env != nullptr ? modes_env : "threshold,topk";
   for (const auto& shape : shapes) {
@@ -526,6 +548,7 @@ int bench_all(bool quick) {
         for (int bpsm : bpsm_list) {
           for (const int code : variant_codes) {
            for (const int opts : opt_codes) {
+            for (const int cluster : clusters) {
             const int unroll = code / 10, stages = code % 10;
             const int pdl = dev.cc_major >= 9 ? 1 : 0;
             if (quick && (bpsm == 1 || bpsm == 8)) continue;
@@ -545,6 +568,11 @@ int bench_all(bool quick) {
             plan.stages = stages;
             plan.l2_hints = opts / 10 != 0;
             plan.pdl_first = plan.pdl && opts % 10 != 0;
+            if (cluster == -1) {
+              plan = wina::cuda::MakePlan<__half>(p, dev);
+            } else if (cluster > 0 && !try_cluster_plan(plan, p.M, K, cluster, dev)) {
+              continue;
+            }
             void* ws[chain];
             for (int c = 0; c < chain; ++c) ws[c] = buf.alloc(wina::cuda::WorkspaceBytes<__half>(p, plan));
             cudaGraph_t graph = nullptr;
@@ -584,14 +612,16 @@ int bench_all(bool quick) {
             const double bytes = static_cast<double>(kept) * N * sizeof(__half);
             char shape_name[32];
             std::snprintf(shape_name, sizeof shape_name, "%lldx%lld", (long long)K, (long long)N);
-            std::printf("%-12s %-9s %5.2f %5d %4d %3d %4d%d %6lld %9.2f %9.0f %8lld\n", shape_name,
-                        mode == GateMode::kTopK ? "topk" : "threshold", s, bpsm, unroll, stages, opts / 10, opts % 10,
-                        (long long)plan.rows_per_split, us, bytes / us / 1e3, (long long)kept);
+            std::printf("%-12s %-9s %5.2f %5d %4d %3d %4d%d %3d %6lld %9.2f %9.0f %8lld\n", shape_name,
+                        mode == GateMode::kTopK ? "topk" : "threshold", s, bpsm, plan.unroll, plan.stages,
+                        plan.l2_hints ? 1 : 0, plan.pdl_first ? 1 : 0, plan.cluster, (long long)plan.rows_per_split, us,
+                        bytes / us / 1e3, (long long)kept);
             std::fflush(stdout);
             CHECK(cudaEventDestroy(e0));
             CHECK(cudaEventDestroy(e1));
             CHECK(cudaGraphExecDestroy(exec));
             CHECK(cudaGraphDestroy(graph));
+            }
            }
           }
         }
