@@ -151,8 +151,6 @@ struct Elem<__nv_bfloat16> {
   }
 };
 
-
-
 // L2 eviction policies (sm_80+): the weight rows are read once per call and should leave the
 // L2 first, so that X, the score scales and the partial sums stay there across calls.
 __device__ __forceinline__ uint64_t l2_policy(bool evict_first) {
