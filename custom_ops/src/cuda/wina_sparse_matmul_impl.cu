@@ -185,6 +185,11 @@ __device__ __forceinline__ float load_float(const float* p, uint64_t policy) {
   return v;
 }
 
+// Starts reading the 128-byte line at gmem into the L2 (a hint: no data comes back).
+__device__ __forceinline__ void prefetch_line_l2(const void* gmem) {
+  asm volatile("prefetch.global.L2::evict_normal [%0];" ::"l"(gmem));
+}
+
 __device__ __forceinline__ void commit_async_copies() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 
 // Waits until at most N of this thread's committed groups are still in flight.
@@ -545,7 +550,7 @@ template <typename T, int MT, bool VEC, GateMode MODE, int U, typename W, int S 
 __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (ptxas chose 32 registers and spilled)
     decode_partial_kernel(const T* __restrict__ x, const __grid_constant__ W weights, Gate gate,
                           float* __restrict__ partial, int M, int K, int64_t n_total, int rows_per_split,
-                          int l2_hints, int cluster) {
+                          int l2_hints, int cluster, int prefetch_rows) {
   constexpr int V = vec_elems<T>();
   constexpr int TN = tile_cols<T>();
   __shared__ int s_rows[kMaxSlabRows];
@@ -629,6 +634,17 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
     if (any) {
       const int pos = count + offset + __popc(ballot & ((1u << lane) - 1u));
       s_rows[pos] = r;
+      if constexpr (VEC) {
+        // The slab's first prefetch_rows kept rows start streaming into the L2 now: their DRAM
+        // latency then overlaps the listing of the rest of the slab (-0.4 to -1 us a call with
+        // slabs of 448-512 rows, nothing to gain with one gating round; H200, docs/cuda-notes.md).
+        const int64_t col0 = static_cast<int64_t>(tile) * TN;
+        if (pos < prefetch_rows && col0 < N) {
+          const char* row = reinterpret_cast<const char*>(b + static_cast<int64_t>(r) * N + col0);
+          const int64_t bytes = (N - col0 < TN ? N - col0 : TN) * static_cast<int64_t>(sizeof(T));
+          for (int64_t o = 0; o < bytes; o += 128) prefetch_line_l2(row + o);
+        }
+      }
 #pragma unroll
       for (int m = 0; m < MT; ++m) s_x[m][pos] = xv[m];
     }
@@ -1189,7 +1205,7 @@ cudaError_t launch_decode_kernel(const DecodeCall& c, const P& weights, const Pl
   return launch_clustered(stream, kernel, grid, dim3(kDecodeThreads), smem, pdl, static_cast<unsigned>(cluster),
                           static_cast<const T*>(c.x), weights, gate, partial, static_cast<int>(c.M),
                           static_cast<int>(c.K), c.n_total, static_cast<int>(plan.rows_per_split),
-                          plan.l2_hints ? 1 : 0, cluster);
+                          plan.l2_hints ? 1 : 0, cluster, static_cast<int>(plan.prefetch_rows));
 }
 
 template <typename T, int MT, GateMode MODE, int U, typename W, typename P>
@@ -1364,6 +1380,10 @@ Plan decode_plan(int64_t M, int64_t K, int64_t tiles, bool vectorized, const Dev
       plan.splits = (K + rows - 1) / rows;
     }
   }
+  // Slabs listed in more than one gating round: the first kept rows are prefetched into the L2
+  // after the first round (Plan::prefetch_rows; 24 was the best of 8-64 on the H200,
+  // kernel_cuda_launchers_prefetch_h200.txt).
+  if (device.cc_major >= 9 && vectorized && plan.rows_per_split > kDecodeThreads) plan.prefetch_rows = 24;
   return plan;
 }
 

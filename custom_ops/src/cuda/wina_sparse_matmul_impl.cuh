@@ -82,6 +82,8 @@ struct Plan {
   bool pdl_first = false;    // threshold: the decode kernel too, after the previous op's
                              // kernel (faster in ORT for N <= 8192 fp16, slower for 14336)
   bool l2_hints = true;      // decode: weight rows evict_first, score scales evict_last in the L2
+  int prefetch_rows = 0;     // decode, 16-byte loads: each block prefetches the first
+                             // prefetch_rows kept rows of its slab into the L2 as it lists them
   int cluster = 0;           // decode, sm_90, <= 2 tokens, 16-byte loads: 0, or the splits (2, 4
                              // or 8) of a column tile as one thread-block cluster that adds its
                              // slabs in shared memory and writes Y (no partial sums in the

@@ -237,6 +237,7 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
   plan.unroll = 4 << (seed % 3);      // 4, 8, 16 rows a batch (16: one token only)
   plan.stages = 1 + (seed / 3) % 2;   // 1 or 2 batches in flight (2: up to two tokens, 16-byte loads)
   if (seed % 2 == 1) try_cluster_plan(plan, M, K, 2 << ((seed / 2) % 3), dev_case);  // half the sm_90 cases
+  plan.prefetch_rows = (seed / 5) % 2 == 0 ? 0 : 24;  // the L2 prefetch in every kind of slab
   const size_t ws_bytes = wina::cuda::WorkspaceBytes<T>(p, plan);
   void* ws = buf.alloc(ws_bytes);
   CHECK(cudaMemset(ws, 0x5a, ws_bytes ? ws_bytes : 1));  // a workspace as ORT may hand it out: not zero
@@ -354,6 +355,7 @@ bool run_group_check(int64_t M, int64_t K, const std::vector<int64_t>& Ns, bool 
   plan.unroll = 4 << (seed % 2);
   plan.stages = 1 + (seed / 2) % 2;
   if (seed % 3 == 1) try_cluster_plan(plan, M, K, 2 << ((seed / 3) % 3), dev);
+  plan.prefetch_rows = (seed / 5) % 2 == 0 ? 0 : 24;
   const size_t ws_bytes = wina::cuda::GroupWorkspaceBytes<T>(g, plan);
   void* ws = buf.alloc(ws_bytes);
   CHECK(cudaMemset(ws, 0x5a, ws_bytes ? ws_bytes : 1));
@@ -474,6 +476,29 @@ std::vector<int> env_ints(const char* name, std::vector<int> fallback) {
   return out.empty() ? fallback : out;
 }
 
+// Reorders (x, scale) pairs so that the r-th highest score sits at (r * step) mod K with step
+// near K / golden ratio: the top k of any k are spread evenly over the positions.
+void spread_scores_evenly(std::vector<__half>& hx, std::vector<float>& fx, std::vector<float>& scale) {
+  const int64_t K = static_cast<int64_t>(fx.size());
+  std::vector<int64_t> order(static_cast<size_t>(K));
+  for (int64_t i = 0; i < K; ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](int64_t a, int64_t b) { return host_score(fx[a], scale[a]) > host_score(fx[b], scale[b]); });
+  int64_t step = static_cast<int64_t>(K * 0.6180339887) | 1;
+  while (std::gcd(step, K) != 1) step += 2;
+  std::vector<__half> nx(hx.size());
+  std::vector<float> nf(fx.size()), ns(scale.size());
+  for (int64_t r = 0; r < K; ++r) {
+    const int64_t pos = (r * step) % K;
+    nx[pos] = hx[order[r]];
+    nf[pos] = fx[order[r]];
+    ns[pos] = scale[order[r]];
+  }
+  hx.swap(nx);
+  fx.swap(nf);
+  scale.swap(ns);
+}
+
 int bench_all(bool quick) {
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -491,8 +516,8 @@ int bench_all(bool quick) {
   // WINA_BENCH_BPSM / WINA_BENCH_VARIANTS ("4x2,8x1": rows a batch x batches) / WINA_BENCH_MODES
   // ("threshold", "topk") narrow or widen the sweep.
   const std::vector<int> bpsm_list = env_ints("WINA_BENCH_BPSM", {1, 2, 4, 8});
-  std::printf("%-12s %-9s %5s %5s %4s %3s %5s %3s %6s %9s %9s %8s\n", "shape", "gating", "s", "bpsm", "unr", "stg",
-              "hp", "cl", "rows", "us/call", "GB/s", "kept");
+  std::printf("%-12s %-9s %5s %5s %4s %3s %5s %3s %4s %6s %9s %9s %8s\n", "shape", "gating", "s", "bpsm", "unr", "stg",
+              "hp", "cl", "pf", "rows", "us/call", "GB/s", "kept");
   // (rows a batch, batches in flight) of the decode kernel's load loop.
   const std::vector<int> variant_codes = env_ints("WINA_BENCH_VARIANTS", {41, 81, 161, 42, 82, 162});
   // WINA_BENCH_OPTS: decode options as two digits: l2_hints, then pdl_first ("10": the decode
@@ -501,6 +526,11 @@ int bench_all(bool quick) {
   // WINA_BENCH_CLUSTERS: 0 (split-K partial sums and a reduction kernel), 2, 4, 8 (cluster plans),
   // -1 (MakePlan's default plan, whatever the other settings).
   const std::vector<int> clusters = env_ints("WINA_BENCH_CLUSTERS", {0});
+  // WINA_BENCH_EVEN=1: the same values of x and the scales, placed so that every slab keeps
+  // nearly the same number of rows (an upper bound of what balancing the slabs can gain).
+  const bool even_spread = !env_ints("WINA_BENCH_EVEN", {0}).empty() && env_ints("WINA_BENCH_EVEN", {0})[0] != 0;
+  // WINA_BENCH_PREFETCH: Plan::prefetch_rows values to sweep (-1: MakePlan's choice).
+  const std::vector<int> prefetches = env_ints("WINA_BENCH_PREFETCH", {-1});
   const char* modes_env = std::getenv("WINA_BENCH_MODES");
   const std::string modes = modes_env != nullptr ? modes_env : "threshold,topk";
   for (const auto& shape : shapes) {
@@ -517,6 +547,7 @@ int bench_all(bool quick) {
       fx[i] = __half2float(hx[i]);
       scale[i] = 0.5f + rng.uniform();
     }
+    if (even_spread) spread_scores_evenly(hx, fx, scale);
     DeviceBuffers buf;
     std::vector<__half*> dbs;
     for (int c = 0; c < copies; ++c) {
@@ -549,6 +580,7 @@ int bench_all(bool quick) {
           for (const int code : variant_codes) {
            for (const int opts : opt_codes) {
             for (const int cluster : clusters) {
+            for (const int prefetch : prefetches) {
             const int unroll = code / 10, stages = code % 10;
             const int pdl = dev.cc_major >= 9 ? 1 : 0;
             if (quick && (bpsm == 1 || bpsm == 8)) continue;
@@ -573,6 +605,7 @@ int bench_all(bool quick) {
             } else if (cluster > 0 && !try_cluster_plan(plan, p.M, K, cluster, dev)) {
               continue;
             }
+            if (prefetch >= 0) plan.prefetch_rows = prefetch;  // -1: MakePlan's choice
             void* ws[chain];
             for (int c = 0; c < chain; ++c) ws[c] = buf.alloc(wina::cuda::WorkspaceBytes<__half>(p, plan));
             cudaGraph_t graph = nullptr;
@@ -612,15 +645,16 @@ int bench_all(bool quick) {
             const double bytes = static_cast<double>(kept) * N * sizeof(__half);
             char shape_name[32];
             std::snprintf(shape_name, sizeof shape_name, "%lldx%lld", (long long)K, (long long)N);
-            std::printf("%-12s %-9s %5.2f %5d %4d %3d %4d%d %3d %6lld %9.2f %9.0f %8lld\n", shape_name,
+            std::printf("%-12s %-9s %5.2f %5d %4d %3d %4d%d %3d %4d %6lld %9.2f %9.0f %8lld\n", shape_name,
                         mode == GateMode::kTopK ? "topk" : "threshold", s, bpsm, plan.unroll, plan.stages,
-                        plan.l2_hints ? 1 : 0, plan.pdl_first ? 1 : 0, plan.cluster, (long long)plan.rows_per_split, us,
+                        plan.l2_hints ? 1 : 0, plan.pdl_first ? 1 : 0, plan.cluster, plan.prefetch_rows, (long long)plan.rows_per_split, us,
                         bytes / us / 1e3, (long long)kept);
             std::fflush(stdout);
             CHECK(cudaEventDestroy(e0));
             CHECK(cudaEventDestroy(e1));
             CHECK(cudaGraphExecDestroy(exec));
             CHECK(cudaGraphDestroy(graph));
+            }
             }
            }
           }
