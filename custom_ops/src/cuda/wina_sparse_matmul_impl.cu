@@ -468,6 +468,7 @@ constexpr int kDecodeThreads = 256;
 constexpr int kColThreads = 64;                             // threads across a column tile
 constexpr int kRowGroups = kDecodeThreads / kColThreads;    // threads along the rows
 constexpr int kGateRows = kMaxSlabRows / kDecodeThreads;    // slab rows a thread gates
+constexpr int kMaxClusterSlabs = 8;                         // Plan::cluster is 0, 2, 4 or 8
 static_assert(kMaxSlabRows % kDecodeThreads == 0, "whole gating rounds");
 
 template <typename T>
@@ -785,8 +786,16 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
         const int c = first + e % per_rank;
         const int64_t gcol = static_cast<int64_t>(tile) * TN + c;
         if (gcol < N) {
+          // All the slabs' loads first, then the sums in slab order: one DSMEM round trip, not
+          // one per slab (the loop over a run-time count was not unrolled).
+          float part[kMaxClusterSlabs];
+#pragma unroll
+          for (int q = 0; q < kMaxClusterSlabs; ++q)
+            part[q] = q < cluster ? load_cluster_shared(s_part + m * TN + c, static_cast<unsigned>(q)) : 0.0f;
           float total = 0.0f;
-          for (int q = 0; q < cluster; ++q) total += load_cluster_shared(s_part + m * TN + c, static_cast<unsigned>(q));
+#pragma unroll
+          for (int q = 0; q < kMaxClusterSlabs; ++q)
+            if (q < cluster) total += part[q];
           if (bias != nullptr) total += Elem<T>::to_float(bias[gcol]);
           y[static_cast<int64_t>(m) * N + gcol] = Elem<T>::from_float(total);
         }
@@ -1353,7 +1362,8 @@ Plan decode_plan(int64_t M, int64_t K, int64_t tiles, bool vectorized, const Dev
   // The threshold decode kernel PDL-launched after the previous op: -1.2 to -1.3 us a call in
   // ORT's CUDA graphs for 4096x4096 and 14336x4096, +0.2 to +2.5 us for 4096x14336 (28 tiles);
   // round 2, docs/cuda-notes.md; again +2.5 to +5 us there with the L2 hints (H200, 2026-12-01,
-  // kernel_cuda_h200_pdl_all.txt), although the launchers' own graphs gain 0.5 us.
+  // kernel_cuda_h200_pdl_all.txt), although the launchers' own graphs gain 0.5 us. Cluster plans
+  // (below) are PDL-launched too.
   plan.pdl_first = plan.pdl && tiles <= 16;
   plan.rows_per_split = rows;
   plan.splits = (K + rows - 1) / rows;
@@ -1384,6 +1394,10 @@ Plan decode_plan(int64_t M, int64_t K, int64_t tiles, bool vectorized, const Dev
   // after the first round (Plan::prefetch_rows; 24 was the best of 8-64 on the H200,
   // kernel_cuda_launchers_prefetch_h200.txt).
   if (device.cc_major >= 9 && vectorized && plan.rows_per_split > kDecodeThreads) plan.prefetch_rows = 24;
+  // A cluster plan is one kernel a call (no reduction kernel after it): PDL-launched after the
+  // previous op it took 4096x14336 from 18.2 to 17.5 us at 50% and 14.1 to 13.3 at 65% in ORT's
+  // CUDA graphs (H200, kernel_cuda_h200_pdl_cluster.txt), where split-K plans of that shape lost.
+  if (plan.cluster > 0) plan.pdl_first = plan.pdl;
   return plan;
 }
 

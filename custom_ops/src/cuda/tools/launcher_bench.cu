@@ -135,6 +135,7 @@ bool try_cluster_plan(Plan& plan, int64_t M, int64_t K, int cluster, const wina:
     plan.cluster = c;
     plan.rows_per_split = rows;
     plan.splits = c;
+    plan.pdl_first = plan.pdl;  // as MakePlan's cluster plans
     return true;
   }
   return false;
@@ -602,8 +603,9 @@ int bench_all(bool quick) {
             plan.pdl_first = plan.pdl && opts % 10 != 0;
             if (cluster == -1) {
               plan = wina::cuda::MakePlan<__half>(p, dev);
-            } else if (cluster > 0 && !try_cluster_plan(plan, p.M, K, cluster, dev)) {
-              continue;
+            } else if (cluster > 0) {
+              if (!try_cluster_plan(plan, p.M, K, cluster, dev)) continue;
+              plan.pdl_first = plan.pdl && opts % 10 != 0;  // the option, not the cluster default
             }
             if (prefetch >= 0) plan.prefetch_rows = prefetch;  // -1: MakePlan's choice
             void* ws[chain];
