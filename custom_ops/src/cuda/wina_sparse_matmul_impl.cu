@@ -637,7 +637,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
       s_rows[pos] = r;
       if constexpr (VEC) {
         // The slab's first prefetch_rows kept rows start streaming into the L2 now: their DRAM
-        // latency then overlaps the listing of the rest of the slab (-0.4 to -1 us a call with
+        // latency then overlaps the listing of the rest of the slab (-0.4 to -0.8 us a call with
         // slabs of 448-512 rows, nothing to gain with one gating round; H200, docs/cuda-notes.md).
         const int64_t col0 = static_cast<int64_t>(tile) * TN;
         if (pos < prefetch_rows && col0 < N) {

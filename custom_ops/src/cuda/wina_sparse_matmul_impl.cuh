@@ -80,7 +80,8 @@ struct Plan {
                              // decode path: each waits (griddepcontrol.wait) for the kernel
                              // before it on the stream, whose tail hides its launch
   bool pdl_first = false;    // threshold: the decode kernel too, after the previous op's
-                             // kernel (faster in ORT for N <= 8192 fp16, slower for 14336)
+                             // kernel (faster in ORT for N <= 8192 fp16 and for cluster plans,
+                             // slower for split-K plans of N = 14336)
   bool l2_hints = true;      // decode: weight rows evict_first, score scales evict_last in the L2
   int prefetch_rows = 0;     // decode, 16-byte loads: each block prefetches the first
                              // prefetch_rows kept rows of its slab into the L2 as it lists them

@@ -529,7 +529,7 @@ int bench_all(bool quick) {
   const std::vector<int> clusters = env_ints("WINA_BENCH_CLUSTERS", {0});
   // WINA_BENCH_EVEN=1: the same values of x and the scales, placed so that every slab keeps
   // nearly the same number of rows (an upper bound of what balancing the slabs can gain).
-  const bool even_spread = !env_ints("WINA_BENCH_EVEN", {0}).empty() && env_ints("WINA_BENCH_EVEN", {0})[0] != 0;
+  const bool even_spread = env_ints("WINA_BENCH_EVEN", {0})[0] != 0;
   // WINA_BENCH_PREFETCH: Plan::prefetch_rows values to sweep (-1: MakePlan's choice).
   const std::vector<int> prefetches = env_ints("WINA_BENCH_PREFETCH", {-1});
   const char* modes_env = std::getenv("WINA_BENCH_MODES");
