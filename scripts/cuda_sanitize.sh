@@ -34,7 +34,7 @@ mkdir -p "$OUT"
 : "${WINA_ONNX_LIBRARY:?set WINA_ONNX_LIBRARY to the CUDA build of the op library}"
 command -v "$SAN" > /dev/null || { echo "cuda_sanitize: $SAN not found" >&2; exit 2; }
 
-# -P: the package comes from PYTHONPATH (the repo root holds passes/ outside wina_onnx/).
+# -P: the package comes from PYTHONPATH, not from the working directory.
 mapfile -t TESTS < <("$PY" -P -m pytest --collect-only -q -p no:cacheprovider "${CUDA_TESTS:-tests/test_op_cuda.py}" | grep '::')
 [ "${#TESTS[@]}" -gt 0 ] || { echo "cuda_sanitize: no CUDA tests collected (is onnxruntime-gpu importable?)" >&2; exit 2; }
 echo "cuda_sanitize: ${#TESTS[@]} tests x tools ${TOOLS:-memcheck racecheck synccheck}, $SHARDS shards each, limit ${LIMIT}s a process" | tee "$OUT/summary.txt"

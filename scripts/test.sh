@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-# `pytest`, not `python -m pytest`: the latter puts the repo root on sys.path, and the
-# tests must import the installed package (with its op library and wina_onnx.passes).
+# `pytest`, not `python -m pytest`: the tests import the installed package, as a user does
+# (`python -m pytest` would put the source tree first on sys.path).
 HF_HUB_OFFLINE=1 pytest -p no:cacheprovider -ra "$@"

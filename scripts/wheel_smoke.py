@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import wina_onnx
 from wina_onnx import get_library_path, reference, schema
-from wina_onnx.passes import GateConfig  # noqa: F401  (passes/ ships inside the package)
+from wina_onnx.passes import GateConfig  # noqa: F401  (the passes ship inside the package)
 
 K, N, TOKENS = 64, 24, 5
 

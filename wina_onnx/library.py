@@ -19,10 +19,26 @@ class LibraryNotFoundError(FileNotFoundError, WinaError):
     """The op library is not where the package expects it (the CLI prints one line)."""
 
 
-def get_library_path() -> str:
-    """Absolute path of the op library shipped in this package.
+# Where a source checkout's builds put the library: the standalone CMake build
+# (`cmake -S custom_ops -B build/ops && cmake --build build/ops`) and the wheel builds.
+_CHECKOUT_BUILDS = ("build/ops", "build/*")
 
-    The environment variable WINA_ONNX_LIBRARY overrides it (for a library built elsewhere).
+
+def _checkout_library() -> Path | None:
+    """The library built inside a source checkout, if this package is one (newest first)."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "custom_ops" / "CMakeLists.txt").is_file():
+        return None
+    found = [p for pattern in _CHECKOUT_BUILDS for p in root.glob(f"{pattern}/{LIBRARY_NAME}")]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def get_library_path() -> str:
+    """Absolute path of the op library.
+
+    Looked for, in order: the environment variable WINA_ONNX_LIBRARY (a library built
+    elsewhere), the package's own lib/ (an installed wheel), and, in a source checkout,
+    the CMake build folders under build/.
     """
     override = os.environ.get(LIBRARY_ENV)
     if override:
@@ -31,12 +47,15 @@ def get_library_path() -> str:
             raise LibraryNotFoundError(f"{LIBRARY_ENV}={override} is not a file")
         return str(path.resolve())
     path = Path(__file__).resolve().parent / "lib" / LIBRARY_NAME
-    if not path.is_file():
-        raise LibraryNotFoundError(
-            f"the op library is missing at {path}; reinstall the package with "
-            "`pip install .` so that its CMake build runs, or set " + LIBRARY_ENV
-        )
-    return str(path)
+    if path.is_file():
+        return str(path)
+    built = _checkout_library()
+    if built is not None:
+        return str(built)
+    raise LibraryNotFoundError(
+        f"the op library {LIBRARY_NAME} is not built; run `pip install .` (or "
+        "`cmake -S custom_ops -B build/ops && cmake --build build/ops`), or set " + LIBRARY_ENV
+    )
 
 
 def register_library(options: "onnxruntime.SessionOptions") -> "onnxruntime.SessionOptions":

@@ -20,9 +20,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from wina_onnx import schema
-from wina_onnx.allocation import Allocation
-from wina_onnx.errors import ConfigError
+from .. import schema
+from ..allocation import Allocation
+from ..errors import ConfigError
 
 from .candidates import Candidate, Skipped, find_candidates, node_display_name
 from .lower_standard_ops import StandardOpsLowering

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from wina_onnx import schema
+from .. import schema
 
 from .names import NameSpace
 

@@ -1,4 +1,4 @@
-"""Graph passes of wina-onnx (installed as `wina_onnx.passes`).
+"""Graph passes of wina-onnx.
 
     candidates          which MatMuls may be gated, and why others are refused
     roles               which decoder projection a MatMul is, from its name

@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from wina_onnx.errors import WinaError
+from ..errors import WinaError
 
 from . import roles
 
