@@ -56,3 +56,36 @@ GROUP_MAX_WEIGHTS = 8  # the CUDA kernel's segment table
 
 # Keys written to ModelProto.metadata_props by the pass.
 META_PREFIX = "wina_onnx."
+
+# The 4-bit form: WinaSparseMatMul over block-quantized weights, re-packed from
+# com.microsoft MatMulNBits so that input feature i's codes are one contiguous row.
+# Dequantized weight: W[i, n] = (code[i, n] - zero_point[i // G, n]) * scale[i // G, n],
+# G = block_size; then exactly WinaSparseMatMul(X, W, score_scale, threshold | k, bias).
+#   inputs:  0 X [..., K] T     1 B uint8 [K, ceil(N/2)]: column n of row i in byte n // 2,
+#            low nibble for even n (MatMulNBits' nibble order)
+#            2 scales T [ceil(K/G), N]
+#            3 zero_points: uint8 [ceil(K/G), ceil(N/2)] packed like B, or T [ceil(K/G), N]; "" = 8
+#            4 score_scale float [K]   5 threshold float []   6 k int64 []   7 bias T [N]
+#   attributes: gating, K, N, bits (4), block_size (G: a power of two, 16 or more),
+#               accuracy_level (copied from MatMulNBits; 0 = float arithmetic)
+NBITS_OP_TYPE = "WinaSparseMatMulNBits"
+NBITS_INPUT_X = 0
+NBITS_INPUT_B = 1
+NBITS_INPUT_SCALES = 2
+NBITS_INPUT_ZERO_POINTS = 3
+NBITS_INPUT_SCORE_SCALE = 4
+NBITS_INPUT_THRESHOLD = 5
+NBITS_INPUT_K = 6
+NBITS_INPUT_BIAS = 7
+NBITS_NUM_INPUTS = 8
+NBITS_ATTR_K = "K"
+NBITS_ATTR_N = "N"
+NBITS_ATTR_BITS = "bits"
+NBITS_ATTR_BLOCK_SIZE = "block_size"
+NBITS_ATTR_ACCURACY_LEVEL = "accuracy_level"
+NBITS_BITS = 4
+NBITS_DEFAULT_ZERO_POINT = 8
+
+# The ONNX Runtime contrib op the pass reads (com.microsoft).
+MATMUL_NBITS_DOMAIN = "com.microsoft"
+MATMUL_NBITS_OP_TYPE = "MatMulNBits"
