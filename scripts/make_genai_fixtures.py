@@ -1,0 +1,87 @@
+"""Make ONNX Runtime GenAI model folders with GenAI's own model builder, for the tests.
+
+Run with the builder's environment (scripts/genai_builder_env.sh prints its python):
+
+    .venv-builder/bin/python scripts/make_genai_fixtures.py --tokenizer TOK_DIR -o OUT [-p fp32 fp16 int4]
+
+Writes OUT/hf, a tiny SmolLM2-shaped LlamaForCausalLM with random weights (built from a
+transformers config, seeded: nothing comes from the hub) with the tokenizer files of
+TOK_DIR beside it, then OUT/<precision> for each precision: the folder that
+`python -m onnxruntime_genai.models.builder -i OUT/hf -o OUT/<precision> -p <precision>
+-e cpu` writes, untouched (model.onnx + data, genai_config.json, tokenizer files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+# SmolLM2's layout (grouped-query attention, tied embeddings, its vocabulary) at a tiny size.
+CONFIG = dict(
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=49152,
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-5,
+    rope_theta=100000.0,
+    tie_word_embeddings=True,
+    bos_token_id=1,
+    eos_token_id=2,
+)
+SEED = 1234
+# Larger than the default 0.02 so that the random model's logits are far from uniform.
+INIT_RANGE = 0.2
+PRECISIONS = ("fp32", "fp16", "int4")
+
+
+def make_checkpoint(out: Path, tokenizer: Path) -> None:
+    """The random Llama in Hugging Face format, with the tokenizer files beside it."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(SEED)
+    model = LlamaForCausalLM(LlamaConfig(**CONFIG, initializer_range=INIT_RANGE)).eval()
+    model.save_pretrained(out)
+    for item in tokenizer.iterdir():
+        if item.is_file() and not (out / item.name).exists():
+            shutil.copy2(item, out / item.name)
+
+
+def build(hf: Path, out: Path, precision: str, cache: Path) -> None:
+    """Run the model builder as a user does, on the CPU execution provider."""
+    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out),
+               "-p", precision, "-e", "cpu", "-c", str(cache)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0 or not (out / "genai_config.json").is_file():
+        sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
+        raise SystemExit(f"the model builder failed for {precision} (exit {result.returncode})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokenizer", required=True, type=Path, help="folder with tokenizer.json and its files")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="folder to write (created)")
+    parser.add_argument("-p", "--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    args = parser.parse_args(argv)
+    if not (args.tokenizer / "tokenizer.json").is_file():
+        parser.error(f"no tokenizer.json in {args.tokenizer}")
+    args.output.mkdir(parents=True, exist_ok=True)
+    hf = args.output / "hf"
+    if not (hf / "config.json").is_file():
+        make_checkpoint(hf, args.tokenizer)
+    for precision in args.precisions:
+        build(hf, args.output / precision, precision, args.output / "builder-cache")
+    shutil.rmtree(args.output / "builder-cache", ignore_errors=True)
+    print(json.dumps({p: str(args.output / p) for p in args.precisions}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
