@@ -107,3 +107,86 @@ def score_scale_for(mode: str, b: np.ndarray) -> np.ndarray:
     if mode == schema.MODE_TEAL:
         return np.ones(b.shape[0], dtype=np.float32)
     raise ValueError(f"unknown mode {mode!r}; expected one of {schema.MODES}")
+
+
+# ----------------------------------------------------------------------------- 4-bit weights
+def unpack_nibbles(packed: np.ndarray, count: int) -> np.ndarray:
+    """4-bit codes of bytes packed along the last axis, as uint8: byte j holds code 2j in its
+    low nibble and code 2j + 1 in its high nibble (MatMulNBits' order); the first `count` codes."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    codes = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(*packed.shape[:-1], -1)
+    if codes.shape[-1] < count:
+        raise ValueError(f"{packed.shape[-1]} bytes hold {codes.shape[-1]} codes, fewer than {count}")
+    return codes[..., :count]
+
+
+def pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    """Inverse of unpack_nibbles: pairs of codes (0..15) along the last axis into bytes (an odd
+    count is padded with a zero high nibble)."""
+    codes = np.asarray(codes, dtype=np.uint8)
+    if codes.shape[-1] % 2:
+        codes = np.concatenate([codes, np.zeros((*codes.shape[:-1], 1), dtype=np.uint8)], axis=-1)
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+
+
+def dequantize_nbits(
+    b_packed: np.ndarray,
+    scales: np.ndarray,
+    zero_points: np.ndarray | None,
+    *,
+    block_size: int,
+    n: int,
+    start: int = 0,
+    stop: int | None = None,
+) -> np.ndarray:
+    """Rows start:stop of the float32 weight [K, N] of a `WinaSparseMatMulNBits` (feature-major).
+
+    W[i, j] = (code[i, j] - zero_point[i // G, j]) * scale[i // G, j] in float32, where
+    b_packed is uint8 [K, ceil(N/2)], scales T [ceil(K/G), N], zero_points None (8), uint8
+    [ceil(K/G), ceil(N/2)] packed like b_packed, or T [ceil(K/G), N].
+    """
+    k = b_packed.shape[0]
+    blocks = -(-k // block_size)
+    if b_packed.dtype != np.uint8 or b_packed.shape != (k, -(-n // 2)):
+        raise ValueError(f"B must be uint8 [K, ceil(N/2)] = [{k}, {-(-n // 2)}], got {b_packed.dtype} {b_packed.shape}")
+    if scales.shape != (blocks, n):
+        raise ValueError(f"scales must be [ceil(K/G), N] = [{blocks}, {n}], got {scales.shape}")
+    stop = k if stop is None else min(stop, k)
+    rows = np.arange(start, stop)
+    codes = unpack_nibbles(b_packed[start:stop], n).astype(np.float32)
+    scale = scales.astype(np.float32)[rows // block_size]
+    if zero_points is None:
+        zero = np.float32(schema.NBITS_DEFAULT_ZERO_POINT)
+    elif zero_points.dtype == np.uint8:
+        if zero_points.shape != (blocks, -(-n // 2)):
+            raise ValueError(f"uint8 zero points must be [{blocks}, {-(-n // 2)}], got {zero_points.shape}")
+        zero = unpack_nibbles(zero_points, n).astype(np.float32)[rows // block_size]
+    else:
+        if zero_points.shape != (blocks, n):
+            raise ValueError(f"float zero points must be [{blocks}, {n}], got {zero_points.shape}")
+        zero = zero_points.astype(np.float32)[rows // block_size]
+    return (codes - zero) * scale
+
+
+def wina_sparse_matmul_nbits(
+    x: np.ndarray,
+    b_packed: np.ndarray,
+    scales: np.ndarray,
+    zero_points: np.ndarray | None,
+    score_scale: np.ndarray,
+    *,
+    block_size: int,
+    n: int,
+    threshold: float | None = None,
+    k: int | None = None,
+    bias: np.ndarray | None = None,
+) -> np.ndarray:
+    """Reference `WinaSparseMatMulNBits`: `wina_sparse_matmul` of x with the dequantized weight.
+
+    x: [..., K]; b_packed: uint8 [K, ceil(N/2)] feature-major codes; scales: [ceil(K/G), N];
+    zero_points: None, uint8 [ceil(K/G), ceil(N/2)] or float [ceil(K/G), N]; score_scale: [K].
+    The weight is dequantized in float32 (dequantize_nbits) and the gate, product and
+    bias are exactly those of the float op.
+    """
+    weight = dequantize_nbits(b_packed, scales, zero_points, block_size=block_size, n=n)
+    return wina_sparse_matmul(x, weight, score_scale, threshold=threshold, k=k, bias=bias)
