@@ -157,6 +157,8 @@ class Calibration:
 
 def instrument(model: onnx.ModelProto, node_names: list[str]) -> dict[str, str]:
     """Expose the input x of each named MatMul as a graph output; return node -> tensor name."""
+    from .passes.nbits import activation_type
+
     wanted = set(node_names)
     exposed: dict[str, str] = {}
     existing_outputs = {o.name for o in model.graph.output}
@@ -167,7 +169,7 @@ def instrument(model: onnx.ModelProto, node_names: list[str]) -> dict[str, str]:
             x = node.input[0]
             exposed[name] = x
             if x not in existing_outputs:
-                elem = elem_types.get(node.input[1], onnx.TensorProto.FLOAT)
+                elem = activation_type(node, elem_types)
                 model.graph.output.append(onnx.helper.make_tensor_value_info(x, elem, None))
                 existing_outputs.add(x)
     return exposed
@@ -193,9 +195,8 @@ def _targets_and_norms(model: onnx.ModelProto, include: list[str], exclude: list
     base_dir: the model's folder, when its weights were not loaded (external data read
     here, one target weight at a time).
     """
-    from onnx import numpy_helper
-
     from .passes import find_candidates
+    from .passes.candidates import load_weight
 
     candidates, _ = find_candidates(model.graph, include=include, exclude=exclude)
     if not candidates:
@@ -203,9 +204,9 @@ def _targets_and_norms(model: onnx.ModelProto, include: list[str], exclude: list
 
         raise NothingToGateError("no eligible MatMul in the model to calibrate")
     weights = {init.name: init for init in model.graph.initializer}
+    # 4-bit weights (MatMulNBits) are dequantized: the norms are those of the rows the model multiplies.
     norms = {
-        c.node_name: np.linalg.norm(
-            numpy_helper.to_array(weights[c.weight_name], base_dir=base_dir or "").astype(np.float32), axis=1)
+        c.node_name: np.linalg.norm(load_weight(c, weights, base_dir or "").astype(np.float32), axis=1)
         for c in candidates
     }
     return candidates, norms
@@ -269,10 +270,12 @@ def calibrate_model(
     candidates, norms = _targets_and_norms(
         model, list(include or []), list(exclude or []), base_dir=str(model_path.parent) if lazy else None)
     if sample is not None:
-        from onnx import numpy_helper
+        from .passes.candidates import load_weight
 
         inits = {init.name: init for init in model.graph.initializer}
-        sample.bind(candidates, {c.node_name: numpy_helper.to_array(inits[c.weight_name]) for c in candidates})
+        # A 4-bit weight is dequantized (to float32, 8 times its size) only when its curve is made.
+        sample.bind(candidates, {c.node_name: (lambda c=c: load_weight(c, inits)) if c.quantized is not None
+                                 else load_weight(c, inits) for c in candidates})
     if token_ids is None:
         token_ids = tokenize_text(load_tokenizer(model_path.parent), read_text(data))
     count = min(windows, len(token_ids) // window)

@@ -273,13 +273,27 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     need is made here on --data (or give --calibration FILE from `wina-onnx calibrate
     --allocate greedy`).
     """
-    from .optimize import check_paths, optimize_model
+    from .optimize import check_paths
 
     check_paths(Path(args.model), Path(args.output), force=args.force)  # fail fast, before any calibration
+    if getattr(args, "quantize", None):
+        from .quantize import QuantizedCopy, quantize_config_from_args
+
+        qconfig = quantize_config_from_args(args)
+        # The 4-bit copy (beside the output, removed after) is calibrated and gated like any model.
+        with QuantizedCopy(args.model, args.output, qconfig, include=args.include, exclude=args.exclude,
+                           progress=not args.quiet) as int4:
+            return _optimize(argparse.Namespace(**{**vars(args), "model": str(int4)}), qconfig.to_json())
+    return _optimize(args, None)
+
+
+def _optimize(args: argparse.Namespace, quantized: dict | None) -> int:
+    from .optimize import optimize_model
+
     config = gate_config_from_args(args)
     refine = _refinement(args, config)
     report = optimize_model(args.model, args.output, config, force=args.force, progress=not args.quiet,
-                            external_data=args.external_data, refine=refine)
+                            external_data=args.external_data, refine=refine, quantized=quantized)
     _copy_sidecar_files(Path(args.model), Path(args.output))
     if args.json:
         print(json.dumps({"gated": [r.to_json() for r in report.gated],
@@ -512,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model.onnx")
     p.add_argument("-o", "--output", required=True, help="optimized model file to write")
     _add_gate_options(p)
+    from .quantize import add_quantize_options
+
+    add_quantize_options(p)
     p.add_argument("--force", action="store_true", help="gate a model wina-onnx already optimized")
     p.add_argument("--external-data", choices=["auto", "single", "per-tensor", "inline"], default="auto",
                    help="where the output keeps its weights: auto (as the input did; inline under 2 GiB), "

@@ -14,12 +14,14 @@ is cut so the average is exactly the target. Every layer, and so the model, aver
 the target sparsity weighted by weight bytes (the bytes a decode step reads).
 
 Memory: the samples hold rows x K floats per target (256 rows by default), and the
-error curves need each target's weight once, one at a time.
+error curves need each target's weight once, one at a time. A 4-bit weight (MatMulNBits)
+is dequantized to float32 only when its curve is computed, and weighs its stored bytes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -37,14 +39,18 @@ class ActivationSample:
     rows: int = 256
     seed: int = 0
     samples: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    weights: dict[str, np.ndarray] = field(default_factory=dict)  # node -> B [K, N]
+    # node -> B [K, N], or a function returning it (a 4-bit weight, dequantized when needed)
+    weights: dict[str, "np.ndarray | Callable[[], np.ndarray]"] = field(default_factory=dict)
     groups: dict[str, str] = field(default_factory=dict)  # node -> decoder layer
     roles: dict[str, str | None] = field(default_factory=dict)  # node -> role kind
+    weight_bytes: dict[str, int] = field(default_factory=dict)  # node -> bytes the weight is stored in
 
-    def bind(self, candidates: list, weights: dict[str, np.ndarray]) -> None:
+    def bind(self, candidates: list, weights: dict[str, "np.ndarray | Callable[[], np.ndarray]"]) -> None:
         """Remember the targets (passes.Candidate) and their weights, for the error curves."""
         for c in candidates:
             self.weights[c.node_name] = weights[c.node_name]
+            if getattr(c, "quantized", None) is not None:
+                self.weight_bytes[c.node_name] = c.weight_bytes
             layer = c.role.layer if c.role is not None else None
             self.groups[c.node_name] = f"layer {layer}" if layer is not None else c.node_name
             self.roles[c.node_name] = c.role.kind if c.role is not None else None
@@ -182,11 +188,13 @@ class ErrorCurves:
         targets = []
         bar = Progress("greedy curves", total=len(sample.weights), enabled=progress)
         for name, weight in sample.weights.items():
+            weight = weight() if callable(weight) else weight
             x = sample.matrix(name)
             norms = np.linalg.norm(weight.astype(np.float32), axis=1)
             curves["teal"][name] = error_curve(x, weight, np.ones_like(norms), levels)
             curves["wina"][name] = error_curve(x, weight, norms, levels)
-            targets.append(Target(name, sample.groups[name], int(weight.size * weight.dtype.itemsize)))
+            stored = sample.weight_bytes.get(name, int(weight.size * weight.dtype.itemsize))
+            targets.append(Target(name, sample.groups[name], stored))
             bar.step()
         bar.done(f"{len(targets)} MatMuls")
         return cls(step=step, targets=targets, roles=dict(sample.roles), curves=curves)

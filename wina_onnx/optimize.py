@@ -63,7 +63,8 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, object]:
 
 
 def _record_metadata(model: onnx.ModelProto, config: GateConfig, report: GateReport, *,
-                     refined: dict | None = None, groups: list[list[str]] | None = None) -> None:
+                     refined: dict | None = None, groups: list[list[str]] | None = None,
+                     quantized: dict | None = None) -> None:
     # Only threshold gating reads the calibration; top-k models do not depend on it.
     calibration = getattr(config.calibration, "source", None) if config.gating == schema.GATING_THRESHOLD else None
     settings = {
@@ -79,6 +80,8 @@ def _record_metadata(model: onnx.ModelProto, config: GateConfig, report: GateRep
         "thresholds_refined": refined,
         "group": config.group,
     }
+    if quantized is not None:  # optimize --quantize: the float projections were quantized first
+        settings["quantize"] = quantized
     entries = {
         META_VERSION: __version__,
         META_CONFIG: json.dumps(settings),
@@ -103,6 +106,7 @@ def optimize_model(
     progress: bool = True,
     external_data: str = LAYOUT_AUTO,
     refine: "Refinement | None" = None,
+    quantized: dict | None = None,
 ) -> GateReport:
     """Gate every eligible MatMul of the model at `input_path`; write it to `output_path`.
 
@@ -113,6 +117,8 @@ def optimize_model(
     a file per tensor, or inline when under 2 GiB), "single", "per-tensor" or "inline".
     The weights are loaded once; the rewritten model is written tensor by tensor.
     refine: re-read the thresholds inside the gated model (wina_onnx.refine) before writing.
+    quantized: the settings `optimize --quantize` quantized the input with (recorded in the
+    metadata); the input is then that 4-bit model.
     """
     input_path, output_path = Path(input_path), Path(output_path)
     config.validate()
@@ -157,7 +163,7 @@ def optimize_model(
         group_report = group_shared_inputs(model)
         stage("optimize", f"grouping gates that share an input: {group_report.summary()}", enabled=progress)
         groups = group_report.groups
-    _record_metadata(model, config, report, refined=refined, groups=groups)
+    _record_metadata(model, config, report, refined=refined, groups=groups, quantized=quantized)
     if check:
         stage("optimize", "checking the rewritten model (onnx.checker, shape inference)", enabled=progress)
         _check(model)

@@ -39,18 +39,27 @@ class _Gate:
     node: onnx.NodeProto
     scale: np.ndarray
     sparsity: float
+    threshold_input: int  # position of the threshold among the node's inputs
+
+
+# Score scale and threshold positions of the gates refinement resets (float and 4-bit weights).
+_GATE_INPUTS = {
+    schema.OP_TYPE: (schema.INPUT_SCORE_SCALE, schema.INPUT_THRESHOLD),
+    schema.NBITS_OP_TYPE: (schema.NBITS_INPUT_SCORE_SCALE, schema.NBITS_INPUT_THRESHOLD),
+}
 
 
 def _threshold_gates(model: onnx.ModelProto, sparsities: dict[str, float]) -> list[_Gate]:
     inits = {init.name: init for init in model.graph.initializer}
     gates = []
     for node in model.graph.node:
-        if node.op_type != schema.OP_TYPE or node.domain != schema.DOMAIN:
+        if node.op_type not in _GATE_INPUTS or node.domain != schema.DOMAIN:
             continue
-        if len(node.input) < 4 or not node.input[3] or node.name not in sparsities:
+        scale_input, threshold_input = _GATE_INPUTS[node.op_type]
+        if len(node.input) <= threshold_input or not node.input[threshold_input] or node.name not in sparsities:
             continue  # a top-k gate, or one this pass did not make
-        scale = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
-        gates.append(_Gate(node, scale, sparsities[node.name]))
+        scale = numpy_helper.to_array(inits[node.input[scale_input]]).astype(np.float32)
+        gates.append(_Gate(node, scale, sparsities[node.name], threshold_input))
     return gates
 
 
@@ -58,6 +67,7 @@ def _session(model: onnx.ModelProto, gates: list[_Gate], threads: int | None):
     import onnxruntime as ort
 
     from .library import register_library
+    from .passes.nbits import activation_type
     from .runtime import session_options
 
     probe = onnx.ModelProto()
@@ -66,8 +76,8 @@ def _session(model: onnx.ModelProto, gates: list[_Gate], threads: int | None):
     exposed = {o.name for o in probe.graph.output}
     for gate in gates:
         x = gate.node.input[0]
-        if x not in exposed:  # x has the weight's element type
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(x, weight_types[gate.node.input[1]], None))
+        if x not in exposed:  # x has the weight's element type (the scales' for 4-bit weights)
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(x, activation_type(gate.node, weight_types), None))
             exposed.add(x)
     options = register_library(session_options(threads=threads))
     return ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -112,7 +122,7 @@ def refine_thresholds(model: onnx.ModelProto, sparsities: dict[str, float], refi
         del session
         for gate in gates:
             value = quantile(counts[gate.node.name], gate.sparsity) if gate.sparsity > 0 else -1.0
-            name = gate.node.input[3]
+            name = gate.node.input[gate.threshold_input]
             inits[name].CopyFrom(numpy_helper.from_array(np.array([value], dtype=np.float32), name))
             thresholds[gate.node.name] = value
     return thresholds

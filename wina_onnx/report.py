@@ -122,7 +122,7 @@ def _matmul_names(model_path: str | Path) -> list[str]:
     model = load_model(model_path, load_weights=False)
     names = []
     for node in model.graph.node:
-        if node.op_type in ("MatMul", "WinaSparseMatMul"):
+        if node.op_type in ("MatMul", "WinaSparseMatMul", "MatMulNBits", "WinaSparseMatMulNBits"):
             names.append(node_display_name(node))
         elif node.op_type == "WinaSparseMatMulGroup":  # the gates it replaced, by name
             names += [m.decode() for a in node.attribute if a.name == "members" for m in a.strings]

@@ -2,7 +2,7 @@
 
 Top-k gates mask exactly K - k features per token. Threshold gates mask a fraction that
 depends on the text; this runs the model with the input of every WinaSparseMatMul
-exposed (and of every WinaSparseMatMulGroup, per weight) and counts, per gate, the scores at or below its threshold (the op keeps a
+exposed (and of every WinaSparseMatMulGroup, per weight, and WinaSparseMatMulNBits) and counts, per gate, the scores at or below its threshold (the op keeps a
 feature when its score is strictly above; a NaN score counts as +inf and is kept).
 The model-level figure weights each gate by its weight bytes, which is what a decode
 step skips reading.
@@ -34,11 +34,30 @@ class GateProbe:
 
 
 def _is_gate(node: onnx.NodeProto) -> bool:
-    return node.domain == schema.DOMAIN and node.op_type in (schema.OP_TYPE, schema.GROUP_OP_TYPE)
+    return node.domain == schema.DOMAIN and node.op_type in (schema.OP_TYPE, schema.GROUP_OP_TYPE,
+                                                             schema.NBITS_OP_TYPE)
 
 
 def _item_bytes(weight: onnx.TensorProto) -> int:
     return 4 if weight.data_type == onnx.TensorProto.FLOAT else 2
+
+
+def _nbits_gate(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> GateProbe:
+    """A WinaSparseMatMulNBits gate; its weight bytes are those of its codes, scales and zero points."""
+    inputs = list(node.input) + [""] * (schema.NBITS_NUM_INPUTS - len(node.input))
+    scale = numpy_helper.to_array(inits[inputs[schema.NBITS_INPUT_SCORE_SCALE]]).astype(np.float32)
+    threshold = keep = None
+    if inputs[schema.NBITS_INPUT_THRESHOLD]:
+        threshold = float(numpy_helper.to_array(inits[inputs[schema.NBITS_INPUT_THRESHOLD]]).reshape(-1)[0])
+    if inputs[schema.NBITS_INPUT_K]:
+        keep = int(numpy_helper.to_array(inits[inputs[schema.NBITS_INPUT_K]]).reshape(-1)[0])
+    weight_bytes = 0
+    for index in (schema.NBITS_INPUT_B, schema.NBITS_INPUT_SCALES, schema.NBITS_INPUT_ZERO_POINTS):
+        if inputs[index]:
+            tensor = inits[inputs[index]]
+            item = 1 if tensor.data_type == onnx.TensorProto.UINT8 else _item_bytes(tensor)
+            weight_bytes += int(np.prod(tensor.dims)) * item
+    return GateProbe(node.name, node.input[0], scale, threshold, keep, weight_bytes)
 
 
 def _group_gates(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> list[GateProbe]:
@@ -64,6 +83,9 @@ def _gates(model: onnx.ModelProto) -> list[GateProbe]:
         if node.op_type == schema.GROUP_OP_TYPE:
             probes.extend(_group_gates(node, inits))
             continue
+        if node.op_type == schema.NBITS_OP_TYPE:
+            probes.append(_nbits_gate(node, inits))
+            continue
         weight = inits[node.input[1]]
         scale = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32)
         threshold = keep = None
@@ -85,6 +107,7 @@ def measure_sparsity(model_path: str | Path, token_ids: np.ndarray, *, windows: 
     import onnxruntime as ort
 
     from .library import register_library
+    from .passes.nbits import activation_type
     from .runtime import CausalLM, session_options
 
     model = load_model(Path(model_path))
@@ -95,8 +118,10 @@ def measure_sparsity(model_path: str | Path, token_ids: np.ndarray, *, windows: 
     elem_types = {init.name: init.data_type for init in model.graph.initializer}
     for node in model.graph.node:
         if _is_gate(node) and node.input[0] not in existing:
-            weight = node.input[1] if node.op_type == schema.OP_TYPE else node.input[schema.GROUP_FIRST_WEIGHT]
-            elem = elem_types[weight]  # x has the weight's type
+            if node.op_type == schema.GROUP_OP_TYPE:
+                elem = elem_types[node.input[schema.GROUP_FIRST_WEIGHT]]  # x has the weight's type
+            else:  # the weight's type, or the scales' for 4-bit weights
+                elem = activation_type(node, elem_types)
             model.graph.output.append(onnx.helper.make_tensor_value_info(node.input[0], elem, None))
             existing.add(node.input[0])
     options = session_options(threads=threads)

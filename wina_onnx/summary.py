@@ -16,7 +16,7 @@ import onnx
 
 from .errors import ConfigError
 from .optimize import read_metadata
-from .schema import DOMAIN, GROUP_OP_TYPE
+from .schema import DOMAIN, GROUP_OP_TYPE, MATMUL_NBITS_DOMAIN, MATMUL_NBITS_OP_TYPE, NBITS_OP_TYPE
 
 _ROLE_RE = re.compile(r"^L(\d+)\.(.+)$")
 
@@ -37,6 +37,7 @@ class GateRow:
     threshold: float | None
     weight_bytes: int
     bytes_skipped: float  # per token
+    bits: int | None = None  # 4 for a 4-bit weight (WinaSparseMatMulNBits), None for a float one
 
 
 @dataclass
@@ -46,7 +47,7 @@ class ModelSummary:
     version: str | None
     config: dict
     gates: list[GateRow]
-    model_weight_bytes: int  # every float initializer of the model, gated or not
+    model_weight_bytes: int  # every float initializer of the model and the 4-bit codes, gated or not
     groups: list[list[str]] = field(default_factory=list)  # per WinaSparseMatMulGroup node, the gates it holds
 
     @property
@@ -94,6 +95,10 @@ class ModelSummary:
             f"{t['gated_weight_bytes'] / scale:.3f} {unit} of their weights not read per token "
             f"({100 * t['gated_fraction_skipped']:.1f}%), {100 * t['model_fraction_skipped']:.1f}% of the model's "
             f"{t['model_weight_bytes'] / scale:.3f} {unit} of weights")
+        quantized = sum(1 for g in self.gates if g.bits is not None)
+        if quantized:
+            lines.append(f"{quantized} of the gates have 4-bit weights (MatMulNBits' codes): their bytes are "
+                         "those of the codes, scales and zero points")
         if self.groups:
             lines.append(f"grouped: {sum(len(g) for g in self.groups)} of the gates in {len(self.groups)} "
                          f"WinaSparseMatMulGroup node(s), one per set of gates reading the same input")
@@ -112,7 +117,16 @@ def _initializer_bytes(model: onnx.ModelProto) -> int:
             continue
         itemsize = 2 if init.data_type == onnx.TensorProto.BFLOAT16 else dtype.itemsize
         total += int(np.prod(init.dims, dtype=np.int64)) * itemsize
-    return total
+    return total + _nbits_code_bytes(model)
+
+
+def _nbits_code_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the uint8 initializers (4-bit codes, packed zero points) read by 4-bit products."""
+    read = {name for node in model.graph.node
+            if (node.op_type, node.domain) in ((NBITS_OP_TYPE, DOMAIN), (MATMUL_NBITS_OP_TYPE, MATMUL_NBITS_DOMAIN))
+            for name in node.input}
+    return sum(int(np.prod(init.dims, dtype=np.int64)) for init in model.graph.initializer
+               if init.name in read and init.data_type == onnx.TensorProto.UINT8)
 
 
 def summarize(model: onnx.ModelProto) -> ModelSummary:
@@ -135,7 +149,7 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
             mode=("wina" if g["norm"] else "teal") if "norm" in g else config.get("mode", "?"),
             gating=config.get("gating", "topk" if g.get("k") is not None else "threshold"),
             sparsity=g["sparsity"], k=g.get("k"), threshold=g.get("threshold"), weight_bytes=g["weight_bytes"],
-            bytes_skipped=fraction * g["weight_bytes"],
+            bytes_skipped=fraction * g["weight_bytes"], bits=g.get("bits"),
         ))
     groups = [
         [m.decode() for a in node.attribute if a.name == "members" for m in a.strings]

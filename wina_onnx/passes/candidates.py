@@ -8,6 +8,10 @@ A MatMul y = x @ B is a candidate when
     and matches no --exclude pattern. The LM head and embeddings are refused by name;
   * it is not itself the product of a gate lowered to standard ops (`--backend onnx`),
     so gating a gated model again never stacks a second gate.
+
+ONNX Runtime's 4-bit MatMulNBits (com.microsoft) projections are candidates on the same
+terms, their weight being the codes, scales and zero points (passes.nbits says which
+forms are accepted and why others are refused).
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from . import roles
+from . import nbits, roles
 
 # The MatMul of a gate lowered to standard ops is named `<gated node>/wina/MatMul`
-# (with `_<i>` suffixes where that name was taken; see passes.names).
-LOWERED_MATMUL = re.compile(r"/wina(_\d+)?/MatMul(_\d+)?$")
+# (`.../wina/MatMulNBits` for a 4-bit weight; with `_<i>` suffixes where that name was
+# taken; see passes.names).
+LOWERED_MATMUL = re.compile(r"/wina(_\d+)?/MatMul(NBits)?(_\d+)?$")
 
 GATEABLE_TYPES = {
     onnx.TensorProto.FLOAT: "float32",
@@ -40,8 +47,16 @@ class Candidate:
     weight_name: str
     k: int
     n: int
-    dtype: int  # onnx.TensorProto data type of x, B and y
+    dtype: int  # onnx.TensorProto data type of x, B and y (of x, the scales and y for 4-bit weights)
     index: int = -1  # position of the node in graph.node (node names need not be unique)
+    quantized: nbits.NbitsSource | None = None  # a 4-bit MatMulNBits; weight_name is then its codes
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes of weight a dense product reads (codes, scales and zero points for 4-bit weights)."""
+        if self.quantized is not None:
+            return self.quantized.weight_bytes
+        return self.k * self.n * (4 if self.dtype == onnx.TensorProto.FLOAT else 2)
 
     @property
     def label(self) -> str:
@@ -84,7 +99,8 @@ def find_candidates(
     candidates: list[Candidate] = []
     skipped: list[Skipped] = []
     for index, node in enumerate(graph.node):
-        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx"):
+        quantized = nbits.is_matmul_nbits(node)
+        if not quantized and (node.op_type != "MatMul" or node.domain not in ("", "ai.onnx")):
             continue
         name = node_display_name(node)
         if LOWERED_MATMUL.search(name):
@@ -100,6 +116,14 @@ def find_candidates(
             continue
         if _matches(name, exclude):
             skipped.append(Skipped(name, "matches --exclude"))
+            continue
+        if quantized:
+            source = nbits.read_source(node, initializers, graph_inputs)
+            if isinstance(source, str):
+                skipped.append(Skipped(name, source))
+                continue
+            candidates.append(Candidate(node_name=name, role=role, weight_name=source.b, k=source.k, n=source.n,
+                                        dtype=source.scale_type, index=index, quantized=source))
             continue
         weight_name = node.input[1]
         weight = initializers.get(weight_name)
@@ -128,3 +152,13 @@ def find_candidates(
             )
         )
     return candidates, skipped
+
+
+def load_weight(candidate: Candidate, initializers: dict[str, onnx.TensorProto], base_dir: str = "") -> np.ndarray:
+    """A candidate's [K, N] weight: the initializer as stored, or a 4-bit weight dequantized to float32.
+
+    base_dir: the model's folder, to read weights kept in external files.
+    """
+    if candidate.quantized is not None:
+        return nbits.load_feature_major(candidate.quantized, initializers, base_dir).dequantize()
+    return numpy_helper.to_array(initializers[candidate.weight_name], base_dir=base_dir)

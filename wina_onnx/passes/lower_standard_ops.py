@@ -10,6 +10,9 @@ Same semantics as the custom op (wina_onnx.schema), computed densely:
 
 Nothing is skipped: every weight row is still read. It is slower than the op library
 and gives the same numbers, up to the summation order of the MatMul.
+
+A 4-bit weight (ONNX Runtime's MatMulNBits) keeps its MatMulNBits node, fed the masked X
+(`emit_nbits`): the same gate, ONNX Runtime's own int4 product, no op library needed.
 """
 
 from __future__ import annotations
@@ -53,6 +56,36 @@ class StandardOpsLowering:
 
         Node and value names start with `prefix`, made unique where taken.
         """
+        nodes, x_masked = self._mask(prefix=prefix, x=x, score_scale=score_scale, dtype=dtype,
+                                     threshold=threshold, k=k)
+        nodes.append(helper.make_node("MatMul", [x_masked, weight], [output], name=self.names.fresh(f"{prefix}/MatMul")))
+        return nodes
+
+    def emit_nbits(
+        self,
+        *,
+        prefix: str,
+        node: onnx.NodeProto,
+        score_scale: str,
+        dtype: int,
+        threshold: str | None,
+        k: str | None,
+    ) -> list[onnx.NodeProto]:
+        """The gate of a MatMulNBits `node`: the mask nodes, then a copy of `node` reading the
+        masked X (named `<prefix>/MatMulNBits`, same weights, attributes and output)."""
+        nodes, x_masked = self._mask(prefix=prefix, x=node.input[0], score_scale=score_scale, dtype=dtype,
+                                     threshold=threshold, k=k)
+        product = onnx.NodeProto()
+        product.CopyFrom(node)
+        product.input[0] = x_masked
+        product.name = self.names.fresh(f"{prefix}/MatMulNBits")
+        nodes.append(product)
+        return nodes
+
+    def _mask(
+        self, *, prefix: str, x: str, score_scale: str, dtype: int, threshold: str | None, k: str | None,
+    ) -> tuple[list[onnx.NodeProto], str]:
+        """The nodes computing X with its masked features zeroed, and the name of that value."""
         nodes: list[onnx.NodeProto] = []
         fresh = self.names.fresh
 
@@ -80,8 +113,7 @@ class StandardOpsLowering:
             (keep,) = node("ScatterElements", [none_kept, indices, updates], "Keep", axis=-1)
         zero = self._constant(f"zero_{dtype}", np.array(0, dtype=_numpy_dtype(dtype)))
         (x_masked,) = node("Where", [keep, x, zero], "MaskX")
-        nodes.append(helper.make_node("MatMul", [x_masked, weight], [output], name=fresh(f"{prefix}/MatMul")))
-        return nodes
+        return nodes, x_masked
 
 
 def _numpy_dtype(dtype: int) -> np.dtype:

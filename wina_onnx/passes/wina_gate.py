@@ -10,6 +10,10 @@ Linear weight) in WINA mode, and 1 in TEAL mode. The gate keeps, per token,
 
 The rewrite is in place on the GraphProto: the new node keeps the MatMul's name and
 output, so the graph stays topologically sorted and calibration keys stay valid.
+
+A 4-bit MatMulNBits (com.microsoft) becomes `WinaSparseMatMulNBits` with its codes,
+scales and zero points re-packed feature-major (passes.nbits); its score scale is the
+norm of the dequantized rows, and its bias and accuracy_level are kept.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .. import schema
 from ..allocation import Allocation
 from ..errors import ConfigError
 
+from . import nbits
 from .candidates import Candidate, Skipped, find_candidates, node_display_name
 from .lower_standard_ops import StandardOpsLowering
 from .names import NameSpace
@@ -84,10 +89,12 @@ class GateRecord:
     threshold: float | None  # threshold gating
     uses_norm: bool
     weight_bytes: int
+    bits: int | None = None  # 4 for a MatMulNBits weight, None for a float one
+    block_size: int | None = None  # its block size G
 
     def to_json(self) -> dict:
         """A JSON-friendly dict."""
-        return {
+        out = {
             "node": self.node_name,
             "role": self.label,
             "K": self.k,
@@ -98,6 +105,9 @@ class GateRecord:
             "norm": self.uses_norm,
             "weight_bytes": self.weight_bytes,
         }
+        if self.bits is not None:
+            out.update(bits=self.bits, block_size=self.block_size)
+        return out
 
 
 @dataclass
@@ -168,16 +178,24 @@ def apply_wina_gates(model: onnx.ModelProto, config: GateConfig) -> GateReport:
     names = NameSpace(graph)
     lowering = StandardOpsLowering(graph, names) if config.backend == BACKEND_ONNX else None
     scales: dict[tuple[str, bool], str] = {}
+    packed = _Repacked(graph, initializers, names)
     new_nodes: list[onnx.NodeProto] = []
     for index, node in enumerate(graph.node):
         candidate = by_index.get(index)
         if candidate is None:
             new_nodes.append(node)
             continue
-        record, gate_inputs = _gate_inputs(config, candidate, initializers, scales, graph, names)
+        record, gate_inputs = _gate_inputs(config, candidate, initializers, scales, graph, names, packed)
         report.gated.append(record)
         x, weight = node.input[0], node.input[1]
-        if lowering is not None:
+        if candidate.quantized is not None:
+            if lowering is not None:
+                new_nodes.extend(lowering.emit_nbits(
+                    prefix=candidate.node_name + "/wina", node=node, score_scale=gate_inputs["scale"],
+                    dtype=candidate.dtype, threshold=gate_inputs.get("threshold"), k=gate_inputs.get("k")))
+            else:
+                new_nodes.append(_nbits_gate(config, candidate, node, gate_inputs, packed))
+        elif lowering is not None:
             new_nodes.extend(
                 lowering.emit(
                     prefix=candidate.node_name + "/wina",
@@ -203,6 +221,7 @@ def apply_wina_gates(model: onnx.ModelProto, config: GateConfig) -> GateReport:
             )
     del graph.node[:]
     graph.node.extend(new_nodes)
+    packed.drop_replaced()
     if config.backend == BACKEND_CUSTOM_OP and not any(o.domain == schema.DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(schema.DOMAIN, schema.DOMAIN_VERSION))
     return report
@@ -224,6 +243,7 @@ def _gate_inputs(
     scales: dict[tuple[str, bool], str],
     graph: onnx.GraphProto,
     names: NameSpace,
+    packed: "_Repacked",
 ) -> tuple[GateRecord, dict[str, str]]:
     """Create the initializers a gate reads (scale, k or threshold); describe the gate."""
     sparsity = config.allocation.for_node(candidate.node_name)
@@ -231,7 +251,10 @@ def _gate_inputs(
     # One norm vector per weight; one vector of ones per K, shared by every TEAL gate.
     scale_key = (candidate.weight_name, True) if norm_scaled else (f"ones_{candidate.k}", False)
     if scale_key not in scales:
-        if norm_scaled:
+        if norm_scaled and candidate.quantized is not None:
+            scale = packed.weight(candidate.quantized).row_norms()
+            name = names.fresh(f"{candidate.weight_name}_wina_row_norm")
+        elif norm_scaled:
             scale = _row_norms(numpy_helper.to_array(initializers[candidate.weight_name]))
             name = names.fresh(f"{candidate.weight_name}_wina_row_norm")
         else:
@@ -250,7 +273,6 @@ def _gate_inputs(
         threshold = config.calibration.threshold(candidate.node_name, mode, sparsity)
         inputs["threshold"] = names.fresh(f"{candidate.node_name}/wina_threshold")
         graph.initializer.append(numpy_helper.from_array(np.array([threshold], dtype=np.float32), inputs["threshold"]))
-    item_bytes = 4 if candidate.dtype == onnx.TensorProto.FLOAT else 2
     record = GateRecord(
         node_name=candidate.node_name,
         label=candidate.label,
@@ -260,6 +282,86 @@ def _gate_inputs(
         keep_count=keep,
         threshold=threshold,
         uses_norm=norm_scaled,
-        weight_bytes=candidate.k * candidate.n * item_bytes,
+        weight_bytes=candidate.weight_bytes,
+        bits=schema.NBITS_BITS if candidate.quantized is not None else None,
+        block_size=candidate.quantized.block_size if candidate.quantized is not None else None,
     )
     return record, inputs
+
+
+class _Repacked:
+    """The feature-major initializers of the 4-bit weights the pass gates, made once per weight."""
+
+    def __init__(self, graph: onnx.GraphProto, initializers: dict[str, onnx.TensorProto], names: NameSpace) -> None:
+        self.graph, self.initializers, self.names = graph, initializers, names
+        self._weights: dict[tuple[str, str, str], nbits.FeatureMajor] = {}
+        self._names: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+
+    @staticmethod
+    def _key(source: nbits.NbitsSource) -> tuple[str, str, str]:
+        return source.b, source.scales, source.zero_points
+
+    def weight(self, source: nbits.NbitsSource) -> nbits.FeatureMajor:
+        """The re-packed weight of a MatMulNBits (read and re-packed on first use)."""
+        key = self._key(source)
+        if key not in self._weights:
+            self._weights[key] = nbits.load_feature_major(source, self.initializers)
+        return self._weights[key]
+
+    def initializer_names(self, source: nbits.NbitsSource) -> tuple[str, str, str]:
+        """Names of the feature-major codes, scales and zero points ("" when absent), added once."""
+        key = self._key(source)
+        if key not in self._names:
+            weight = self.weight(source)
+            fresh = self.names.fresh
+            arrays = [(fresh(f"{source.b}_feature_major"), weight.codes),
+                      (fresh(f"{source.scales}_feature_major"), weight.scales)]
+            if weight.zero_points is not None:
+                arrays.append((fresh(f"{source.zero_points}_feature_major"), weight.zero_points))
+            for name, array in arrays:
+                tensor = numpy_helper.from_array(array, name)
+                # numpy has no bfloat16 of its own: keep the scales' ONNX type as it was.
+                if array is not weight.codes and array.dtype != np.uint8:
+                    tensor.data_type = source.scale_type
+                self.graph.initializer.append(tensor)
+            self._names[key] = (arrays[0][0], arrays[1][0], arrays[2][0] if len(arrays) > 2 else "")
+        return self._names[key]
+
+    def drop_replaced(self) -> None:
+        """Remove the MatMulNBits initializers that no node reads any more (they were re-packed)."""
+        old = {name for key in self._names for name in key if name}
+        if not old:
+            return
+        used = {name for node in self.graph.node for name in node.input}
+        used.update(o.name for o in self.graph.output)
+        _inputs_of_subgraphs(self.graph, used)
+        keep = [init for init in self.graph.initializer if init.name not in old or init.name in used]
+        if len(keep) != len(self.graph.initializer):
+            del self.graph.initializer[:]
+            self.graph.initializer.extend(keep)
+
+
+def _inputs_of_subgraphs(graph: onnx.GraphProto, used: set[str]) -> None:
+    """Add the inputs read inside If/Loop/Scan bodies (outer-scope values among them) to `used`."""
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
+                        attr.graphs if attr.type == onnx.AttributeProto.GRAPHS else []):
+                used.update(name for inner in sub.node for name in inner.input)
+                _inputs_of_subgraphs(sub, used)
+
+
+def _nbits_gate(config: GateConfig, candidate: Candidate, node: onnx.NodeProto, gate_inputs: dict[str, str],
+                packed: _Repacked) -> onnx.NodeProto:
+    """The WinaSparseMatMulNBits node replacing the MatMulNBits `node`."""
+    source = candidate.quantized
+    codes, scales, zeros = packed.initializer_names(source)
+    inputs = [node.input[0], codes, scales, zeros, gate_inputs["scale"], gate_inputs.get("threshold", ""),
+              gate_inputs.get("k", ""), source.bias]
+    while inputs and not inputs[-1]:
+        inputs.pop()  # trailing absent optional inputs are left out
+    return helper.make_node(
+        schema.NBITS_OP_TYPE, inputs, list(node.output), name=node.name or candidate.node_name, domain=schema.DOMAIN,
+        gating=config.gating, K=source.k, N=source.n, bits=schema.NBITS_BITS, block_size=source.block_size,
+        accuracy_level=source.accuracy_level,
+    )
