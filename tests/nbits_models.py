@@ -84,3 +84,24 @@ def run(model: onnx.ModelProto, x: np.ndarray, *, library: str | None = None) ->
         options.register_custom_ops_library(library)
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     return session.run(None, {"x": x})[0]
+
+
+def matmul_nbits_model(b: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None, *, k: int, n: int,
+                       block_size: int, dtype=np.float32, accuracy_level: int = 0) -> onnx.ModelProto:
+    """A one-node MatMulNBits model of given column-major codes, scales and zero points
+    (passes.nbits.column_major's outputs), X [..., K] of `dtype`."""
+    elem = _NP_TO_ONNX[np.dtype(dtype)]
+    inits = [numpy_helper.from_array(b, "B"), numpy_helper.from_array(scales.astype(dtype), "scales")]
+    inputs = ["x", "B", "scales"]
+    if zero_points is not None:
+        zeros = zero_points if zero_points.dtype == np.uint8 else zero_points.astype(dtype)
+        inits.append(numpy_helper.from_array(zeros, "zero_points"))
+        inputs.append("zero_points")
+    node = helper.make_node("MatMulNBits", inputs, ["y"], name=NODE_NAME + "_Q4", domain="com.microsoft",
+                            K=k, N=n, bits=4, block_size=block_size, accuracy_level=accuracy_level)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", elem, None)],
+                              [helper.make_tensor_value_info("y", elem, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = IR_VERSION
+    return model

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nbits_models import initializers, nbits_node, quantized_matmul, run
+from nbits_models import initializers, matmul_nbits_model, nbits_node, quantized_matmul, run
 from onnx import numpy_helper
 
 from wina_onnx import reference
@@ -160,6 +160,29 @@ def test_feature_major_and_column_major_are_inverses(weight: nbits.FeatureMajor)
         np.testing.assert_array_equal(back.zero_points, weight.zero_points)
     dense = nbits.dequantize_matmul_nbits(b, scales, zeros, k=weight.k, n=weight.n, block_size=weight.block_size)
     np.testing.assert_array_equal(dense, weight.dequantize())
+
+
+@settings(max_examples=40, deadline=None)
+@given(_feature_major(), st.sampled_from(["float32", "float16"]), st.integers(0, 5), st.integers(0, 2**31))
+def test_oracle_at_sparsity_zero_equals_ort_on_any_layout(weight: nbits.FeatureMajor, dtype: str, tokens: int,
+                                                          seed: int) -> None:
+    """Random codes, scales and zero points of any shape and block size, written as MatMulNBits:
+    ONNX Runtime's product equals the oracle's on the feature-major form."""
+    dtype = np.dtype(dtype)
+    weight.scales = (weight.scales * 0.1).astype(dtype)
+    if weight.zero_points is not None and weight.zero_points.dtype != np.uint8:
+        weight.zero_points = weight.zero_points.astype(dtype)
+    b, scales, zeros = nbits.column_major(weight)
+    model = matmul_nbits_model(b, scales, zeros, k=weight.k, n=weight.n, block_size=weight.block_size, dtype=dtype)
+    x = np.random.default_rng(seed).standard_normal((tokens, weight.k)).astype(dtype)
+    expected = run(model, x).astype(np.float32)
+    y = reference.wina_sparse_matmul_nbits(x, weight.codes, weight.scales, weight.zero_points,
+                                           np.ones(weight.k, np.float32), block_size=weight.block_size,
+                                           n=weight.n, k=weight.k)
+    assert y.dtype == dtype and y.shape == expected.shape
+    exact = np.abs(x.astype(np.float32)) @ np.abs(weight.dequantize())  # the size of the sums
+    tolerance = (1e-5 if dtype == np.float32 else 2e-3) * exact + 1e-6
+    assert np.all(np.abs(y.astype(np.float32) - expected) <= tolerance)
 
 
 def test_unsupported_matmul_nbits_are_refused_with_a_reason() -> None:
