@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -17,7 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 NODE_NAME = "/model/layers.0/mlp/down_proj/MatMul"
 IR_VERSION = 10
 
-_NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16}
+_NP_TO_ONNX = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float16): TensorProto.FLOAT16,
+               np.dtype(ml_dtypes.bfloat16): TensorProto.BFLOAT16}
 
 
 def float_matmul(weight: np.ndarray, name: str = NODE_NAME) -> onnx.ModelProto:

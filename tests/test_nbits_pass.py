@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 import pytest
@@ -125,6 +126,24 @@ def test_bias_and_float_zero_points_are_kept() -> None:
     zeros = numpy_helper.to_array(initializers(model)[node.input[schema.NBITS_INPUT_ZERO_POINTS]])
     assert zeros.dtype == np.float32 and zeros.shape == (2, 9)
     np.testing.assert_array_equal(zeros.T.reshape(-1), numpy_helper.to_array(old_inits[old.input[3]]).reshape(-1))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16], ids=["float16", "bfloat16"])
+def test_half_precision_scales_keep_their_type(dtype) -> None:
+    from wina_onnx.calibration import instrument
+
+    model = quantized_matmul(96, 10, block_size=32, dtype=dtype)
+    old_scales = numpy_helper.to_array(initializers(model)[nbits_node(model).input[2]])
+    expected_type = model.graph.input[0].type.tensor_type.elem_type
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    instrument(probe, [nbits_node(probe).name])  # x is exposed with the activations' type, not uint8
+    assert [o.type.tensor_type.elem_type for o in probe.graph.output if o.name == "x"] == [expected_type]
+    apply_wina_gates(model, GateConfig(allocation=Allocation.uniform(0.5)))
+    (node,) = model.graph.node
+    scales = initializers(model)[node.input[schema.NBITS_INPUT_SCALES]]
+    assert scales.data_type == expected_type
+    np.testing.assert_array_equal(numpy_helper.to_array(scales).T.reshape(-1), old_scales.reshape(-1))
 
 
 def test_unsupported_nodes_are_left_alone_with_their_reason() -> None:
