@@ -2,13 +2,20 @@
 
 Run with the builder's environment (scripts/genai_builder_env.sh prints its python):
 
-    .venv-builder/bin/python scripts/make_genai_fixtures.py --tokenizer TOK_DIR -o OUT [-p fp32 fp16 int4]
+    .venv-builder/bin/python scripts/make_genai_fixtures.py --tokenizer TOK_DIR -o OUT [FIXTURE ...]
 
 Writes OUT/hf, a tiny SmolLM2-shaped LlamaForCausalLM with random weights (built from a
 transformers config, seeded: nothing comes from the hub) with the tokenizer files of
-TOK_DIR beside it, then OUT/<precision> for each precision: the folder that
-`python -m onnxruntime_genai.models.builder -i OUT/hf -o OUT/<precision> -p <precision>
--e cpu` writes, untouched (model.onnx + data, genai_config.json, tokenizer files).
+TOK_DIR beside it, then OUT/<precision>-<ep> for each FIXTURE (default: all of FIXTURES):
+the folder that `python -m onnxruntime_genai.models.builder -i OUT/hf -o OUT/<precision>-<ep>
+-p <precision> -e <ep>` writes, untouched (model.onnx + data, genai_config.json, tokenizer
+files).
+
+fp16 is built for CUDA: the builder supports fp16 only for GPU providers (it lists "FP16
+CPU" as no valid combination), and its fp16 CPU graph does not run in ONNX Runtime 1.32's
+CPU provider (a Reshape after repeat_kv is declared [batch, sequence_length, 64] but holds
+the whole cache). Its CUDA graph (packed q/k/v, GroupQueryAttention) runs on the CPU too,
+with GenAI's provider list cleared (og.Config.clear_providers()).
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ CONFIG = dict(
 SEED = 1234
 # Larger than the default 0.02 so that the random model's logits are far from uniform.
 INIT_RANGE = 0.2
-PRECISIONS = ("fp32", "fp16", "int4")
+# name: (precision, execution provider) as given to the builder's -p and -e.
+FIXTURES = {"fp32-cpu": ("fp32", "cpu"), "fp16-cuda": ("fp16", "cuda"), "int4-cpu": ("int4", "cpu")}
 
 
 def make_checkpoint(out: Path, tokenizer: Path) -> None:
@@ -54,32 +62,37 @@ def make_checkpoint(out: Path, tokenizer: Path) -> None:
             shutil.copy2(item, out / item.name)
 
 
-def build(hf: Path, out: Path, precision: str, cache: Path) -> None:
-    """Run the model builder as a user does, on the CPU execution provider."""
+def build(hf: Path, out: Path, precision: str, provider: str, cache: Path) -> None:
+    """Run the model builder as a user does."""
     command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out),
-               "-p", precision, "-e", "cpu", "-c", str(cache)]
+               "-p", precision, "-e", provider, "-c", str(cache)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0 or not (out / "genai_config.json").is_file():
         sys.stderr.write(result.stdout[-4000:] + result.stderr[-4000:])
-        raise SystemExit(f"the model builder failed for {precision} (exit {result.returncode})")
+        raise SystemExit(f"the model builder failed for -p {precision} -e {provider} (exit {result.returncode})")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", required=True, type=Path, help="folder with tokenizer.json and its files")
     parser.add_argument("-o", "--output", required=True, type=Path, help="folder to write (created)")
-    parser.add_argument("-p", "--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
+    parser.add_argument("fixtures", nargs="*", metavar="FIXTURE",
+                        help=f"which folders to make: {', '.join(FIXTURES)} (default: all)")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.fixtures) - set(FIXTURES))
+    if unknown:
+        parser.error(f"unknown fixture(s) {', '.join(unknown)}; choose from {', '.join(FIXTURES)}")
     if not (args.tokenizer / "tokenizer.json").is_file():
         parser.error(f"no tokenizer.json in {args.tokenizer}")
     args.output.mkdir(parents=True, exist_ok=True)
     hf = args.output / "hf"
     if not (hf / "config.json").is_file():
         make_checkpoint(hf, args.tokenizer)
-    for precision in args.precisions:
-        build(hf, args.output / precision, precision, args.output / "builder-cache")
+    names = args.fixtures or list(FIXTURES)
+    for name in names:
+        build(hf, args.output / name, *FIXTURES[name], args.output / "builder-cache")
     shutil.rmtree(args.output / "builder-cache", ignore_errors=True)
-    print(json.dumps({p: str(args.output / p) for p in args.precisions}))
+    print(json.dumps({name: str(args.output / name) for name in names}))
     return 0
 
 

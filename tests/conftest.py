@@ -136,3 +136,36 @@ def smollm2_dir(work_dir: Path) -> Path:
     if not (target / "model.onnx").is_file():
         export_model(None, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def genai_builder_dirs(work_dir: Path, smollm2_tokenizer_dir: Path) -> dict[str, Path]:
+    """Folders written by ONNX Runtime GenAI's own model builder, by name: "fp32-cpu",
+    "fp16-cuda", "int4-cpu" (scripts/make_genai_fixtures.py: a tiny SmolLM2-shaped random
+    Llama). The builder runs in .venv-builder (scripts/genai_builder_env.sh), made here if
+    missing; without it (no package index reachable) the tests skip, except in CI."""
+    import subprocess
+
+    scripts = REPO_ROOT / "scripts"
+    sources = ("genai_builder_env.sh", "genai_builder_requirements.txt", "make_genai_fixtures.py")
+    key = _key({name: (scripts / name).read_text(encoding="utf-8") for name in sources}
+               | {"tokenizer": smollm2_tokenizer_dir.name})
+    target = work_dir / f"genai-builder-{key}"
+    if not target.is_dir():
+        env = subprocess.run(["bash", str(scripts / "genai_builder_env.sh")], capture_output=True, text=True)
+        if env.returncode != 0:
+            message = f"cannot create the model builder's environment: {env.stderr.strip()[-500:]}"
+            if os.environ.get("CI"):
+                pytest.fail(message)
+            pytest.skip(message)
+        python = REPO_ROOT / env.stdout.strip().splitlines()[-1]
+
+        def build(tmp: Path) -> None:
+            made = subprocess.run([str(python), str(scripts / "make_genai_fixtures.py"),
+                                   "--tokenizer", str(smollm2_tokenizer_dir), "-o", str(tmp)],
+                                  capture_output=True, text=True)
+            if made.returncode != 0:
+                raise RuntimeError(f"make_genai_fixtures.py failed: {made.stderr.strip()[-2000:]}")
+
+        _build_atomically(target, build)
+    return {p.name: p for p in target.iterdir() if (p / "genai_config.json").is_file()}

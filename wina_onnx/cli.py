@@ -462,14 +462,23 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
 
 
 def _copy_sidecar_files(model: Path, output: Path) -> None:
-    """Copy tokenizer/config JSON files beside the output so its folder is a complete model."""
+    """Copy tokenizer/config JSON files beside the output so its folder is a complete model.
+
+    An ONNX Runtime GenAI folder stays one: its genai_config.json is written for the
+    output (custom_ops_library naming the op library, copied in), all else kept.
+    """
+    from .integrations.genai import GENAI_CONFIG, is_genai_decoder, keep_genai_folder
+
     if model.resolve().parent == output.resolve().parent:
         return
+    genai = is_genai_decoder(model)
     for pattern in ("*.json", "*.jinja", "*.txt"):
         for file in model.parent.glob(pattern):
             target = output.parent / file.name
-            if not target.exists():
+            if not target.exists() and not (genai and file.name == GENAI_CONFIG):
                 shutil.copy2(file, target)
+    if genai:
+        keep_genai_folder(model, output)
 
 
 # ----------------------------------------------------------------------------- parser

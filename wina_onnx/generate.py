@@ -49,7 +49,7 @@ def generate_text(
     """Encode `prompt`, greedy-decode, and return the decoded continuation.
 
     chat=True wraps the prompt in the ChatML user/assistant template (SmolLM2-Instruct).
-    Stops at the model's EOS ids from generation_config.json / config.json.
+    Stops at the model's EOS ids (generation_config.json / config.json, or genai_config.json).
     """
     tokenizer = lm.tokenizer
     text = _CHATML.format(prompt=prompt) if chat else prompt

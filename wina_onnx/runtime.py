@@ -3,8 +3,9 @@
 Deployment code: imports only onnxruntime, numpy, onnx (for a header-only look at
 the model) and tokenizers, never torch or transformers.
 
-The model is an Optimum `text-generation-with-past` export (or anything with the
-same interface):
+The model is an Optimum `text-generation-with-past` export, a model from ONNX Runtime
+GenAI's builder, or anything with the same interface (the cache names and sizes come
+from the folder's config files, see wina_onnx.model_facts):
     inputs  input_ids [b, s] int64, attention_mask [b, past + s] int64,
             position_ids [b, s] int64 (optional),
             past_key_values.{i}.key / .value [b, kv_heads, past, head_dim]
@@ -13,8 +14,6 @@ same interface):
 
 from __future__ import annotations
 
-import json
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +23,7 @@ import onnxruntime as ort
 from . import schema
 from .errors import ModelLoadError
 from .library import LibraryNotFoundError, register_library
+from .model_facts import cache_name_match, kv_dims_from_graph, read_facts
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
@@ -36,7 +36,6 @@ _LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-_PAST_RE = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 
 Past = list[tuple[np.ndarray, np.ndarray]]
 
@@ -134,11 +133,40 @@ def load_tokenizer(model_dir: str | Path):
     return Tokenizer.from_file(str(path))
 
 
-def _read_json(path: Path) -> dict:
+class _GraphDims:
+    """KV heads and head size from the session's model graph, read only when asked."""
+
+    def __init__(self, session: ort.InferenceSession, past_key_name: str) -> None:
+        self._session, self._name, self._dims = session, past_key_name, None
+
+    def _read(self) -> tuple[int | None, int | None]:
+        if self._dims is None:
+            self._dims = (None, None)
+            model = _session_model(self._session)
+            if model is not None:
+                self._dims = kv_dims_from_graph(model, self._name)
+        return self._dims
+
+    def kv_heads(self) -> int | None:
+        return self._read()[0]
+
+    def head_dim(self) -> int | None:
+        return self._read()[1]
+
+
+def _session_model(session: ort.InferenceSession):
+    """The ONNX graph a session was made from (no external weights), or None."""
+    import onnx
+
+    path, data = getattr(session, "_model_path", None), getattr(session, "_model_bytes", None)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+        if path:
+            return onnx.load(str(path), load_external_data=False)
+        if data:
+            return onnx.load_from_string(data)
+    except Exception:  # noqa: BLE001 - a file gone since (a temporary graph): nothing to read
+        return None
+    return None
 
 
 
@@ -150,53 +178,57 @@ def as_batch(input_ids: np.ndarray) -> np.ndarray:
 class CausalLM:
     """A text-generation-with-past ONNX model with its KV cache bookkeeping.
 
-    Attributes discovered from the session: num_layers, num_kv_heads, head_dim,
-    dtype (of the KV cache), vocab_size (when static), takes_position_ids.
+    Attributes discovered from the session and the model's folder (wina_onnx.model_facts):
+    num_layers, num_kv_heads, head_dim, dtype (of the KV cache), vocab_size, eos_token_ids,
+    takes_position_ids, past_names and present_names ((key, value) per layer), facts.
     """
 
     def __init__(self, session: ort.InferenceSession, model_dir: str | Path | None = None) -> None:
-        """Wrap `session`; model_dir (default: the session's model folder) holds tokenizer.json."""
+        """Wrap `session`; model_dir (default: the session's model folder) holds tokenizer.json
+        and the model's facts (config.json, generation_config.json or genai_config.json)."""
         self.session = session
         if model_dir is None:
             # Tokenizer and config files live beside the model: find them from its path.
             path = getattr(session, "_model_path", None)
             model_dir = Path(path).parent if isinstance(path, (str, Path)) and path else None
         self.model_dir = Path(model_dir) if model_dir is not None else None
+        self.facts = read_facts(self.model_dir)
         inputs = {i.name: i for i in session.get_inputs()}
         if "input_ids" not in inputs:
             raise ModelLoadError("the model has no input_ids input; export with task text-generation-with-past")
-        layers = sorted({int(m.group(1)) for name in inputs if (m := _PAST_RE.match(name))})
+        past = self.facts.past_pattern()
+        layers = sorted({m[0] for name in inputs if (m := cache_name_match(past, name))})
         if not layers or layers != list(range(len(layers))):
             raise ModelLoadError("the model has no past_key_values.{i}.key/value inputs (export with past)")
         self.num_layers = len(layers)
-        key = inputs["past_key_values.0.key"]
+        self.past_names = [(self.facts.past_key % i, self.facts.past_value % i) for i in layers]
+        self.present_names = [(self.facts.present_key % i, self.facts.present_value % i) for i in layers]
+        key = inputs[self.past_names[0][0]]
         self.dtype = np.dtype(_ORT_DTYPES.get(key.type, np.float32))
-        config = _read_json(self.model_dir / "config.json") if self.model_dir else {}
-        self.num_kv_heads = self._dim(key.shape, 1, config, "num_key_value_heads", "num_attention_heads")
-        self.head_dim = self._dim(key.shape, 3, config, "head_dim")
+        graph_dims = _GraphDims(session, self.past_names[0][0])
+        self.num_kv_heads = self._dim(key.shape, 1, self.facts.num_kv_heads, graph_dims.kv_heads, "num_key_value_heads")
+        self.head_dim = self._dim(key.shape, 3, self.facts.head_dim, graph_dims.head_dim, "head_dim")
         self.takes_position_ids = "position_ids" in inputs
         self.takes_attention_mask = "attention_mask" in inputs
         logits = next(o for o in session.get_outputs() if o.name == "logits")
-        self.vocab_size = logits.shape[-1] if isinstance(logits.shape[-1], int) else config.get("vocab_size")
-        self.output_names = ["logits"] + [
-            f"present.{i}.{kind}" for i in range(self.num_layers) for kind in ("key", "value")
-        ]
-        generation = _read_json(self.model_dir / "generation_config.json") if self.model_dir else {}
-        eos = generation.get("eos_token_id", config.get("eos_token_id"))
-        self.eos_token_ids: list[int] = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        self.vocab_size = logits.shape[-1] if isinstance(logits.shape[-1], int) else self.facts.vocab_size
+        self.output_names = ["logits"] + [name for pair in self.present_names for name in pair]
+        self.eos_token_ids: list[int] = list(self.facts.eos_token_ids)
         self._tokenizer = None
 
     @staticmethod
-    def _dim(shape: list, axis: int, config: dict, *keys: str) -> int:
-        # Optimum exports these axes as static ints; fall back to config.json otherwise.
-        if isinstance(shape[axis], int):
+    def _dim(shape: list, axis: int, known: int | None, from_graph, key: str) -> int:
+        # Optimum exports these axes as static ints; GenAI's builder leaves the head size
+        # symbolic: then the folder's config files, then the attention node, say.
+        if isinstance(shape[axis], int) and shape[axis] > 0:
             return shape[axis]
-        if keys[0] == "head_dim" and "head_dim" not in config and config.get("hidden_size"):
-            return config["hidden_size"] // config["num_attention_heads"]
-        for k in keys:
-            if k in config:
-                return int(config[k])
-        raise ModelLoadError(f"cannot tell the KV cache's {keys[0]} from the model; keep config.json beside it")
+        if known:
+            return int(known)
+        value = from_graph()
+        if value:
+            return int(value)
+        raise ModelLoadError(f"cannot tell the KV cache's {key} from the model or its folder; keep its "
+                             "config.json or genai_config.json beside it")
 
     @classmethod
     def from_path(
@@ -263,9 +295,9 @@ class CausalLM:
         if past_length is not None and past_length != cached:
             raise ValueError(f"past_length={past_length} but the cache holds {cached} positions")
         feeds = self.token_inputs(input_ids, cached)
-        for i, (k, v) in enumerate(past):
-            feeds[f"past_key_values.{i}.key"] = k
-            feeds[f"past_key_values.{i}.value"] = v
+        for (key_name, value_name), (k, v) in zip(self.past_names, past):
+            feeds[key_name] = k
+            feeds[value_name] = v
         return feeds
 
     def forward(
@@ -356,9 +388,9 @@ class CudaCausalLM:
         binding = self.session.io_binding()
         for name, value in self.lm.token_inputs(input_ids, cached).items():
             binding.bind_ortvalue_input(name, self._device(value))
-        for i, (k, v) in enumerate(past):
-            binding.bind_ortvalue_input(f"past_key_values.{i}.key", k)
-            binding.bind_ortvalue_input(f"past_key_values.{i}.value", v)
+        for (key_name, value_name), (k, v) in zip(self.lm.past_names, past):
+            binding.bind_ortvalue_input(key_name, k)
+            binding.bind_ortvalue_input(value_name, v)
         for name in self.output_names:
             binding.bind_output(name, self.device_type, self.device_id)
         self.session.run_with_iobinding(binding)

@@ -47,9 +47,10 @@ class StaticCacheLM:
         if SEQLENS_K not in names or TOTAL_SEQ_LEN not in names:
             raise ModelLoadError("not a static-cache model (no seqlens_k / total_seq_len inputs): "
                                  "see wina_onnx.fused_llama.write_static_cache_model")
-        self.lm = CausalLM(session, model_dir)  # layers, heads, dtype, vocab from the session and config.json
+        self.lm = CausalLM(session, model_dir)  # layers, heads, dtype, vocab from the session and its folder
         if not isinstance(self.lm.vocab_size, int):
-            raise ModelLoadError("the vocabulary size is unknown (keep config.json beside the model)")
+            raise ModelLoadError("the vocabulary size is unknown (keep config.json or genai_config.json beside "
+                                 "the model)")
         self.session = session
         self.max_length = int(max_length)
         self.batch = int(batch)
@@ -112,11 +113,12 @@ class StaticCacheLM:
         binding.bind_ortvalue_input(SEQLENS_K, seqlens)
         binding.bind_ortvalue_input(TOTAL_SEQ_LEN, total)
         binding.bind_ortvalue_output("logits", logits)
-        for i, (k, v) in enumerate(self.kv):
-            binding.bind_ortvalue_input(f"past_key_values.{i}.key", k)
-            binding.bind_ortvalue_input(f"past_key_values.{i}.value", v)
-            binding.bind_ortvalue_output(f"present.{i}.key", k)
-            binding.bind_ortvalue_output(f"present.{i}.value", v)
+        for (past_k, past_v), (present_k, present_v), (k, v) in zip(self.lm.past_names, self.lm.present_names,
+                                                                   self.kv):
+            binding.bind_ortvalue_input(past_k, k)
+            binding.bind_ortvalue_input(past_v, v)
+            binding.bind_ortvalue_output(present_k, k)
+            binding.bind_ortvalue_output(present_v, v)
         return binding
 
     def prefill(self, input_ids: np.ndarray, *, fetch_logits: bool = False):

@@ -1,4 +1,4 @@
-"""Write an ONNX Runtime GenAI model folder for a wina-onnx (Optimum-exported) model.
+"""ONNX Runtime GenAI model folders: write one for a wina-onnx model, keep one through `optimize`.
 
 Layout (what `onnxruntime_genai.Model(folder)` loads):
 
@@ -14,11 +14,18 @@ path that GenAI resolves against the model folder (it refuses libraries outside 
 folder, an EP library folder or the working directory). The present tensors hold the
 past plus the new tokens, so `past_present_share_buffer` is false.
 
+A model that already lives in a GenAI folder (made by GenAI's model builder: model.onnx,
+genai_config.json, tokenizer files, no config.json) keeps its genai_config.json: only
+the decoder's filename and session_options.custom_ops_library change, every other
+setting (past_present_share_buffer, the eos_token_id list, provider options, ...) stays.
+`optimize` does the same for its output folder (`keep_genai_folder`).
+
 The folder is written beside its final place and renamed in when complete.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -36,6 +43,7 @@ SIDECAR_FILES = (
     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
     "config.json", "generation_config.json",
 )
+GENAI_CONFIG = "genai_config.json"
 _PAST_RE = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _PRESENT_RE = re.compile(r"^present\.(\d+)\.(key|value)$")
 
@@ -138,6 +146,89 @@ def genai_config(model, config: dict, generation: dict, *, filename: str = "mode
     }
 
 
+def read_genai_config(folder: str | Path) -> dict | None:
+    """genai_config.json of `folder` (None when there is none); ConfigError when it is not one."""
+    path = Path(folder) / GENAI_CONFIG
+    if not path.is_file():
+        return None
+    config = _read_json(path)
+    if not isinstance((config.get("model") or {}).get("decoder"), dict):
+        raise ConfigError(f"{path} has no model.decoder section: not an ONNX Runtime GenAI config")
+    return config
+
+
+def with_op_library(config: dict, *, library: str | None, filename: str) -> dict:
+    """A copy of the genai_config dict `config` for the decoder file `filename`.
+
+    library: the op library path to name as custom_ops_library (relative to the folder),
+    or None for a dense model (a custom_ops_library naming our library is then dropped;
+    one naming another library is kept). Nothing else changes.
+    """
+    out = copy.deepcopy(config)
+    decoder = out["model"]["decoder"]
+    decoder["filename"] = filename
+    options = decoder.setdefault("session_options", {})
+    if library is not None:
+        options["custom_ops_library"] = library
+    elif Path(str(options.get("custom_ops_library", ""))).name == LIBRARY_NAME:
+        del options["custom_ops_library"]
+    return out
+
+
+def _write_atomic(path: Path, data: bytes | None = None, *, source: Path | None = None) -> None:
+    """Write `data` (or copy `source`) to `path` through a temporary name in its folder."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if source is not None:
+                with open(source, "rb") as src:
+                    shutil.copyfileobj(src, out)
+            else:
+                out.write(data or b"")
+        if source is not None:
+            shutil.copymode(source, tmp)
+        else:
+            os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def is_genai_decoder(model_path: str | Path) -> bool:
+    """Whether `model_path` is the decoder that the genai_config.json beside it describes."""
+    model_path = Path(model_path)
+    config = read_genai_config(model_path.parent)
+    return config is not None and config["model"]["decoder"].get("filename", "model.onnx") == model_path.name
+
+
+def keep_genai_folder(input_model: str | Path, output_model: str | Path) -> Path | None:
+    """After `optimize`: make the output's folder a GenAI folder when the input's was one.
+
+    Writes genai_config.json (the input's, with the output's file name and, when the
+    output uses WinaSparseMatMul, custom_ops_library naming the op library copied beside
+    it) into the output's folder. Returns that file, or None when the input's folder is
+    not a GenAI folder for it, or the output shares the input's folder (whose config is
+    then left as it is).
+    """
+    from ..runtime import uses_wina_domain
+
+    input_model, output_model = Path(input_model), Path(output_model)
+    if not is_genai_decoder(input_model):
+        return None
+    if output_model.parent.resolve() == input_model.parent.resolve():
+        return None
+    wina = uses_wina_domain(output_model)
+    config = with_op_library(read_genai_config(input_model.parent), library=LIBRARY_NAME if wina else None,
+                             filename=output_model.name)
+    folder = output_model.parent
+    if wina:
+        _write_atomic(folder / LIBRARY_NAME, source=Path(get_library_path()))
+    target = folder / GENAI_CONFIG
+    _write_atomic(target, (json.dumps(config, indent=4) + "\n").encode("utf-8"))
+    return target
+
+
 def write_genai_folder(out: str | Path, model_path: str | Path, *, context_length: int | None = None,
                        force: bool = False) -> Path:
     """Write OUT (see the module docstring) for `model_path` (a model.onnx or its folder); return OUT.
@@ -165,8 +256,14 @@ def write_genai_folder(out: str | Path, model_path: str | Path, *, context_lengt
         raise ConfigError(f"{out} exists; pass --force to replace it")
     source = model_path.parent
     wina = uses_wina_domain(model_path)
-    config = genai_config(model, _read_json(source / "config.json"), _read_json(source / "generation_config.json"),
-                          library=LIBRARY_NAME if wina else None, context_length=context_length)
+    library = LIBRARY_NAME if wina else None
+    if is_genai_decoder(model_path):  # a GenAI folder already: its settings stay as they are
+        config = with_op_library(read_genai_config(source), library=library, filename="model.onnx")
+        if context_length is not None:
+            config["model"]["context_length"] = int(context_length)
+    else:
+        config = genai_config(model, _read_json(source / "config.json"), _read_json(source / "generation_config.json"),
+                              library=library, context_length=context_length)
     if not (source / "tokenizer.json").is_file():
         raise ModelLoadError(f"no tokenizer.json beside {model_path}; GenAI needs the tokenizer files")
 

@@ -100,12 +100,12 @@ class WinaOnnxLM(TemplateLM):
         self.lm = CausalLM.from_path(Path(model), threads=None if threads is None else int(threads),
                                      providers=providers, optimization_level=optimization_level)
         self.tokenizer = self.lm.tokenizer
-        config = _model_config(self.lm)
-        self._max_length = int(max_length or config.get("max_position_embeddings") or DEFAULT_MAX_LENGTH)
+        facts = self.lm.facts  # config.json, or genai_config.json in a GenAI folder
+        self._max_length = int(max_length or facts.context_length or DEFAULT_MAX_LENGTH)
         if not self.lm.eos_token_ids:
-            raise ConfigError(f"{model}: no eos_token_id in generation_config.json or config.json")
+            raise ConfigError(f"{model}: no eos_token_id in generation_config.json, config.json or genai_config.json")
         self._eot = int(self.lm.eos_token_ids[0])
-        bos = config.get("bos_token_id")
+        bos = facts.bos_token_id
         self._prefix = int(bos) if isinstance(bos, int) else self._eot
         self.add_bos_token = add_bos_token
 
@@ -122,7 +122,8 @@ class WinaOnnxLM(TemplateLM):
 
     @property
     def max_length(self) -> int:
-        """The longest sequence run at once (config.json's max_position_embeddings by default)."""
+        """The longest sequence run at once (by default config.json's max_position_embeddings, or
+        genai_config.json's context_length)."""
         return self._max_length
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs: Any) -> list[int]:
@@ -239,16 +240,6 @@ class WinaOnnxLM(TemplateLM):
             if stop:
                 text = text.split(stop)[0]
         return text
-
-
-def _model_config(lm: CausalLM) -> dict:
-    """config.json beside the model ({} when missing)."""
-    import json
-
-    path = lm.model_dir / "config.json" if lm.model_dir else None
-    if path is None or not path.is_file():
-        return {}
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _generation_options(gen_kwargs: dict, eot_text: str) -> tuple[list[str], int]:
