@@ -266,3 +266,25 @@ def test_optimize_quantize_refuses_what_it_cannot_do(tiny_llama_dir: Path, int4_
                   "--quantize", "int4", "--transform")
     assert result.returncode == 2 and "--transform cannot be combined with --quantize" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_genai_builder_int4_model_is_gated(genai_builder_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """The GenAI model builder's own int4 CPU model: its MatMul_Q4 projections are gated (the
+    rewrite keeps accuracy_level 4), and lowered at sparsity 0 it computes the same logits."""
+    folder = genai_builder_dirs["int4-cpu"]
+    model = load_model(folder / "model.onnx")
+    candidates, skipped = find_candidates(model.graph)
+    assert sorted(c.label for c in candidates) == sorted(
+        f"L{layer}.{role}" for layer in (0, 1) for role in ("qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj"))
+    assert all(c.node_name.endswith("/MatMul_Q4") and c.quantized.accuracy_level == 4 for c in candidates)
+    assert {s.node_name: s.reason for s in skipped} == {"/lm_head/MatMul_Q4": "LM head or embedding"}
+    report = apply_wina_gates(model, GateConfig(allocation=Allocation.uniform(0.5)))
+    assert len(report.gated) == 10
+    gates = [n for n in model.graph.node if n.op_type == schema.NBITS_OP_TYPE]
+    assert len(gates) == 10 and all(nbits.attributes(n)["accuracy_level"] == 4 for n in gates)
+    out = tmp_path / "model.onnx"
+    optimize_model(folder / "model.onnx", out, GateConfig(allocation=Allocation.uniform(0.0), backend="onnx"),
+                   progress=False)
+    shutil.copy2(folder / "genai_config.json", tmp_path / "genai_config.json")
+    ids = np.arange(100, 140)
+    np.testing.assert_array_equal(_logits(out, ids), _logits(folder / "model.onnx", ids))
