@@ -7,6 +7,7 @@ nothing is ever left half-written (outputs are renamed into place when complete)
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import shutil
 import sys
@@ -14,14 +15,25 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__, schema
+from .arguments import check_writable, fraction, model_file, nonnegative_int, positive_int, window_int
 from .errors import ConfigError, WinaError
 
 EXIT_USER_ERROR = 2
+# OS errors a user fixes (permissions, a read-only or full disk): one line, not a traceback.
+_USER_OS_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors, like every other error of the command line."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 # ----------------------------------------------------------------------------- argument groups
 def _add_threads(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="ONNX Runtime intra-op threads (default: all cores)")
 
 
 def _add_data(parser: argparse.ArgumentParser, what: str) -> None:
@@ -46,7 +58,7 @@ def _add_gate_options(parser: argparse.ArgumentParser) -> None:
                             "here when no --calibration is given); topk: keep the k best features per "
                             "token (needs no calibration)")
     sparsity = group.add_mutually_exclusive_group()
-    sparsity.add_argument("--sparsity", type=float, default=None,
+    sparsity.add_argument("--sparsity", type=fraction, default=None,
                           help="fraction of input features skipped, in [0, 1) (default: 0.5): every MatMul's with "
                                "--allocate uniform, each layer's average weighted by weight bytes with greedy")
     sparsity.add_argument("--allocation", default=None, metavar="FILE",
@@ -59,11 +71,11 @@ def _add_gate_options(parser: argparse.ArgumentParser) -> None:
                        help="calibration file from `wina-onnx calibrate` (with --allocate greedy for "
                             "greedy allocation); without it, the model is calibrated here on --data")
     _add_data(group, "calibration when no --calibration file is given")
-    group.add_argument("--calib-windows", type=int, default=16,
+    group.add_argument("--calib-windows", type=positive_int, default=16,
                        help="windows of calibration text when calibrating here (default: 16)")
-    group.add_argument("--calib-window", type=int, default=256,
+    group.add_argument("--calib-window", type=window_int, default=256,
                        help="tokens per calibration window when calibrating here (default: 256)")
-    group.add_argument("--refine-rounds", type=int, default=None, metavar="N",
+    group.add_argument("--refine-rounds", type=nonnegative_int, default=None, metavar="N",
                        help="threshold gating: after gating, re-read every gate's scores inside the gated "
                             "model on --data (--calib-windows x --calib-window tokens) and reset its "
                             "threshold to its target, N times; thresholds from the dense model overshoot "
@@ -108,6 +120,7 @@ def gate_config_from_args(args: argparse.Namespace):
     gating = args.gating or schema.GATING_THRESHOLD
     allocate = None if args.allocation else (args.allocate or "greedy")
     calibration = Calibration.load(args.calibration) if args.calibration else None
+    allocation_file = Allocation.load(args.allocation) if args.allocation else None  # before calibrating
     needs_histograms = gating == schema.GATING_THRESHOLD
     needs_curves = allocate == "greedy"
     if calibration is None and (needs_histograms or needs_curves):
@@ -127,8 +140,8 @@ def gate_config_from_args(args: argparse.Namespace):
             gating, allocate = schema.GATING_TOPK if needs_histograms else gating, "uniform"
             _notice(f"{reason}, so it is not calibrated here: {gating} gating, uniform allocation "
                     "(give --calibration FILE for threshold gating and greedy allocation)")
-    if args.allocation:
-        allocation = Allocation.load(args.allocation)
+    if allocation_file is not None:
+        allocation = allocation_file
     elif allocate == "greedy" and calibration.curves is None:
         if args.allocate == "greedy":
             raise ConfigError("--allocate greedy needs a calibration with error curves: "
@@ -142,7 +155,16 @@ def gate_config_from_args(args: argparse.Namespace):
     return _gate_config(args, gating, allocation, calibration)
 
 
-def _refinement(args: argparse.Namespace, config):
+def _expected_gating(args: argparse.Namespace) -> str:
+    """The gating gate_config_from_args will choose, known before it calibrates anything."""
+    if args.gating:
+        return args.gating
+    if args.calibration or _cannot_calibrate(Path(args.model)) is None:
+        return schema.GATING_THRESHOLD
+    return schema.GATING_TOPK  # its fallback for a model it cannot calibrate
+
+
+def _refinement(args: argparse.Namespace, gating: str):
     """The threshold refinement of `optimize` (None for none).
 
     --refine-rounds N asks for N rounds; without it, threshold gates get one round when
@@ -151,7 +173,7 @@ def _refinement(args: argparse.Namespace, config):
     rounds = args.refine_rounds
     reason = _cannot_calibrate(Path(args.model))
     if rounds is None:
-        if config.gating != schema.GATING_THRESHOLD:
+        if gating != schema.GATING_THRESHOLD:
             return None
         if reason is not None:
             _notice(f"thresholds not refined inside the gated model: {reason}")
@@ -159,7 +181,7 @@ def _refinement(args: argparse.Namespace, config):
         rounds = 1
     if rounds <= 0:
         return None
-    if config.gating != schema.GATING_THRESHOLD:
+    if gating != schema.GATING_THRESHOLD:
         raise ConfigError("--refine-rounds needs --gating threshold")
     if reason is not None:
         raise ConfigError(f"--refine-rounds runs the model on text: {reason}")
@@ -171,6 +193,20 @@ def _refinement(args: argparse.Namespace, config):
     ids = tokenize_text(load_tokenizer(Path(args.model).parent), read_text(args.data))
     return Refinement(token_ids=ids, windows=args.calib_windows, window=args.calib_window,
                       rounds=rounds)
+
+
+def _check_before_work(args: argparse.Namespace, header) -> None:
+    """calibrate's and optimize's checks that need no weights, made before any long step:
+    the outputs can be written, --data is UTF-8 text, and the pass finds something to gate."""
+    from .arguments import check_targets
+    from .data import read_text
+
+    check_writable(args.output)
+    if getattr(args, "allocation_out", None):
+        check_writable(args.allocation_out, option="--allocation-out")
+    if args.data is not None:
+        read_text(args.data)
+    check_targets(header, args.model, args.include, args.exclude)
 
 
 def _notice(message: str) -> None:
@@ -213,6 +249,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     """
     from .export import export_model
 
+    check_writable(args.output, folder=True)
     out = export_model(args.model, Path(args.output), dtype=args.dtype, int4=args.int4,
                        accuracy_level=args.accuracy_level)
     print(f"exported {out}")
@@ -235,6 +272,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         raise ConfigError("--target-sparsity and --allocation-out go together (an allocation file to write)")
     if args.allocation_out and not greedy:
         raise ConfigError("--allocation-out needs --allocate greedy")
+    from .modelio import load_model
+
+    _check_before_work(args, load_model(args.model, load_weights=False))
     calibration = calibrate_model(
         args.model, data=args.data, windows=args.windows, window=args.window,
         include=args.include, exclude=args.exclude, threads=args.threads, progress=not args.quiet,
@@ -278,7 +318,9 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     """
     from .optimize import check_paths
 
-    check_paths(Path(args.model), Path(args.output), force=args.force)  # fail fast, before any calibration
+    header = check_paths(Path(args.model), Path(args.output), force=args.force)  # fail fast, before any calibration
+    _check_before_work(args, header)
+    del header
     if getattr(args, "quantize", None):
         from .quantize import QuantizedCopy, quantize_config_from_args
 
@@ -293,8 +335,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 def _optimize(args: argparse.Namespace, quantized: dict | None) -> int:
     from .optimize import optimize_model
 
+    refine = _refinement(args, _expected_gating(args))  # its checks come before any calibration
     config = gate_config_from_args(args)
-    refine = _refinement(args, config)
     report = optimize_model(args.model, args.output, config, force=args.force, progress=not args.quiet,
                             external_data=args.external_data, refine=refine, quantized=quantized)
     _copy_sidecar_files(Path(args.model), Path(args.output))
@@ -317,8 +359,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import perplexity, tokenize_text
     from .runtime import CausalLM, load_session
 
+    if args.stride is not None and args.stride > args.window:
+        raise ConfigError(f"--stride {args.stride} is longer than --window {args.window}: tokens between "
+                          "windows would go unscored; give a stride of at most the window")
+    text = read_text(args.data)
     lm = CausalLM(load_session(args.model, threads=args.threads))
-    ids = tokenize_text(lm.tokenizer, read_text(args.data))
+    ids = tokenize_text(lm.tokenizer, text)
+    if len(ids) < 2:
+        raise ConfigError(f"{args.data or 'the text'} gives {len(ids)} token(s); perplexity needs at least 2")
     if args.reference:
         from .metrics import compare_to_reference
 
@@ -347,6 +395,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .generate import generate_text
     from .runtime import CausalLM, load_session
 
+    if not args.prompt:
+        raise ConfigError('--prompt is empty; give the text to continue, e.g. --prompt "The capital of France is"')
     lm = CausalLM(load_session(args.model, threads=args.threads))
     print(generate_text(lm, args.prompt, max_new_tokens=args.max_new_tokens))
     return 0
@@ -395,6 +445,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """
     from .demo import run_demo
 
+    check_writable(args.work_dir, folder=True, option="--work-dir")
     run_demo(Path(args.work_dir), sparsity=args.sparsity, windows=args.windows, data=args.data,
              threads=args.threads, progress=not args.quiet)
     return 0
@@ -415,6 +466,7 @@ def cmd_package(args: argparse.Namespace) -> int:
 
     Either folder is written whole or not at all.
     """
+    check_writable(args.genai or args.triton, folder=True, option="--genai" if args.genai else "--triton")
     if args.genai:
         from .integrations.genai import write_genai_folder
 
@@ -441,6 +493,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """
     from .report import plot_allocation, plot_quality
 
+    check_writable(args.output)
     if args.quality:
         if args.model:
             raise ConfigError("--model applies to --allocation only")
@@ -487,7 +540,7 @@ def _copy_sidecar_files(model: Path, output: Path) -> None:
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `wina-onnx` and its sub-commands."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="wina-onnx",
         description="WINA activation sparsity for LLMs in ONNX Runtime: export, calibrate, "
                     "optimize, evaluate and benchmark.",
@@ -519,8 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model.onnx (dense)")
     p.add_argument("-o", "--output", required=True, help="calibration file to write (.npz)")
     _add_data(p, "calibration")
-    p.add_argument("--windows", type=int, default=16, help="number of text windows (default: 16)")
-    p.add_argument("--window", type=int, default=256, help="tokens per window (default: 256)")
+    p.add_argument("--windows", type=positive_int, default=16, help="number of text windows (default: 16)")
+    p.add_argument("--window", type=window_int, default=256, help="tokens per window (default: 256)")
     p.add_argument("--include", action="append", default=[], metavar="PATTERN")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
     p.add_argument("--transform", action="store_true",
@@ -528,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allocate", choices=["greedy"], default=None,
                    help="also keep the greedy search's error curves in the file (sampled activations of "
                         "every MatMul), so that `optimize` allocates per-MatMul sparsities at any target")
-    p.add_argument("--target-sparsity", type=float, default=None,
+    p.add_argument("--target-sparsity", type=fraction, default=None,
                    help="with --allocation-out: average sparsity of that allocation, weighted by weight bytes")
     p.add_argument("--allocation-out", default=None, metavar="FILE",
                    help="also write the greedy allocation at --target-sparsity to this file (JSON)")
@@ -536,7 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score of the allocation written to --allocation-out (default: wina)")
     p.add_argument("--norm-on", choices=["all", "reference"], default="reference",
                    help="which WINA scores use weight norms (as in `optimize`; default: reference)")
-    p.add_argument("--sample-rows", type=int, default=256,
+    p.add_argument("--sample-rows", type=positive_int, default=256,
                    help="token rows per MatMul kept for the greedy search (default: 256)")
     _add_threads(p)
     _add_quiet(p)
@@ -558,9 +611,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("eval", cmd_eval)
     p.add_argument("model", help="model.onnx with its tokenizer.json beside it")
     _add_data(p, "evaluation")
-    p.add_argument("--window", type=int, default=512, help="tokens per window (default: 512)")
-    p.add_argument("--stride", type=int, default=None, help="window stride (default: the window)")
-    p.add_argument("--windows", type=int, default=None, help="evaluate at most this many windows")
+    p.add_argument("--window", type=window_int, default=512, help="tokens per window (default: 512)")
+    p.add_argument("--stride", type=positive_int, default=None, help="window stride (default: the window)")
+    p.add_argument("--windows", type=positive_int, default=None,
+                   help="evaluate at most this many windows (default: all the text)")
     p.add_argument("--reference", default=None, metavar="DENSE.onnx",
                    help="also report KL(dense || model) and top-1 agreement against this model")
     p.add_argument("--json", action="store_true")
@@ -570,14 +624,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("generate", cmd_generate)
     p.add_argument("model", help="model.onnx with its tokenizer.json beside it")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
     _add_threads(p)
 
     p = add("bench", cmd_bench)
     p.add_argument("models", nargs="+", help="model files; the first is the baseline")
-    p.add_argument("--prompt-tokens", type=int, default=128)
-    p.add_argument("--decode-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--prompt-tokens", type=positive_int, default=128)
+    p.add_argument("--decode-tokens", type=positive_int, default=64)
+    p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                    help="cuda: CUDA provider with IOBinding, KV cache on the GPU (needs onnxruntime-gpu)")
     p.add_argument("--json", action="store_true")
@@ -589,8 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", cmd_demo)
     p.add_argument("--work-dir", default="wina-demo", help="folder for the exported and optimized models")
-    p.add_argument("--sparsity", type=float, default=0.5)
-    p.add_argument("--windows", type=int, default=4, help="512-token windows of perplexity (default: 4)")
+    p.add_argument("--sparsity", type=fraction, default=0.5)
+    p.add_argument("--windows", type=positive_int, default=4, help="512-token windows of perplexity (default: 4)")
     _add_data(p, "calibration and evaluation")
     _add_threads(p)
     _add_quiet(p)
@@ -620,6 +674,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resolve_models(args: argparse.Namespace) -> None:
+    """A folder given as an ONNX model means the model.onnx inside it (as the runtime reads it)."""
+    if args.command in ("export", "demo", "lm-eval"):
+        return  # their MODEL is a Hugging Face folder, or there is none
+    for name in ("model", "reference"):
+        if getattr(args, name, None):
+            setattr(args, name, str(model_file(getattr(args, name))))
+    if getattr(args, "models", None):
+        args.models = [str(model_file(m)) for m in args.models]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `wina-onnx`; returns the exit status."""
     parser = build_parser()
@@ -630,9 +695,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     try:
+        _resolve_models(args)
         return args.func(args)
     except WinaError as exc:
         print(f"wina-onnx {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:
+        if exc.errno not in _USER_OS_ERRORS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"wina-onnx {args.command}: error: {where}{exc.strerror}; choose a writable place with free "
+              "space (outputs are written whole or not at all)", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"wina-onnx {args.command}: interrupted; no output was written", file=sys.stderr)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .errors import ConfigError
+
 
 def default_text() -> str:
     """The pydoc help topics joined in sorted key order (deterministic across runs)."""
@@ -18,7 +20,27 @@ def default_text() -> str:
 
 
 def read_text(path: str | Path | None) -> str:
-    """Read a UTF-8 text file, or return `default_text()` when path is None."""
+    """Read a UTF-8 text file, or return `default_text()` when path is None.
+
+    Raises ConfigError (one line: the problem and what to do) for a file that is
+    missing, a folder, unreadable, not UTF-8, or holds no text.
+    """
     if path is None:
         return default_text()
-    return Path(path).read_text(encoding="utf-8")
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"--data {path} is a folder; give a UTF-8 text file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"--data {path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"--data {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"--data {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                          "convert it first, e.g. iconv -f latin1 -t utf-8") from None
+    if not text.strip():
+        raise ConfigError(f"--data {path} holds no text; give a file with the text to run the model on")
+    return text

@@ -19,6 +19,8 @@ PROTOBUF_LIMIT = 2**31 - 2**20
 def load_model(path: str | Path, *, load_weights: bool = True) -> onnx.ModelProto:
     """Load an ONNX model, turning every way it can fail into a one-line ModelLoadError."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a folder; give the model's .onnx file, e.g. {path / 'model.onnx'}")
     if not path.is_file():
         raise ModelLoadError(f"{path}: no such file")
     try:

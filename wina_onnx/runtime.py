@@ -187,19 +187,22 @@ class CausalLM:
         """Wrap `session`; model_dir (default: the session's model folder) holds tokenizer.json
         and the model's facts (config.json, generation_config.json or genai_config.json)."""
         self.session = session
+        path = getattr(session, "_model_path", None)
+        path = str(path) if isinstance(path, (str, Path)) and path else None
+        where = path or "the model"  # errors name the model: bench and eval load several
         if model_dir is None:
             # Tokenizer and config files live beside the model: find them from its path.
-            path = getattr(session, "_model_path", None)
-            model_dir = Path(path).parent if isinstance(path, (str, Path)) and path else None
+            model_dir = Path(path).parent if path else None
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.facts = read_facts(self.model_dir)
         inputs = {i.name: i for i in session.get_inputs()}
         if "input_ids" not in inputs:
-            raise ModelLoadError("the model has no input_ids input; export with task text-generation-with-past")
+            raise ModelLoadError(f"{where} has no input_ids input; export it with task text-generation-with-past")
         past = self.facts.past_pattern()
         layers = sorted({m[0] for name in inputs if (m := cache_name_match(past, name))})
         if not layers or layers != list(range(len(layers))):
-            raise ModelLoadError("the model has no past_key_values.{i}.key/value inputs (export with past)")
+            raise ModelLoadError(f"{where} has no KV cache (no past_key_values.{{i}}.key/value inputs); export it "
+                                 "with task text-generation-with-past")
         self.num_layers = len(layers)
         self.past_names = [(self.facts.past_key % i, self.facts.past_value % i) for i in layers]
         self.present_names = [(self.facts.present_key % i, self.facts.present_value % i) for i in layers]
