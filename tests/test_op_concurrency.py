@@ -1,6 +1,6 @@
 """One ONNX Runtime session of the op library run from 8 threads at once.
 
-The op keeps per-thread work space (custom_ops/src/gating.cc) and reads its
+The op keeps per-thread work space (custom_ops/src/gate_token.cc) and reads its
 attributes once per kernel; concurrent Run calls on one session must give exactly
 (bit for bit) what the same calls give one after another. The model chains two gated
 MatMuls of different K, so each thread's work space is resized between nodes, and the

@@ -1,7 +1,7 @@
 """The `WinaSparseMatMul` operator: one place that names its domain, inputs and attributes.
 
 The pass, the NumPy oracle, the standard-ops lowering and the docs all read these
-constants, and the C++ library (custom_ops/src/wina_sparse_matmul.h) mirrors them.
+constants, and the C++ library (custom_ops/src/op_schema.h) mirrors them.
 The full specification is docs/op-schema.md.
 
 Semantics, per token t (a row of X flattened to [M, K]):

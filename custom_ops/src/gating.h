@@ -1,32 +1,43 @@
-// Gating of WinaSparseMatMul: which input features of one token are kept.
+// The gating rules of WinaSparseMatMul: which input features of one token are kept.
+// One enum for the CPU driver, the per-ISA loops and the CUDA kernels; plain data only,
+// so that every compiler of the library (host C++, each -m flag set, nvcc) can include it.
 //
 //   score[i] = |x[i]| * score_scale[i], computed in float32; NaN scores rank as +inf.
 //   threshold: keep score[i] > threshold.
 //   topk:      keep the k largest scores; among equal scores the lower index wins
 //              (the order (score descending, index ascending)), k clipped to [0, K].
-// The NumPy oracle wina_onnx.reference.keep_mask is the specification. The inner
-// loops (including the O(K) top-k selection) are in isa/gating_impl.h, compiled
-// per instruction set.
+// The NumPy oracle wina_onnx.reference.keep_mask is the specification. The rule itself
+// is written once per back end: isa/gating_impl.h (CPU) and the CUDA kernels (cuda/).
 #pragma once
 
 #include <cstdint>
 
-#include "isa/isa.h"
-
 namespace wina {
 
-enum class Gating { kTopK, kThreshold };
+// The node's `gating` attribute. The values are part of no file format; they only
+// index kGatingRules below.
+enum class Gating : int32_t { kThreshold = 0, kTopK = 1 };
 
-struct GatingParams {
-  Gating mode = Gating::kTopK;
-  float threshold = 0.0f;  // used when mode == kThreshold
-  int64_t k = 0;           // used when mode == kTopK (any value; clipped to [0, K])
+// The scalar input a rule reads (op_schema.h maps it to each op's input index).
+enum class GatingParam : int32_t { kThreshold, kK };
+
+struct GatingRule {
+  Gating gating;
+  const char* name;   // the attribute's value, as in wina_onnx/schema.py (GATING_*)
+  GatingParam param;
 };
 
-// Lists the kept features of one token in increasing index order: idx[c] = i and
-// val[c] = x[i] (x already widened to float32); returns their count. idx and val
-// need room for K + 16 entries. Thread-safe (per-thread work space).
-int64_t gate_token(const IsaKernels& kernels, const float* x, const float* score_scale, int64_t K,
-                   const GatingParams& params, int32_t* idx, float* val);
+// Every rule, in the order of the error message that lists them.
+inline constexpr GatingRule kGatingRules[] = {
+    {Gating::kTopK, "topk", GatingParam::kK},
+    {Gating::kThreshold, "threshold", GatingParam::kThreshold},
+};
+
+// The rule and its parameter for one call (host values: the CPU kernels).
+struct GatingParams {
+  Gating gating = Gating::kTopK;
+  float threshold = 0.0f;  // GatingParam::kThreshold rules
+  int64_t k = 0;           // GatingParam::kK rules (any value; clipped to [0, K])
+};
 
 }  // namespace wina

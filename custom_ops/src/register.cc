@@ -14,6 +14,15 @@ namespace {
 // Oldest API whose functions this library uses (KernelContext_ParallelFor: 1.17).
 constexpr uint32_t kMinApiVersion = 17;
 
+// Adds op Op to the domain, one op object per element type, all with the same name: ORT
+// merges them and picks the kernel by the type of X. They live as long as the process.
+template <typename Op>
+void add_op(Ort::CustomOpDomain& domain) {
+  static Op ops[] = {Op(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT), Op(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16),
+                     Op(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16)};
+  for (Op& op : ops) domain.Add(&op);
+}
+
 }  // namespace
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
@@ -28,41 +37,16 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   static std::once_flag init_once;
   std::call_once(init_once, [api] { Ort::InitApi(api); });
 
-  // One op object per element type, all named WinaSparseMatMul: ORT merges them
-  // and picks the kernel by the type of X. They live as long as the process.
-  static wina::WinaSparseMatMulOp op_float(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
-  static wina::WinaSparseMatMulOp op_float16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
-  static wina::WinaSparseMatMulOp op_bfloat16(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16);
-  using CpuGroupOp = wina::WinaSparseMatMulGroupOp<wina::WinaSparseMatMulGroupKernel>;
-  static CpuGroupOp group_float(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "CPUExecutionProvider");
-  static CpuGroupOp group_float16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, "CPUExecutionProvider");
-  static CpuGroupOp group_bfloat16(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16, "CPUExecutionProvider");
-
   try {
     Ort::CustomOpDomain domain(wina::kDomain);
-    domain.Add(&op_float);
-    domain.Add(&op_float16);
-    domain.Add(&op_bfloat16);
-    domain.Add(&group_float);
-    domain.Add(&group_float16);
-    domain.Add(&group_bfloat16);
+    add_op<wina::WinaSparseMatMulOp<wina::WinaSparseMatMulKernel>>(domain);
+    add_op<wina::WinaSparseMatMulGroupOp<wina::WinaSparseMatMulGroupKernel>>(domain);
 #ifdef WINA_ONNX_WITH_CUDA
-    // The same op for the CUDA execution provider; a session without it never creates
+    // The same ops for the CUDA execution provider; a session without it never creates
     // these kernels, so nothing of CUDA runs (or must be installed) on a CPU-only machine.
-    static wina::WinaSparseMatMulCudaOp cuda_float(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
-    static wina::WinaSparseMatMulCudaOp cuda_float16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
-    static wina::WinaSparseMatMulCudaOp cuda_bfloat16(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16);
-    using CudaGroupOp = wina::WinaSparseMatMulGroupOp<wina::WinaSparseMatMulGroupCudaKernel>;
-    static CudaGroupOp cuda_group_float(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "CUDAExecutionProvider");
-    static CudaGroupOp cuda_group_float16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16, "CUDAExecutionProvider");
-    static CudaGroupOp cuda_group_bfloat16(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16, "CUDAExecutionProvider");
     if (api_base->GetApi(wina::kMinCudaApiVersion) != nullptr) {
-      domain.Add(&cuda_float);
-      domain.Add(&cuda_float16);
-      domain.Add(&cuda_bfloat16);
-      domain.Add(&cuda_group_float);
-      domain.Add(&cuda_group_float16);
-      domain.Add(&cuda_group_bfloat16);
+      add_op<wina::WinaSparseMatMulOp<wina::WinaSparseMatMulCudaKernel>>(domain);
+      add_op<wina::WinaSparseMatMulGroupOp<wina::WinaSparseMatMulGroupCudaKernel>>(domain);
     }
 #endif
     Ort::UnownedSessionOptions(options).Add(domain);

@@ -11,6 +11,12 @@
 
 namespace wina {
 
+// Lists the kept features of one token in increasing index order: idx[c] = i and
+// val[c] = x[i] (x already widened to float32); returns their count. idx and val
+// need room for K + 16 entries. Thread-safe (per-thread work space; gate_token.cc).
+int64_t gate_token(const IsaKernels& kernels, const float* x, const float* score_scale, int64_t K,
+                   const GatingParams& params, int32_t* idx, float* val);
+
 // Runs fn(data, i) for i in [0, total), possibly in parallel; returns when all are done.
 struct ParallelRunner {
   void* context;

@@ -74,6 +74,20 @@ int64_t token_count(const InputView& x) {
   return m;
 }
 
+OrtStatusPtr status_from_current_exception(const std::string& node) {
+  try {
+    throw;
+  } catch (const InvalidArgument& e) {
+    return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (node + ": " + e.what()).c_str());
+  } catch (const Ort::Exception& e) {
+    return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), (node + ": " + e.what()).c_str());
+  } catch (const std::exception& e) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, (node + ": " + e.what()).c_str());
+  } catch (...) {
+    return Ort::GetApi().CreateStatus(ORT_FAIL, (node + ": unknown error").c_str());
+  }
+}
+
 void parallel_run(void* context, void (*fn)(void*, size_t), size_t total, void* data) {
   Ort::KernelContext ctx(static_cast<OrtKernelContext*>(context));
   ctx.ParallelFor(fn, total, 0, data);

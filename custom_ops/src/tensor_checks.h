@@ -2,6 +2,7 @@
 // library: each failed check throws InvalidArgument with a message naming the input.
 #pragma once
 
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,10 @@ namespace wina {
 struct InvalidArgument : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+
+// Inside a catch block: the current exception as an OrtStatus, prefixed with `node`
+// (InvalidArgument becomes ORT_INVALID_ARGUMENT).
+OrtStatusPtr status_from_current_exception(const std::string& node);
 
 // One input of the call: absent (optional input given as "") or a tensor.
 struct InputView {

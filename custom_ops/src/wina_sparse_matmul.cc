@@ -9,8 +9,6 @@ namespace wina {
 
 namespace {
 
-const char* const kInputNames[kNumInputs] = {"X", "B", "score_scale", "threshold", "k", "bias"};
-
 std::string input_label(size_t index) {
   return std::string("input '") + kInputNames[index] + "' (index " + std::to_string(index) + ")";
 }
@@ -19,65 +17,17 @@ InputView input_at(Ort::KernelContext& ctx, size_t index) { return read_input(ct
 
 }  // namespace
 
-NodeConfig read_node_config(const OrtKernelInfo* info) {
-  Ort::ConstKernelInfo kinfo(info);
-  NodeConfig config;
-  std::string name;
-  try {
-    name = kinfo.GetNodeName();
-  } catch (const Ort::Exception&) {
-  }
-  config.node = std::string(kOpType) + " node '" + name + "'";
-
-  std::string gating;
-  try {
-    gating = kinfo.GetAttribute<std::string>(kAttrGating);
-  } catch (const Ort::Exception&) {
-    throw InvalidArgument(config.node + ": attribute '" + kAttrGating + "' is missing; it must be \"" +
-                          kGatingTopK + "\" or \"" + kGatingThreshold + "\"");
-  }
-  if (gating == kGatingTopK) {
-    config.gating = Gating::kTopK;
-  } else if (gating == kGatingThreshold) {
-    config.gating = Gating::kThreshold;
-  } else {
-    throw InvalidArgument(config.node + ": unknown gating '" + gating + "'; attribute '" + kAttrGating +
-                          "' must be \"" + kGatingTopK + "\" or \"" + kGatingThreshold + "\"");
-  }
-  return config;
-}
-
-OrtStatusPtr status_from_current_exception(const std::string& node) {
-  try {
-    throw;
-  } catch (const InvalidArgument& e) {
-    return Ort::GetApi().CreateStatus(ORT_INVALID_ARGUMENT, (node + ": " + e.what()).c_str());
-  } catch (const Ort::Exception& e) {
-    return Ort::GetApi().CreateStatus(e.GetOrtErrorCode(), (node + ": " + e.what()).c_str());
-  } catch (const std::exception& e) {
-    return Ort::GetApi().CreateStatus(ORT_FAIL, (node + ": " + e.what()).c_str());
-  } catch (...) {
-    return Ort::GetApi().CreateStatus(ORT_FAIL, (node + ": unknown error").c_str());
-  }
-}
-
-WinaSparseMatMulKernel::WinaSparseMatMulKernel(const OrtKernelInfo* info, DType dtype)
-    : dtype_(dtype), gating_(Gating::kTopK), kernels_(&select_isa_kernels()) {
-  NodeConfig config = read_node_config(info);
-  gating_ = config.gating;
-  node_ = std::move(config.node);
-}
+WinaSparseMatMulKernel::WinaSparseMatMulKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type)
+    : dtype_(dtype_of(type)),
+      node_(node_label(info, kOpType)),
+      gating_(read_gating(info, node_)),
+      kernels_(&select_isa_kernels()) {}
 
 OrtStatusPtr WinaSparseMatMulKernel::ComputeV2(OrtKernelContext* context) {
-  try {
-    Compute(context);
-    return nullptr;
-  } catch (...) {
-    return status_from_current_exception(node_);
-  }
+  return compute_status(node_, [&] { Compute(context); });
 }
 
-OpInputs read_op_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType t, Gating gating_mode) {
+OpInputs read_op_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType t, Gating gating) {
   const InputView x = input_at(ctx, kInputX);
   const InputView b = input_at(ctx, kInputB);
   const InputView scale = input_at(ctx, kInputScoreScale);
@@ -105,21 +55,23 @@ OpInputs read_op_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType t, Ga
                           std::to_string(K) + "] (K), got " + shape_str(scale.shape));
   }
 
+  // The rule's scalar parameter.
   OpInputs in;
-  if (gating_mode == Gating::kTopK) {
-    const InputView k = input_at(ctx, kInputK);
-    if (!k.present())
-      throw InvalidArgument("gating='topk' needs " + input_label(kInputK) + ", which is missing");
-    expect_type(k, input_label(kInputK), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, "");
-    expect_scalar(k, input_label(kInputK));
-    in.k = k.value.GetTensorData<int64_t>();
+  const GatingRule& rule = gating_rule(gating);
+  const size_t param_index = gating_param_input(rule.param);
+  const InputView param = input_at(ctx, param_index);
+  if (!param.present()) {
+    throw InvalidArgument(std::string("gating='") + rule.name + "' needs " + input_label(param_index) +
+                          ", which is missing");
+  }
+  if (rule.param == GatingParam::kK) {
+    expect_type(param, input_label(param_index), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, "");
+    expect_scalar(param, input_label(param_index));
+    in.k = param.value.GetTensorData<int64_t>();
   } else {
-    const InputView thr = input_at(ctx, kInputThreshold);
-    if (!thr.present())
-      throw InvalidArgument("gating='threshold' needs " + input_label(kInputThreshold) + ", which is missing");
-    expect_type(thr, input_label(kInputThreshold), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "");
-    expect_scalar(thr, input_label(kInputThreshold));
-    in.threshold = thr.value.GetTensorData<float>();
+    expect_type(param, input_label(param_index), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "");
+    expect_scalar(param, input_label(param_index));
+    in.threshold = param.value.GetTensorData<float>();
   }
 
   const InputView bias = input_at(ctx, kInputBias);
@@ -148,14 +100,6 @@ void WinaSparseMatMulKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
   const OpInputs in = read_op_inputs(ctx, onnx_type(dtype_), gating_);
 
-  GatingParams gating;
-  gating.mode = gating_;
-  if (gating_ == Gating::kTopK) {
-    gating.k = *in.k;
-  } else {
-    gating.threshold = *in.threshold;
-  }
-
   auto y = ctx.GetOutput(0, in.out_shape);
 
   SparseMatMulArgs args;
@@ -168,42 +112,10 @@ void WinaSparseMatMulKernel::Compute(OrtKernelContext* context) {
   args.M = in.M;
   args.K = in.K;
   args.N = in.N;
-  args.gating = gating;
+  args.gating.gating = gating_;
+  if (in.k != nullptr) args.gating.k = *in.k;
+  if (in.threshold != nullptr) args.gating.threshold = *in.threshold;
   sparse_matmul(args, *kernels_, ParallelRunner{context, parallel_run});
-}
-
-OrtStatusPtr WinaSparseMatMulOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
-                                                void** kernel) const {
-  try {
-    *kernel = new WinaSparseMatMulKernel(info, dtype_of(type_));
-    return nullptr;
-  } catch (const InvalidArgument& e) {
-    return api.CreateStatus(ORT_INVALID_ARGUMENT, e.what());
-  } catch (const std::exception& e) {
-    return api.CreateStatus(ORT_FAIL, (std::string(kOpType) + ": " + e.what()).c_str());
-  }
-}
-
-ONNXTensorElementDataType op_input_type(ONNXTensorElementDataType type, size_t index) {
-  switch (index) {
-    case kInputScoreScale:
-    case kInputThreshold: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-    case kInputK: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-    default: return type;  // X, B, bias
-  }
-}
-
-OrtCustomOpInputOutputCharacteristic op_input_characteristic(size_t index) {
-  return index >= kInputThreshold ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
-                                  : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
-}
-
-ONNXTensorElementDataType WinaSparseMatMulOp::GetInputType(size_t index) const {
-  return op_input_type(type_, index);
-}
-
-OrtCustomOpInputOutputCharacteristic WinaSparseMatMulOp::GetInputCharacteristic(size_t index) const {
-  return op_input_characteristic(index);
 }
 
 }  // namespace wina

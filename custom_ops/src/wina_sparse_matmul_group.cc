@@ -2,7 +2,6 @@
 
 #include <string>
 
-#include "wina_sparse_matmul.h"
 #include "sparse_kernel.h"
 
 namespace wina {
@@ -19,15 +18,6 @@ std::string label(size_t index, int64_t count) {
 }
 
 }  // namespace
-
-std::string group_node_label(const OrtKernelInfo* info) {
-  std::string name;
-  try {
-    name = Ort::ConstKernelInfo(info).GetNodeName();
-  } catch (const Ort::Exception&) {
-  }
-  return std::string(kGroupOpType) + " node '" + name + "'";
-}
 
 GroupInputs read_group_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType t) {
   const size_t inputs = ctx.GetInputCount();
@@ -98,15 +88,10 @@ GroupInputs read_group_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType
 }
 
 WinaSparseMatMulGroupKernel::WinaSparseMatMulGroupKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type)
-    : dtype_(dtype_of(type)), node_(group_node_label(info)), kernels_(&select_isa_kernels()) {}
+    : dtype_(dtype_of(type)), node_(node_label(info, kGroupOpType)), kernels_(&select_isa_kernels()) {}
 
 OrtStatusPtr WinaSparseMatMulGroupKernel::ComputeV2(OrtKernelContext* context) {
-  try {
-    Compute(context);
-    return nullptr;
-  } catch (...) {
-    return status_from_current_exception(node_);
-  }
+  return compute_status(node_, [&] { Compute(context); });
 }
 
 void WinaSparseMatMulGroupKernel::Compute(OrtKernelContext* context) {
@@ -127,7 +112,7 @@ void WinaSparseMatMulGroupKernel::Compute(OrtKernelContext* context) {
     args.M = in.M;
     args.K = in.K;
     args.N = in.n[s];
-    args.gating.mode = Gating::kThreshold;
+    args.gating.gating = Gating::kThreshold;
     args.gating.threshold = in.threshold[s];
     sparse_matmul(args, *kernels_, ParallelRunner{context, parallel_run});
   }

@@ -194,12 +194,7 @@ CudaKernelBase::~CudaKernelBase() {
 }
 
 OrtStatusPtr CudaKernelBase::ComputeV2(OrtKernelContext* context) {
-  try {
-    Compute(context);
-    return nullptr;
-  } catch (...) {
-    return status_from_current_exception(node_);
-  }
+  return compute_status(node_, [&] { Compute(context); });
 }
 
 void CudaKernelBase::read_device() {
@@ -212,11 +207,7 @@ void CudaKernelBase::read_device() {
 }
 
 WinaSparseMatMulCudaKernel::WinaSparseMatMulCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type)
-    : WinaSparseMatMulCudaKernel(info, type, read_node_config(info)) {}
-
-WinaSparseMatMulCudaKernel::WinaSparseMatMulCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type,
-                                                       NodeConfig config)
-    : CudaKernelBase(info, std::move(config.node)), type_(type), gating_(config.gating) {}
+    : CudaKernelBase(info, node_label(info, kOpType)), type_(type), gating_(read_gating(info, node_)) {}
 
 void WinaSparseMatMulCudaKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
@@ -237,7 +228,7 @@ void WinaSparseMatMulCudaKernel::Compute(OrtKernelContext* context) {
   problem.M = in.M;
   problem.K = in.K;
   problem.N = in.N;
-  problem.mode = gating_ == Gating::kTopK ? cuda::GateMode::kTopK : cuda::GateMode::kThreshold;
+  problem.gating = gating_;
   dispatch_type(type_, [&](auto tag) {
     using T = decltype(tag);
     run<T>(problem, device, context, memory_info_, allocator_, stream);
@@ -246,7 +237,7 @@ void WinaSparseMatMulCudaKernel::Compute(OrtKernelContext* context) {
 
 WinaSparseMatMulGroupCudaKernel::WinaSparseMatMulGroupCudaKernel(const OrtKernelInfo* info,
                                                                  ONNXTensorElementDataType type)
-    : CudaKernelBase(info, group_node_label(info)), type_(type) {}
+    : CudaKernelBase(info, node_label(info, kGroupOpType)), type_(type) {}
 
 void WinaSparseMatMulGroupCudaKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
@@ -285,20 +276,6 @@ void WinaSparseMatMulGroupCudaKernel::Compute(OrtKernelContext* context) {
     for (int s = 0; s < group.count; ++s)
       run<T>(cuda::SegmentProblem(group, s), device, context, memory_info_, allocator_, stream);
   });
-}
-
-OrtStatusPtr WinaSparseMatMulCudaOp::CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info,
-                                                    void** kernel) const {
-  try {
-    *kernel = new WinaSparseMatMulCudaKernel(info, type_);
-    return nullptr;
-  } catch (const InvalidArgument& e) {
-    return api.CreateStatus(ORT_INVALID_ARGUMENT, e.what());
-  } catch (const Ort::Exception& e) {
-    return api.CreateStatus(e.GetOrtErrorCode(), (std::string(kOpType) + ": " + e.what()).c_str());
-  } catch (const std::exception& e) {
-    return api.CreateStatus(ORT_FAIL, (std::string(kOpType) + ": " + e.what()).c_str());
-  }
 }
 
 }  // namespace wina

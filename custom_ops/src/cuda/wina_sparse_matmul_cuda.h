@@ -1,6 +1,6 @@
 // The WinaSparseMatMul custom op for the CUDA execution provider.
 //
-// Same schema, validation and error messages as the CPU op (wina_sparse_matmul.h);
+// Same schema (op_schema.h), validation and error messages as the CPU op (wina_sparse_matmul.h);
 // every input, threshold and k included, stays in device memory, so top-k never
 // goes through the host. The work is enqueued on ORT's compute stream
 // (KernelContext_GetGPUComputeStream) by the launchers of wina_sparse_matmul_impl.cuh,
@@ -40,10 +40,10 @@ class CudaKernelBase {
 
 class WinaSparseMatMulCudaKernel : public CudaKernelBase {
  public:
+  static constexpr const char* kProvider = "CUDAExecutionProvider";
   WinaSparseMatMulCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
 
  private:
-  WinaSparseMatMulCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type, NodeConfig config);
   void Compute(OrtKernelContext* context) override;
 
   ONNXTensorElementDataType type_;
@@ -52,33 +52,12 @@ class WinaSparseMatMulCudaKernel : public CudaKernelBase {
 
 class WinaSparseMatMulGroupCudaKernel : public CudaKernelBase {
  public:
+  static constexpr const char* kProvider = "CUDAExecutionProvider";
   WinaSparseMatMulGroupCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
 
  private:
   void Compute(OrtKernelContext* context) override;
 
-  ONNXTensorElementDataType type_;
-};
-
-struct WinaSparseMatMulCudaOp
-    : Ort::CustomOpBase<WinaSparseMatMulCudaOp, WinaSparseMatMulCudaKernel, /*WithStatus=*/true> {
-  explicit WinaSparseMatMulCudaOp(ONNXTensorElementDataType type) : type_(type) {}
-
-  OrtStatusPtr CreateKernelV2(const OrtApi& api, const OrtKernelInfo* info, void** kernel) const;
-
-  const char* GetName() const { return kOpType; }
-  const char* GetExecutionProviderType() const { return "CUDAExecutionProvider"; }
-
-  size_t GetInputTypeCount() const { return kNumInputs; }
-  ONNXTensorElementDataType GetInputType(size_t index) const { return op_input_type(type_, index); }
-  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return op_input_characteristic(index);
-  }
-
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return type_; }
-
- private:
   ONNXTensorElementDataType type_;
 };
 

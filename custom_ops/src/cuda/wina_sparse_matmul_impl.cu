@@ -218,9 +218,9 @@ struct Gate {
   const int32_t* cuts;
 };
 
-template <GateMode MODE>
+template <Gating GATING>
 __device__ __forceinline__ void token_gate(const Gate& gate, int m, uint32_t& key, int& cut) {
-  if (MODE == GateMode::kThreshold) {
+  if (GATING == Gating::kThreshold) {
     const float t = *gate.threshold;
     key = (t != t) ? 0xffffffffu : order_key(t);  // a NaN threshold keeps nothing
     cut = -1;
@@ -547,7 +547,7 @@ __device__ __forceinline__ WeightView weight_view(const Table& t, int tile, int6
 // U: rows a thread loads per batch; S: batches in flight (1: load, wait, multiply; 2: the next
 // batch is loaded while this one is multiplied), through S * U * 4 KiB of dynamic shared memory
 // (VEC only); W: OneWeight or Table.
-template <typename T, int MT, bool VEC, GateMode MODE, int U, typename W, int S = 1>
+template <typename T, int MT, bool VEC, Gating GATING, int U, typename W, int S = 1>
 __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (ptxas chose 32 registers and spilled)
     decode_partial_kernel(const T* __restrict__ x, const __grid_constant__ W weights, Gate gate,
                           float* __restrict__ partial, int M, int K, int64_t n_total, int rows_per_split,
@@ -571,7 +571,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
   const float* __restrict__ scale = w.scale;
   const int64_t N = w.n;
   const int tile = blockIdx.x - w.tile_begin;
-  if (MODE == GateMode::kThreshold) gate.threshold = w.threshold;
+  if (GATING == Gating::kThreshold) gate.threshold = w.threshold;
 
   // With L2 hints the score scales stay in the L2 (evict_last) and the weight rows, read once a
   // call, leave it first: the next call's gating then reads its scales from the L2, not DRAM.
@@ -595,7 +595,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
     if (m < M) {
-      token_gate<MODE>(gate, m, gate_key[m], gate_cut[m]);
+      token_gate<GATING>(gate, m, gate_key[m], gate_cut[m]);
     } else {
       gate_key[m] = 0xffffffffu;
       gate_cut[m] = -1;
@@ -1008,7 +1008,7 @@ __global__ void __launch_bounds__(kReduceCols * kReduceLanes)
 // ---------------------------------------------------------------------------------
 // Prefill: gated X into the workspace, then a tiled GEMM.
 
-template <typename T, GateMode MODE>
+template <typename T, Gating GATING>
 __global__ void mask_kernel(const T* __restrict__ x, const float* __restrict__ scale, Gate gate,
                             T* __restrict__ xg, int64_t M, int K) {
   const int64_t total = M * K;
@@ -1018,7 +1018,7 @@ __global__ void mask_kernel(const T* __restrict__ x, const float* __restrict__ s
     const int i = static_cast<int>(idx - static_cast<int64_t>(m) * K);
     uint32_t gate_key;
     int gate_cut;
-    token_gate<MODE>(gate, m, gate_key, gate_cut);
+    token_gate<GATING>(gate, m, gate_key, gate_cut);
     const T v = x[idx];
     xg[idx] = keep(score_key(Elem<T>::to_float(v), scale[i]), i, gate_key, gate_cut) ? v : Elem<T>::from_float(0.0f);
   }
@@ -1027,7 +1027,7 @@ __global__ void mask_kernel(const T* __restrict__ x, const float* __restrict__ s
 // The same masking, 16 bytes a thread: grid (K / (8 * 256) pieces, M tokens), so the token's
 // gate is read once per thread and no index is divided. Needs K % 8 == 0 and 16-byte
 // aligned X and gated X (2-byte types).
-template <typename T, GateMode MODE>
+template <typename T, Gating GATING>
 __global__ void __launch_bounds__(256)
     mask_kernel_vec(const T* __restrict__ x, const float* __restrict__ scale, Gate gate, T* __restrict__ xg, int K) {
   static_assert(sizeof(T) == 2, "16 bytes = 8 elements");
@@ -1036,7 +1036,7 @@ __global__ void __launch_bounds__(256)
   if (i0 >= K) return;
   uint32_t gate_key;
   int gate_cut;
-  token_gate<MODE>(gate, m, gate_key, gate_cut);
+  token_gate<GATING>(gate, m, gate_key, gate_cut);
   const size_t offset = static_cast<size_t>(m) * static_cast<size_t>(K) + static_cast<size_t>(i0);
   uint4 v = *reinterpret_cast<const uint4*>(x + offset);
   const float4 s0 = *reinterpret_cast<const float4*>(scale + i0);
@@ -1121,7 +1121,7 @@ size_t align_up(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 // Workspace: [gate keys, gate cuts] (top-k), then the partial sums (decode) or the
 // gated X (prefill).
 size_t gate_bytes(const Problem& p) {
-  return p.mode == GateMode::kTopK ? 2 * align_up(static_cast<size_t>(p.M) * 4) : 0;
+  return p.gating == Gating::kTopK ? 2 * align_up(static_cast<size_t>(p.M) * 4) : 0;
 }
 
 // One decode call: X, its shape, and the weights' table.
@@ -1201,12 +1201,12 @@ cudaError_t allow_decode_smem(Kernel kernel, size_t bytes, std::atomic<uint64_t>
   return err;
 }
 
-template <typename T, int MT, bool VEC, GateMode MODE, int U, typename W, int S, typename P>
+template <typename T, int MT, bool VEC, Gating GATING, int U, typename W, int S, typename P>
 cudaError_t launch_decode_kernel(const DecodeCall& c, const P& weights, const Plan& plan, bool pdl, const Gate& gate,
                                  float* partial, Stream stream) {
   const dim3 grid(static_cast<unsigned>(c.tiles), static_cast<unsigned>(plan.splits));
   const size_t smem = VEC ? static_cast<size_t>(S) * U * kDecodeThreads * 16 : 0;
-  auto* kernel = decode_partial_kernel<T, MT, VEC, MODE, U, W, S>;
+  auto* kernel = decode_partial_kernel<T, MT, VEC, GATING, U, W, S>;
   static std::atomic<uint64_t> smem_done{0};  // one per instantiation, i.e. per kernel
   const cudaError_t err = allow_decode_smem(kernel, smem, smem_done);
   if (err != cudaSuccess) return err;
@@ -1217,48 +1217,48 @@ cudaError_t launch_decode_kernel(const DecodeCall& c, const P& weights, const Pl
                           plan.l2_hints ? 1 : 0, cluster, static_cast<int>(plan.prefetch_rows));
 }
 
-template <typename T, int MT, GateMode MODE, int U, typename W, typename P>
+template <typename T, int MT, Gating GATING, int U, typename W, typename P>
 cudaError_t launch_decode_w(const DecodeCall& c, const P& weights, const Plan& plan, bool pdl, const Gate& gate,
                             float* partial, Stream stream) {
   if (!plan.vectorized)
-    return launch_decode_kernel<T, MT, false, MODE, U, W, 1>(c, weights, plan, pdl, gate, partial, stream);
+    return launch_decode_kernel<T, MT, false, GATING, U, W, 1>(c, weights, plan, pdl, gate, partial, stream);
   if constexpr (MT <= 2) {
     if (plan.stages >= 2)
-      return launch_decode_kernel<T, MT, true, MODE, U, W, 2>(c, weights, plan, pdl, gate, partial, stream);
+      return launch_decode_kernel<T, MT, true, GATING, U, W, 2>(c, weights, plan, pdl, gate, partial, stream);
   }
-  return launch_decode_kernel<T, MT, true, MODE, U, W, 1>(c, weights, plan, pdl, gate, partial, stream);
+  return launch_decode_kernel<T, MT, true, GATING, U, W, 1>(c, weights, plan, pdl, gate, partial, stream);
 }
 
-template <typename T, int MT, GateMode MODE, int U>
+template <typename T, int MT, Gating GATING, int U>
 cudaError_t launch_decode_u(const DecodeCall& c, const Plan& plan, const Gate& gate, float* partial, Stream stream) {
   // Programmatically dependent (sm_90) on the kernel before it: the select kernel (top-k) or,
   // with pdl_first, whatever ran before on the stream (threshold); it waits for that one first.
-  const bool pdl = plan.pdl && (MODE == GateMode::kTopK || plan.pdl_first);
-  if constexpr (MODE == GateMode::kThreshold) {  // the grouped op gates by thresholds only
-    if (c.grouped()) return launch_decode_w<T, MT, MODE, U, Table>(c, c.table, plan, pdl, gate, partial, stream);
+  const bool pdl = plan.pdl && (GATING == Gating::kTopK || plan.pdl_first);
+  if constexpr (GATING == Gating::kThreshold) {  // the grouped op gates by thresholds only
+    if (c.grouped()) return launch_decode_w<T, MT, GATING, U, Table>(c, c.table, plan, pdl, gate, partial, stream);
   }
   if (c.grouped()) return cudaErrorInvalidValue;
-  return launch_decode_w<T, MT, MODE, U, OneWeight>(c, c.one(), plan, pdl, gate, partial, stream);
+  return launch_decode_w<T, MT, GATING, U, OneWeight>(c, c.one(), plan, pdl, gate, partial, stream);
 }
 
 // Rows in flight per thread: 4 or 8 for up to two tokens, 4 for more (shared memory).
-template <typename T, int MT, GateMode MODE>
+template <typename T, int MT, Gating GATING>
 cudaError_t launch_decode_mt(const DecodeCall& c, const Plan& plan, const Gate& gate, float* partial, Stream stream) {
   if constexpr (MT == 1) {
-    if (plan.unroll >= 16) return launch_decode_u<T, MT, MODE, 16>(c, plan, gate, partial, stream);
+    if (plan.unroll >= 16) return launch_decode_u<T, MT, GATING, 16>(c, plan, gate, partial, stream);
   }
   if constexpr (MT <= 2) {
-    if (plan.unroll >= 8) return launch_decode_u<T, MT, MODE, 8>(c, plan, gate, partial, stream);
+    if (plan.unroll >= 8) return launch_decode_u<T, MT, GATING, 8>(c, plan, gate, partial, stream);
   }
-  return launch_decode_u<T, MT, MODE, 4>(c, plan, gate, partial, stream);
+  return launch_decode_u<T, MT, GATING, 4>(c, plan, gate, partial, stream);
 }
 
-template <typename T, GateMode MODE>
+template <typename T, Gating GATING>
 cudaError_t launch_decode(const DecodeCall& c, const Plan& plan, const Gate& gate, float* partial, Stream stream) {
-  if (c.M <= 1) return launch_decode_mt<T, 1, MODE>(c, plan, gate, partial, stream);
-  if (c.M <= 2) return launch_decode_mt<T, 2, MODE>(c, plan, gate, partial, stream);
-  if (c.M <= 4) return launch_decode_mt<T, 4, MODE>(c, plan, gate, partial, stream);
-  return launch_decode_mt<T, 8, MODE>(c, plan, gate, partial, stream);
+  if (c.M <= 1) return launch_decode_mt<T, 1, GATING>(c, plan, gate, partial, stream);
+  if (c.M <= 2) return launch_decode_mt<T, 2, GATING>(c, plan, gate, partial, stream);
+  if (c.M <= 4) return launch_decode_mt<T, 4, GATING>(c, plan, gate, partial, stream);
+  return launch_decode_mt<T, 8, GATING>(c, plan, gate, partial, stream);
 }
 
 template <typename T>
@@ -1314,7 +1314,7 @@ cudaError_t launch_select(const Problem& p, uint32_t* keys, int32_t* cuts, bool 
 template <typename T>
 cudaError_t enqueue_gate(const Problem& p, bool pdl, Stream stream, char*& ws, Gate& gate) {
   gate = Gate{p.threshold, nullptr, nullptr};
-  if (p.mode == GateMode::kTopK) {
+  if (p.gating == Gating::kTopK) {
     uint32_t* keys = reinterpret_cast<uint32_t*>(ws);
     int32_t* cuts = reinterpret_cast<int32_t*>(ws + align_up(static_cast<size_t>(p.M) * 4));
     gate.keys = keys;
@@ -1326,11 +1326,11 @@ cudaError_t enqueue_gate(const Problem& p, bool pdl, Stream stream, char*& ws, G
   return cudaSuccess;
 }
 
-template <typename T, GateMode MODE>
+template <typename T, Gating GATING>
 cudaError_t launch_prefill(const Problem& p, const Gate& gate, T* xg, Stream stream) {
   const int64_t total = p.M * p.K;
   const unsigned mask_blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65536));
-  cudaError_t err = launch(stream, mask_kernel<T, MODE>, dim3(mask_blocks), dim3(256), 0, false,
+  cudaError_t err = launch(stream, mask_kernel<T, GATING>, dim3(mask_blocks), dim3(256), 0, false,
                            static_cast<const T*>(p.x), p.score_scale, gate, xg, p.M, static_cast<int>(p.K));
   if (err != cudaSuccess) return err;
   const dim3 grid(static_cast<unsigned>((p.N + kGemmBN - 1) / kGemmBN), static_cast<unsigned>((p.M + kGemmBM - 1) / kGemmBM));
@@ -1461,7 +1461,7 @@ cudaError_t LaunchWinaGroupDecode(const GroupProblem& g, const Plan& plan, void*
   if (bad_decode_plan(plan, c.M, c.K) || (workspace == nullptr && plan.cluster == 0)) return cudaErrorInvalidValue;
   float* partial = static_cast<float*>(workspace);
   const Gate gate{nullptr, nullptr, nullptr};  // each block reads its weight's threshold
-  const cudaError_t err = launch_decode<T, GateMode::kThreshold>(c, plan, gate, partial, stream);
+  const cudaError_t err = launch_decode<T, Gating::kThreshold>(c, plan, gate, partial, stream);
   if (err != cudaSuccess || plan.cluster > 0) return err;  // a cluster plan writes Y itself
   return launch_reduce<T>(c, partial, static_cast<int>(plan.splits), plan.pdl, stream);
 }
@@ -1495,15 +1495,15 @@ cudaError_t LaunchWinaSparseMatMul(const Problem& p, const Plan& plan, void* wor
   if (plan.decode) {
     float* partial = reinterpret_cast<float*>(ws);
     const DecodeCall c = single_call<T>(p);
-    const cudaError_t err = p.mode == GateMode::kTopK
-                                ? launch_decode<T, GateMode::kTopK>(c, plan, gate, partial, stream)
-                                : launch_decode<T, GateMode::kThreshold>(c, plan, gate, partial, stream);
+    const cudaError_t err = p.gating == Gating::kTopK
+                                ? launch_decode<T, Gating::kTopK>(c, plan, gate, partial, stream)
+                                : launch_decode<T, Gating::kThreshold>(c, plan, gate, partial, stream);
     if (err != cudaSuccess || plan.cluster > 0) return err;  // a cluster plan writes Y itself
     return launch_reduce<T>(c, partial, static_cast<int>(plan.splits), plan.pdl, stream);
   }
   T* xg = reinterpret_cast<T*>(ws);
-  return p.mode == GateMode::kTopK ? launch_prefill<T, GateMode::kTopK>(p, gate, xg, stream)
-                                   : launch_prefill<T, GateMode::kThreshold>(p, gate, xg, stream);
+  return p.gating == Gating::kTopK ? launch_prefill<T, Gating::kTopK>(p, gate, xg, stream)
+                                   : launch_prefill<T, Gating::kThreshold>(p, gate, xg, stream);
 }
 
 template <typename T>
@@ -1523,20 +1523,20 @@ cudaError_t LaunchWinaGatedX(const Problem& p, const Plan& plan, void* workspace
                          reinterpret_cast<uintptr_t>(p.score_scale) % 16 == 0;
     if (p.K % 8 == 0 && aligned && p.M <= 65535) {
       const dim3 grid(static_cast<unsigned>((p.K / 8 + 255) / 256), static_cast<unsigned>(p.M));
-      return p.mode == GateMode::kTopK
-                 ? launch(stream, mask_kernel_vec<T, GateMode::kTopK>, grid, dim3(256), 0, false,
+      return p.gating == Gating::kTopK
+                 ? launch(stream, mask_kernel_vec<T, Gating::kTopK>, grid, dim3(256), 0, false,
                           static_cast<const T*>(p.x), p.score_scale, gate, out, static_cast<int>(p.K))
-                 : launch(stream, mask_kernel_vec<T, GateMode::kThreshold>, grid, dim3(256), 0, false,
+                 : launch(stream, mask_kernel_vec<T, Gating::kThreshold>, grid, dim3(256), 0, false,
                           static_cast<const T*>(p.x), p.score_scale, gate, out, static_cast<int>(p.K));
     }
   }
   const int64_t total = p.M * p.K;
   const unsigned mask_blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65536));
   const cudaError_t err =
-      p.mode == GateMode::kTopK
-          ? launch(stream, mask_kernel<T, GateMode::kTopK>, dim3(mask_blocks), dim3(256), 0, false,
+      p.gating == Gating::kTopK
+          ? launch(stream, mask_kernel<T, Gating::kTopK>, dim3(mask_blocks), dim3(256), 0, false,
                    static_cast<const T*>(p.x), p.score_scale, gate, out, p.M, static_cast<int>(p.K))
-          : launch(stream, mask_kernel<T, GateMode::kThreshold>, dim3(mask_blocks), dim3(256), 0, false,
+          : launch(stream, mask_kernel<T, Gating::kThreshold>, dim3(mask_blocks), dim3(256), 0, false,
                    static_cast<const T*>(p.x), p.score_scale, gate, out, p.M, static_cast<int>(p.K));
   return err;
 }

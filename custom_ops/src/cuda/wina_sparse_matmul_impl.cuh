@@ -32,6 +32,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "gating.h"
+
 namespace wina {
 namespace cuda {
 
@@ -49,8 +51,6 @@ class Stream {
   cudaStream_t stream_;
 };
 
-enum class GateMode : int { kThreshold = 0, kTopK = 1 };
-
 // Most tokens the fused decode kernel takes; more go through the prefill path.
 inline constexpr int64_t kMaxDecodeTokens = 8;
 
@@ -59,12 +59,12 @@ struct Problem {
   const void* x = nullptr;             // [M, K], T
   const void* b = nullptr;             // [K, N], T, row-major
   const float* score_scale = nullptr;  // [K]
-  const float* threshold = nullptr;    // scalar, GateMode::kThreshold
-  const int64_t* k = nullptr;          // scalar, GateMode::kTopK
+  const float* threshold = nullptr;    // scalar, GatingParam::kThreshold rules
+  const int64_t* k = nullptr;          // scalar, GatingParam::kK rules
   const void* bias = nullptr;          // [N], T, or nullptr
   void* y = nullptr;                   // [M, N], T
   int64_t M = 0, K = 0, N = 0;
-  GateMode mode = GateMode::kThreshold;
+  Gating gating = Gating::kThreshold;
 };
 
 // How a call is split into blocks; MakePlan chooses one, a benchmark may override it.
@@ -141,7 +141,7 @@ inline Problem SegmentProblem(const GroupProblem& g, int s) {
   p.M = g.M;
   p.K = g.K;
   p.N = g.segments[s].N;
-  p.mode = GateMode::kThreshold;
+  p.gating = Gating::kThreshold;
   return p;
 }
 

@@ -128,10 +128,8 @@ static inline int64_t compress_kept(const float* x, const float* scale, const ui
 }
 #endif
 
-static int64_t gate_impl(const float* x, const float* scale, int64_t K, int32_t topk, float threshold,
-                         int64_t k, const GateScratch& s, int32_t* idx, float* val) {
-  if (!topk) return compress_kept<false>(x, scale, nullptr, K, threshold, 0, 0, idx, val);
-
+static int64_t gate_topk(const float* x, const float* scale, int64_t K, int64_t k, const GateScratch& s,
+                         int32_t* idx, float* val) {
   const int64_t kk = k < 0 ? 0 : (k > K ? K : k);
   if (kk == 0) return 0;
   if (kk == K) {
@@ -189,7 +187,17 @@ static int64_t gate_impl(const float* x, const float* scale, int64_t K, int32_t 
   const uint64_t cutoff = select_descending(ranks, m, need - 1);
   const uint32_t cut_key = static_cast<uint32_t>(cutoff >> 32);
   const uint32_t cut_index = 0xffffffffu - static_cast<uint32_t>(cutoff);
-  return compress_kept<true>(x, scale, keys, K, threshold, cut_key, cut_index, idx, val);
+  return compress_kept<true>(x, scale, keys, K, 0.0f, cut_key, cut_index, idx, val);
+}
+
+// One branch per gating rule (gating.h).
+static int64_t gate_impl(const float* x, const float* scale, int64_t K, const GatingParams& params,
+                         const GateScratch& s, int32_t* idx, float* val) {
+  switch (params.gating) {
+    case Gating::kThreshold: return compress_kept<false>(x, scale, nullptr, K, params.threshold, 0, 0, idx, val);
+    case Gating::kTopK: return gate_topk(x, scale, K, params.k, s, idx, val);
+  }
+  return 0;
 }
 
 }  // namespace

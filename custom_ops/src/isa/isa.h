@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "../gating.h"
+
 namespace wina {
 
 // Element type of B (and X, Y, bias): the order is the index into the tables below.
@@ -48,12 +50,11 @@ struct GateScratch {
   uint32_t* hist;
 };
 
-// Gating of one token (see gating.h for the rule): lists the kept features in
+// Gating of one token (see gating.h for the rules): lists the kept features in
 // increasing index order, idx[c] = i and val[c] = x[i], and returns their count.
 // idx and val need room for K + 16 entries (vector stores may run past the count).
-using GateFn = int64_t (*)(const float* x, const float* score_scale, int64_t K, int32_t topk,
-                           float threshold, int64_t k, const GateScratch& scratch, int32_t* idx,
-                           float* val);
+using GateFn = int64_t (*)(const float* x, const float* score_scale, int64_t K, const GatingParams& params,
+                           const GateScratch& scratch, int32_t* idx, float* val);
 
 struct IsaKernels {
   const char* name;            // "avx512", "avx2" or "generic"

@@ -30,7 +30,7 @@
 
 #include "cuda/wina_sparse_matmul_impl.cuh"
 
-using wina::cuda::GateMode;
+using wina::Gating;
 using wina::cuda::Plan;
 using wina::cuda::Problem;
 
@@ -82,13 +82,13 @@ float host_score(float x, float scale) {
 
 // keep[m * K + i] by the oracle's rules.
 std::vector<char> host_keep(const std::vector<float>& x, const std::vector<float>& scale, int64_t M, int64_t K,
-                            GateMode mode, float threshold, int64_t k) {
+                            Gating gating, float threshold, int64_t k) {
   std::vector<char> keep(static_cast<size_t>(M * K), 0);
   std::vector<float> s(static_cast<size_t>(K));
   std::vector<int64_t> order(static_cast<size_t>(K));
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t i = 0; i < K; ++i) s[i] = host_score(x[m * K + i], scale[i]);
-    if (mode == GateMode::kThreshold) {
+    if (gating == Gating::kThreshold) {
       for (int64_t i = 0; i < K; ++i) keep[m * K + i] = s[i] > threshold;
     } else {
       const int64_t kk = std::min<int64_t>(std::max<int64_t>(k, 0), K);
@@ -152,7 +152,7 @@ void random_fill(Rng& rng, float sd, std::vector<T>& v, std::vector<float>& f) {
 
 struct CheckCase {
   int64_t M, K, N;
-  GateMode mode;
+  Gating gating;
   float sparsity;   // fraction masked (threshold from the score quantile; k = K - round(s K))
   bool bias;
   int special;      // 0 random, 1 ties (few magnitudes), 2 NaN in x, 3 threshold NaN / k < 0
@@ -176,7 +176,7 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
 
   float threshold = 0.0f;
   int64_t k = K - static_cast<int64_t>(std::lround(c.sparsity * K));
-  if (c.mode == GateMode::kThreshold) {
+  if (c.gating == Gating::kThreshold) {
     std::vector<float> s;
     for (int64_t m = 0; m < M; ++m)
       for (int64_t i = 0; i < K; ++i) {
@@ -190,7 +190,7 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
     k = -3;
   }
 
-  const std::vector<char> keep = host_keep(fx, scale, M, K, c.mode, threshold, k);
+  const std::vector<char> keep = host_keep(fx, scale, M, K, c.gating, threshold, k);
   std::vector<double> ref(static_cast<size_t>(M * N), 0.0);
   double ref_scale = 1e-3;
   for (int64_t m = 0; m < M; ++m) {
@@ -231,7 +231,7 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
   p.M = M;
   p.K = K;
   p.N = N;
-  p.mode = c.mode;
+  p.gating = c.gating;
   wina::cuda::DeviceInfo dev_case = dev;
   if (seed % 3 == 2) dev_case.cc_major = 8;  // every third case: the plan of an sm_80 GPU (no PDL)
   Plan plan = wina::cuda::MakePlan<T>(p, dev_case, static_cast<int>(1 + seed % 8));
@@ -279,7 +279,7 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
     std::printf("FAIL %-8s M=%-3lld K=%-5lld N=%-5lld %-9s s=%.2f bias=%d special=%d plan(decode=%d rows=%lld vec=%d pdl=%d "
                 "cluster=%d) max_rel_err=%.3g bad=%lld repeat_equal=%d\n",
                 type_name<T>(), (long long)M, (long long)K, (long long)N,
-                c.mode == GateMode::kTopK ? "topk" : "threshold", c.sparsity, c.bias, c.special, plan.decode,
+                c.gating == Gating::kTopK ? "topk" : "threshold", c.sparsity, c.bias, c.special, plan.decode,
                 (long long)plan.rows_per_split, plan.vectorized, plan.pdl, plan.cluster, max_err, (long long)bad,
                 repeat_ok);
   }
@@ -324,7 +324,7 @@ bool run_group_check(int64_t M, int64_t K, const std::vector<int64_t>& Ns, bool 
     std::sort(sc.begin(), sc.end());
     const float sparsity = 0.3f * static_cast<float>(s % 4);
     const float threshold = sparsity <= 0.0f ? -1.0f : sc[std::min(sc.size() - 1, static_cast<size_t>(sparsity * sc.size()))];
-    const std::vector<char> keep = host_keep(fx, scale, M, K, GateMode::kThreshold, threshold, 0);
+    const std::vector<char> keep = host_keep(fx, scale, M, K, Gating::kThreshold, threshold, 0);
     refs[s].assign(static_cast<size_t>(M * N), 0.0);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t n = 0; n < N; ++n) {
@@ -400,10 +400,10 @@ int check_all(bool quick) {
         for (int64_t N : Ns) {
           if (M * K * N > 600000000LL / 8) continue;  // keep the host reference quick
           for (int mi = 0; mi < 2; ++mi) {
-            const GateMode mode = mi ? GateMode::kTopK : GateMode::kThreshold;
+            const Gating gating = mi ? Gating::kTopK : Gating::kThreshold;
             const float s = sparsities[(seed + mi) % 4];
             const int special = static_cast<int>((seed / 4) % 4);
-            const CheckCase c{M, K, N, mode, s, (seed % 2) == 0, special};
+            const CheckCase c{M, K, N, gating, s, (seed % 2) == 0, special};
             bool ok = t == 0 ? run_check<__half>(c, stream, dev, seed)
                              : (t == 1 ? run_check<__nv_bfloat16>(c, stream, dev, seed) : run_check<float>(c, stream, dev, seed));
             ++total;
@@ -412,13 +412,13 @@ int check_all(bool quick) {
           }
         }
   // Many tokens of one big decode-shaped problem, and K past the register path of top-k.
-  for (GateMode mode : {GateMode::kThreshold, GateMode::kTopK}) {
+  for (Gating gating : {Gating::kThreshold, Gating::kTopK}) {
     for (int64_t K : {14336, 20000}) {
       if (quick && K == 14336) continue;
-      const CheckCase c{1, K, 256, mode, 0.65f, true, 0};
+      const CheckCase c{1, K, 256, gating, 0.65f, true, 0};
       failed += run_check<__half>(c, stream, dev, seed++) ? 0 : 1;
       ++total;
-      const CheckCase c8{8, K, 96, mode, 0.5f, false, 1};
+      const CheckCase c8{8, K, 96, gating, 0.5f, false, 1};
       failed += run_check<__half>(c8, stream, dev, seed++) ? 0 : 1;
       ++total;
     }
@@ -514,7 +514,7 @@ int bench_all(bool quick) {
   const float sparsities[] = {0.0f, 0.5f, 0.65f};
   const int chain = 32;
   const int replays = quick ? 10 : 30;
-  // WINA_BENCH_BPSM / WINA_BENCH_VARIANTS ("4x2,8x1": rows a batch x batches) / WINA_BENCH_MODES
+  // WINA_BENCH_BPSM / WINA_BENCH_VARIANTS ("4x2,8x1": rows a batch x batches) / WINA_BENCH_GATINGS
   // ("threshold", "topk") narrow or widen the sweep.
   const std::vector<int> bpsm_list = env_ints("WINA_BENCH_BPSM", {1, 2, 4, 8});
   std::printf("%-12s %-9s %5s %5s %4s %3s %5s %3s %4s %6s %9s %9s %8s\n", "shape", "gating", "s", "bpsm", "unr", "stg",
@@ -532,8 +532,8 @@ int bench_all(bool quick) {
   const bool even_spread = env_ints("WINA_BENCH_EVEN", {0})[0] != 0;
   // WINA_BENCH_PREFETCH: Plan::prefetch_rows values to sweep (-1: MakePlan's choice).
   const std::vector<int> prefetches = env_ints("WINA_BENCH_PREFETCH", {-1});
-  const char* modes_env = std::getenv("WINA_BENCH_MODES");
-  const std::string modes = modes_env != nullptr ? modes_env : "threshold,topk";
+  const char* gatings_env = std::getenv("WINA_BENCH_GATINGS");
+  const std::string gatings = gatings_env != nullptr ? gatings_env : "threshold,topk";
   for (const auto& shape : shapes) {
     const int64_t K = shape[0], N = shape[1];
     const size_t wbytes = static_cast<size_t>(K * N) * sizeof(__half);
@@ -574,9 +574,9 @@ int bench_all(bool quick) {
       CHECK(cudaMemcpy(dk, &kk, sizeof(int64_t), cudaMemcpyHostToDevice));
       int64_t kept_thr = 0;
       for (int64_t i = 0; i < K; ++i) kept_thr += host_score(fx[i], scale[i]) > thr;
-      for (GateMode mode : {GateMode::kThreshold, GateMode::kTopK}) {
-        if (modes.find(mode == GateMode::kTopK ? "topk" : "threshold") == std::string::npos) continue;
-        const int64_t kept = mode == GateMode::kTopK ? kk : kept_thr;
+      for (Gating gating : {Gating::kThreshold, Gating::kTopK}) {
+        if (gatings.find(gating == Gating::kTopK ? "topk" : "threshold") == std::string::npos) continue;
+        const int64_t kept = gating == Gating::kTopK ? kk : kept_thr;
         for (int bpsm : bpsm_list) {
           for (const int code : variant_codes) {
            for (const int opts : opt_codes) {
@@ -593,7 +593,7 @@ int bench_all(bool quick) {
             p.M = 1;
             p.K = K;
             p.N = N;
-            p.mode = mode;
+            p.gating = gating;
             p.b = dbs[0];
             Plan plan = wina::cuda::MakePlan<__half>(p, dev, bpsm);
             plan.pdl = pdl != 0;
@@ -648,7 +648,7 @@ int bench_all(bool quick) {
             char shape_name[32];
             std::snprintf(shape_name, sizeof shape_name, "%lldx%lld", (long long)K, (long long)N);
             std::printf("%-12s %-9s %5.2f %5d %4d %3d %4d%d %3d %4d %6lld %9.2f %9.0f %8lld\n", shape_name,
-                        mode == GateMode::kTopK ? "topk" : "threshold", s, bpsm, plan.unroll, plan.stages,
+                        gating == Gating::kTopK ? "topk" : "threshold", s, bpsm, plan.unroll, plan.stages,
                         plan.l2_hints ? 1 : 0, plan.pdl_first ? 1 : 0, plan.cluster, plan.prefetch_rows, (long long)plan.rows_per_split, us,
                         bytes / us / 1e3, (long long)kept);
             std::fflush(stdout);
@@ -697,19 +697,19 @@ int profile_all() {
     CHECK(cudaMemcpy(dx, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice));
     CHECK(cudaMemcpy(dscale, scale.data(), K * 4, cudaMemcpyHostToDevice));
     for (float s : {0.0f, 0.5f}) {
-      for (GateMode mode : {GateMode::kThreshold, GateMode::kTopK}) {
-        if (mode == GateMode::kTopK && s == 0.0f) continue;
+      for (Gating gating : {Gating::kThreshold, Gating::kTopK}) {
+        if (gating == Gating::kTopK && s == 0.0f) continue;
         const float thr = s <= 0.0f ? -1.0f : sorted[static_cast<size_t>(s * K)];
         const int64_t kk = K - static_cast<int64_t>(std::lround(s * K));
         CHECK(cudaMemcpy(dthr, &thr, 4, cudaMemcpyHostToDevice));
         CHECK(cudaMemcpy(dk, &kk, 8, cudaMemcpyHostToDevice));
         Problem p;
         p.x = dx; p.b = db; p.score_scale = dscale; p.threshold = dthr; p.k = dk; p.y = dy;
-        p.M = 1; p.K = K; p.N = N; p.mode = mode;
+        p.M = 1; p.K = K; p.N = N; p.gating = gating;
         const Plan plan = wina::cuda::MakePlan<__half>(p, dev);
         void* ws = buf.alloc(wina::cuda::WorkspaceBytes<__half>(p, plan));
         std::printf("profile %lldx%lld %s s=%.2f rows=%lld splits=%lld\n", (long long)K, (long long)N,
-                    mode == GateMode::kTopK ? "topk" : "threshold", s, (long long)plan.rows_per_split,
+                    gating == Gating::kTopK ? "topk" : "threshold", s, (long long)plan.rows_per_split,
                     (long long)plan.splits);
         CHECK(wina::cuda::LaunchWinaSparseMatMul<__half>(p, plan, ws, wina::cuda::Stream(stream)));
         CHECK(cudaStreamSynchronize(stream));

@@ -1,4 +1,5 @@
-#include "gating.h"
+// gate_token (sparse_kernel.h): the CPU gating of one token, over the per-ISA loops.
+#include "sparse_kernel.h"
 
 #include <cstddef>
 #include <vector>
@@ -32,8 +33,7 @@ GateScratch scratch_for(int64_t K) {
 
 int64_t gate_token(const IsaKernels& kernels, const float* x, const float* score_scale, int64_t K,
                    const GatingParams& params, int32_t* idx, float* val) {
-  const bool topk = params.mode == Gating::kTopK;
-  return kernels.gate(x, score_scale, K, topk ? 1 : 0, params.threshold, params.k, scratch_for(K), idx, val);
+  return kernels.gate(x, score_scale, K, params, scratch_for(K), idx, val);
 }
 
 }  // namespace wina

@@ -1,0 +1,146 @@
+// The ops of the library as ONNX Runtime sees them (domain "ai.wina"): names, input
+// positions, attributes and how they are read. This header mirrors wina_onnx/schema.py
+// constant for constant (INPUT_X -> kInputX, GROUP_INPUT_X -> kGroupInputX, NBITS_* ->
+// kNBits*); docs/op-schema.md is the full specification, the NumPy oracle
+// wina_onnx/reference.py the executable one.
+//
+// Each op also has a schema trait (SparseMatMulSchema, ...) that custom_op.h turns into
+// the ORT op object: its name, input count, input types and characteristics.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "gating.h"
+#include "ort_api.h"
+
+namespace wina {
+
+inline constexpr const char* kDomain = "ai.wina";
+inline constexpr int kDomainVersion = 1;
+
+inline constexpr const char* kAttrGating = "gating";
+
+// ---------------------------------------------------------------------------------
+// WinaSparseMatMul
+//   inputs:  0 X [..., K] (T)   1 B [K, N] (T)   2 score_scale [K] (float)
+//            3 threshold (float scalar, optional)   4 k (int64 scalar, optional)
+//            5 bias [N] (T, optional)
+//   output:  Y [..., N] (T)      attribute: gating = "topk" | "threshold"
+inline constexpr const char* kOpType = "WinaSparseMatMul";
+
+enum InputIndex : size_t {
+  kInputX = 0,
+  kInputB = 1,
+  kInputScoreScale = 2,
+  kInputThreshold = 3,
+  kInputK = 4,
+  kInputBias = 5,
+  kNumInputs = 6,
+};
+inline constexpr const char* kInputNames[kNumInputs] = {"X", "B", "score_scale", "threshold", "k", "bias"};
+
+// ---------------------------------------------------------------------------------
+// WinaSparseMatMulGroup: several threshold-gated products that read the same X.
+//   inputs:  0 X [..., K] (T)   1 score_scale [S, K] (float)   2 threshold [S] (float)
+//            3 ... (variadic, T): B_0 .. B_{S-1} ([K, N_s]), then optionally bias_0 .. bias_{S-1}
+//   outputs: Y_0 .. Y_{S-1} ([..., N_s], T), variadic
+inline constexpr const char* kGroupOpType = "WinaSparseMatMulGroup";
+inline constexpr size_t kGroupInputX = 0;
+inline constexpr size_t kGroupInputScoreScale = 1;
+inline constexpr size_t kGroupInputThreshold = 2;
+inline constexpr size_t kGroupFirstWeight = 3;
+// Most weights in one node: the CUDA kernel passes a table of this many by value.
+inline constexpr int64_t kGroupMaxWeights = 8;
+
+// ---------------------------------------------------------------------------------
+// WinaSparseMatMulNBits: WinaSparseMatMul over 4-bit block-quantized weights, stored
+// feature-major (input feature i's codes are one contiguous row).
+//   inputs:  0 X [..., K] (T)   1 B uint8 [K, ceil(N/2)]   2 scales T [ceil(K/G), N]
+//            3 zero_points: uint8 [ceil(K/G), ceil(N/2)] or T [ceil(K/G), N] (optional; absent = 8)
+//            4 score_scale float [K]   5 threshold float []   6 k int64 []   7 bias T [N]
+//   attributes: gating, K, N, bits (4), block_size (G), accuracy_level
+inline constexpr const char* kNBitsOpType = "WinaSparseMatMulNBits";
+
+enum NBitsInputIndex : size_t {
+  kNBitsInputX = 0,
+  kNBitsInputB = 1,
+  kNBitsInputScales = 2,
+  kNBitsInputZeroPoints = 3,
+  kNBitsInputScoreScale = 4,
+  kNBitsInputThreshold = 5,
+  kNBitsInputK = 6,
+  kNBitsInputBias = 7,
+  kNBitsNumInputs = 8,
+};
+inline constexpr const char* kNBitsInputNames[kNBitsNumInputs] = {
+    "X", "B", "scales", "zero_points", "score_scale", "threshold", "k", "bias"};
+inline constexpr const char* kNBitsAttrK = "K";
+inline constexpr const char* kNBitsAttrN = "N";
+inline constexpr const char* kNBitsAttrBits = "bits";
+inline constexpr const char* kNBitsAttrBlockSize = "block_size";
+inline constexpr const char* kNBitsAttrAccuracyLevel = "accuracy_level";
+inline constexpr int64_t kNBitsBits = 4;
+inline constexpr int64_t kNBitsDefaultZeroPoint = 8;
+
+// ---------------------------------------------------------------------------------
+// Gating parameters: the input each op reads for a rule's parameter (gating.h).
+constexpr size_t gating_param_input(GatingParam param) {
+  return param == GatingParam::kK ? kInputK : kInputThreshold;
+}
+constexpr size_t nbits_gating_param_input(GatingParam param) {
+  return param == GatingParam::kK ? kNBitsInputK : kNBitsInputThreshold;
+}
+
+// ---------------------------------------------------------------------------------
+// Attribute reading, once when a kernel is created (op_schema.cc).
+
+// "<op_type> node '<name>'", the prefix of the node's error messages.
+std::string node_label(const OrtKernelInfo* info, const char* op_type);
+
+// The node's `gating` attribute; throws InvalidArgument (prefixed with `node`) when it is
+// missing or names no rule of kGatingRules.
+Gating read_gating(const OrtKernelInfo* info, const std::string& node);
+
+// The rule of kGatingRules for `gating`.
+const GatingRule& gating_rule(Gating gating);
+
+// ---------------------------------------------------------------------------------
+// Schema traits for CustomOp<Schema, Kernel> (custom_op.h). T is the element type
+// the op object is registered for (one object per type, all with the same name).
+
+struct SparseMatMulSchema {
+  static constexpr const char* kName = kOpType;
+  static constexpr size_t kInputCount = kNumInputs;
+  static constexpr OrtCustomOpInputOutputCharacteristic kOutputCharacteristic =
+      OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+  static ONNXTensorElementDataType input_type(size_t index, ONNXTensorElementDataType t) {
+    switch (index) {
+      case kInputScoreScale:
+      case kInputThreshold: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+      case kInputK: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+      default: return t;  // X, B, bias
+    }
+  }
+  static OrtCustomOpInputOutputCharacteristic input_characteristic(size_t index) {
+    return index >= kInputThreshold ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+                                    : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+  }
+};
+
+struct SparseMatMulGroupSchema {
+  static constexpr const char* kName = kGroupOpType;
+  static constexpr size_t kInputCount = kGroupFirstWeight + 1;  // the last one is variadic
+  static constexpr OrtCustomOpInputOutputCharacteristic kOutputCharacteristic =
+      OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_VARIADIC;
+  static ONNXTensorElementDataType input_type(size_t index, ONNXTensorElementDataType t) {
+    return index == kGroupInputScoreScale || index == kGroupInputThreshold ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : t;
+  }
+  static OrtCustomOpInputOutputCharacteristic input_characteristic(size_t index) {
+    return index == kGroupFirstWeight ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_VARIADIC
+                                      : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+  }
+};
+
+}  // namespace wina
