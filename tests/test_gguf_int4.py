@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -299,3 +301,14 @@ def test_smollm2_int4_equals_float_export(smollm2_dir: Path, tmp_path: Path) -> 
     int4 = CausalLM.from_path(path, threads=2).forward(ids)[0]
     assert np.abs(int4 - dense).max() < 1e-3
     assert np.array_equal(int4.argmax(-1), dense.argmax(-1))
+
+
+def test_cli_int4_on_a_float_model_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "hf").mkdir()
+    result = subprocess.run([sys.executable, "-m", "wina_onnx.cli", "export", str(tmp_path / "hf"), "-o",
+                             str(tmp_path / "out"), "--int4"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if not line.startswith("[")]
+    assert len(lines) == 1 and "optimize --quantize int4" in lines[0], result.stderr
+    assert not (tmp_path / "out").exists()
