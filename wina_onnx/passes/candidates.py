@@ -12,6 +12,12 @@ A MatMul y = x @ B is a candidate when
 ONNX Runtime's 4-bit MatMulNBits (com.microsoft) projections are candidates on the same
 terms, their weight being the codes, scales and zero points (passes.nbits says which
 forms are accepted and why others are refused).
+
+A Gemm Y = X @ B + C (alpha 1, beta 1, neither input transposed, C absent or a constant
+[N] vector) is the same product with a bias; exporters write one for a Conv1D, whose
+weight is stored [K, N] (GPT-2's c_attn, c_proj, c_fc). It is a candidate on the same
+terms, and its C becomes the gate's bias (read through Identity nodes: exporters share
+equal initializers that way). Other Gemm forms are refused with the reason.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class Candidate:
     dtype: int  # onnx.TensorProto data type of x, B and y (of x, the scales and y for 4-bit weights)
     index: int = -1  # position of the node in graph.node (node names need not be unique)
     quantized: nbits.NbitsSource | None = None  # a 4-bit MatMulNBits; weight_name is then its codes
+    bias: str = ""  # a Gemm's C, added after the product by the gate ("" for none)
 
     @property
     def weight_bytes(self) -> int:
@@ -77,6 +84,52 @@ def node_display_name(node: onnx.NodeProto) -> str:
     return node.name or (node.output[0] if node.output else "<unnamed>")
 
 
+def _is_gemm(node: onnx.NodeProto) -> bool:
+    return node.op_type == "Gemm" and node.domain in ("", "ai.onnx")
+
+
+def _constant_aliases(graph: onnx.GraphProto, initializers: dict[str, onnx.TensorProto]) -> dict[str, str]:
+    """Output -> initializer name of the Identity nodes (chains included) that pass an initializer on."""
+    producers = {node.output[0]: node.input[0] for node in graph.node
+                 if node.op_type == "Identity" and node.domain in ("", "ai.onnx") and node.input and node.output}
+    aliases = {}
+    for output, source in producers.items():
+        for _ in range(len(producers)):
+            if source in initializers or source not in producers:
+                break
+            source = producers[source]
+        if source in initializers:
+            aliases[output] = source
+    return aliases
+
+
+def _gemm_bias(node: onnx.NodeProto, aliases: dict[str, str]) -> str:
+    """The initializer a Gemm's C is ("" when it has none; C itself when no Identity hides it)."""
+    if len(node.input) < 3 or not node.input[2]:
+        return ""
+    return aliases.get(node.input[2], node.input[2])
+
+
+def _gemm_refusal(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto], n: int, bias: str) -> str | None:
+    """Why a Gemm is not a plain X @ B (+ bias [N]) that the op computes (None when it is)."""
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if attrs.get("transA", 0):
+        return "Gemm with transA=1 (its input is transposed)"
+    if attrs.get("transB", 0):
+        return "Gemm with transB=1 (its weight is stored [N, K], the op reads [K, N])"
+    if attrs.get("alpha", 1.0) != 1.0:
+        return "Gemm with alpha != 1"
+    if bias:
+        if attrs.get("beta", 1.0) != 1.0:
+            return "Gemm with beta != 1"
+        tensor = initializers.get(bias)
+        if tensor is None or list(tensor.dims) != [n]:
+            return "Gemm whose C is not a constant [N] vector"
+        if tensor.data_type != initializers[node.input[1]].data_type:
+            return "Gemm whose C has another type than its weight"
+    return None
+
+
 def _matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or p in name for p in patterns)
 
@@ -96,11 +149,13 @@ def find_candidates(
     exclude = list(exclude or [])
     initializers = {init.name: init for init in graph.initializer}
     graph_inputs = {value.name for value in graph.input}
+    aliases = _constant_aliases(graph, initializers) if any(_is_gemm(n) for n in graph.node) else {}
     candidates: list[Candidate] = []
     skipped: list[Skipped] = []
     for index, node in enumerate(graph.node):
         quantized = nbits.is_matmul_nbits(node)
-        if not quantized and (node.op_type != "MatMul" or node.domain not in ("", "ai.onnx")):
+        gemm = _is_gemm(node)
+        if not quantized and not gemm and (node.op_type != "MatMul" or node.domain not in ("", "ai.onnx")):
             continue
         name = node_display_name(node)
         if LOWERED_MATMUL.search(name):
@@ -140,6 +195,11 @@ def find_candidates(
             type_name = onnx.TensorProto.DataType.Name(weight.data_type)
             skipped.append(Skipped(name, f"weight type {type_name} is not float32, float16 or bfloat16"))
             continue
+        bias = _gemm_bias(node, aliases) if gemm else ""
+        refusal = _gemm_refusal(node, initializers, int(weight.dims[1]), bias) if gemm else None
+        if refusal is not None:
+            skipped.append(Skipped(name, refusal))
+            continue
         candidates.append(
             Candidate(
                 node_name=name,
@@ -149,6 +209,7 @@ def find_candidates(
                 n=int(weight.dims[1]),
                 dtype=weight.data_type,
                 index=index,
+                bias=bias,
             )
         )
     return candidates, skipped

@@ -51,14 +51,18 @@ class StandardOpsLowering:
         dtype: int,
         threshold: str | None,
         k: str | None,
+        bias: str | None = None,
     ) -> list[onnx.NodeProto]:
-        """Nodes computing `output` from x and weight; threshold/k name initializers.
+        """Nodes computing `output` from x and weight (+ bias); threshold/k name initializers.
 
         Node and value names start with `prefix`, made unique where taken.
         """
         nodes, x_masked = self._mask(prefix=prefix, x=x, score_scale=score_scale, dtype=dtype,
                                      threshold=threshold, k=k)
-        nodes.append(helper.make_node("MatMul", [x_masked, weight], [output], name=self.names.fresh(f"{prefix}/MatMul")))
+        product = self.names.fresh(f"{prefix}/MatMul_output_0") if bias else output
+        nodes.append(helper.make_node("MatMul", [x_masked, weight], [product], name=self.names.fresh(f"{prefix}/MatMul")))
+        if bias:
+            nodes.append(helper.make_node("Add", [product, bias], [output], name=self.names.fresh(f"{prefix}/AddBias")))
         return nodes
 
     def emit_nbits(

@@ -206,13 +206,16 @@ def apply_wina_gates(model: onnx.ModelProto, config: GateConfig) -> GateReport:
                     dtype=candidate.dtype,
                     threshold=gate_inputs.get("threshold"),
                     k=gate_inputs.get("k"),
+                    bias=candidate.bias or None,
                 )
             )
         else:
+            bias = [candidate.bias] if candidate.bias else []  # a Gemm's C
             new_nodes.append(
                 helper.make_node(
                     schema.OP_TYPE,
-                    [x, weight, gate_inputs["scale"], gate_inputs.get("threshold", ""), gate_inputs.get("k", "")],
+                    [x, weight, gate_inputs["scale"], gate_inputs.get("threshold", ""), gate_inputs.get("k", "")]
+                    + bias,
                     list(node.output),
                     name=node.name or candidate.node_name,
                     domain=schema.DOMAIN,
