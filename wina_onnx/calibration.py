@@ -300,7 +300,7 @@ def calibrate_model(
         # Serialised in memory: the instrumented copy never touches the disk.
         session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
     del model
-    lm = CausalLM(session)
+    lm = CausalLM(session, model_path.parent)  # the folder's config files give the KV cache's sizes
     names = sorted(set(exposed.values()))
     calibration = Calibration(
         features={c.node_name: c.k for c in candidates},

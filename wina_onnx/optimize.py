@@ -153,6 +153,8 @@ def optimize_model(
         stage("optimize", f"refining the thresholds inside the gated model ({refine.rounds} round(s))",
               enabled=progress)
         targets = {r.node_name: r.sparsity for r in report.gated if r.threshold is not None}
+        if refine.model_dir is None:  # the input's folder says what the graph may not (the KV cache's sizes)
+            refine = replace(refine, model_dir=Path(input_path).parent)
         new = refine_thresholds(model, targets, refine, progress=progress)
         report.gated = [replace(r, threshold=new.get(r.node_name, r.threshold)) for r in report.gated]
         refined = {"rounds": refine.rounds, "windows": refine.windows, "window": refine.window}

@@ -11,6 +11,7 @@ before, so the upstream gates' changes are seen by the next round.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -32,6 +33,7 @@ class Refinement:
     window: int = 256
     rounds: int = 1
     threads: int | None = None
+    model_dir: Path | None = None  # the model's folder: its config files give the KV cache's sizes
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ def refine_thresholds(model: onnx.ModelProto, sparsities: dict[str, float], refi
     thresholds: dict[str, float] = {}
     for round_index in range(refinement.rounds):
         session = _session(model, gates, refinement.threads)
-        lm = CausalLM(session)
+        lm = CausalLM(session, refinement.model_dir)
         names = sorted({g.node.input[0] for g in gates})
         counts = {g.node.name: None for g in gates}
         bar = Progress(f"refine thresholds {round_index + 1}/{refinement.rounds}", total=count, enabled=progress)
