@@ -43,7 +43,7 @@ def test_json_rows_and_totals(topk_model: Path, capsys):
     for g in gated:
         weight = weights[nodes[g["node"]].input[1]]  # B [K, N] of the WinaSparseMatMul
         assert (g["K"], g["N"]) == weight.shape and g["weight_bytes"] == weight.nbytes
-        assert g["mode"] == "wina" and g["gating"] == "topk" and g["k"] == g["K"] // 2
+        assert g["score"] == "|x|*||row||" and g["gating"] == "topk" and g["k"] == g["K"] // 2
         assert g["bytes_skipped"] == pytest.approx(weight.nbytes * (g["K"] - g["k"]) / g["K"])
     totals = report["totals"]
     assert totals["gated"] == 14
@@ -61,7 +61,7 @@ def test_table(topk_model: Path, capsys):
     header = next(i for i, line in enumerate(lines) if line.startswith("layer"))
     rows = lines[header + 1: header + 15]
     assert [r.split()[:2] for r in rows[:2]] == [["0", "q_proj"], ["0", "k_proj"]]
-    assert all(r.split()[4:7] == ["wina", "topk", "0.500"] for r in rows)
+    assert all(r.split()[4:7] == ["|x|*||row||", "topk", "0.500"] for r in rows)
     assert lines[header + 15].startswith("total: 14 gated MatMuls") and "(50.0%)" in lines[header + 15]
     assert lines[-1].startswith("settings: ")
 
@@ -75,7 +75,10 @@ def test_allocation_and_reference_norms(tiny_llama_dir: Path, tmp_path: Path):
     by = {(g.layer, g.role): g for g in summary.gates}
     assert by[0, "q_proj"].sparsity == 0.25 and by[1, "down_proj"].sparsity == 0.75
     # WINA's reference code uses weight norms only for k_proj and gate_proj: the rest score |x| (TEAL).
-    assert {role for (_, role), g in by.items() if g.mode == "wina"} == {"k_proj", "gate_proj"}
+    assert {role for (_, role), g in by.items() if g.score == "|x|*||row||"} == {"k_proj", "gate_proj"}
+    assert {g.score for g in summary.gates} == {"|x|*||row||", "|x|"}
+    table = summary.table()
+    assert "teal" not in table and table.count("|x|*||row||") == 4 and table.count("|x| ") == 10
     expected = sum(g.weight_bytes * (g.K - g.k) / g.K for g in summary.gates)
     assert summary.bytes_skipped == pytest.approx(expected)
     assert 0.25 < summary.totals()["gated_fraction_skipped"] < 0.75

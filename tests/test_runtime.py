@@ -231,7 +231,7 @@ def test_progress_lines(capsys: pytest.CaptureFixture[str]) -> None:
     from wina_onnx.progress import Progress
 
     stream = io.StringIO()
-    report = Progress("job", total=2, stream=stream)
+    report = Progress("job", total=2, stream=stream, min_interval=0)  # every step (piped: every 30 s)
     report.step("a")
     report.step("b")
     report.done("ok")

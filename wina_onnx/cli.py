@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import inspect
 import json
 import shutil
 import sys
@@ -17,6 +18,7 @@ from typing import Callable
 from . import __version__, schema
 from .arguments import check_writable, fraction, model_file, nonnegative_int, positive_int, window_int
 from .errors import ConfigError, WinaError
+from .progress import third_party_quiet
 
 EXIT_USER_ERROR = 2
 # OS errors a user fixes (permissions, a read-only or full disk): one line, not a traceback.
@@ -44,7 +46,13 @@ def _add_data(parser: argparse.ArgumentParser, what: str) -> None:
 
 
 def _add_quiet(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress on stderr (default: progress in place on a terminal, a few lines when piped)")
+
+
+def _add_alias(parser, old: str, new: str, dest: str, **kwargs) -> None:
+    """Keep an option's old spelling working, hidden from --help."""
+    parser.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
 
 def _add_gate_options(parser: argparse.ArgumentParser) -> None:
@@ -62,27 +70,29 @@ def _add_gate_options(parser: argparse.ArgumentParser) -> None:
                           help="fraction of input features skipped, in [0, 1) (default: 0.5): every MatMul's with "
                                "--allocate uniform, each layer's average weighted by weight bytes with greedy")
     sparsity.add_argument("--allocation", default=None, metavar="FILE",
-                          help="per-MatMul sparsities (JSON allocation file)")
+                          help="per-MatMul sparsities (JSON allocation file; default: none, see --allocate)")
     group.add_argument("--allocate", choices=["greedy", "uniform"], default=None,
                        help="without --allocation: greedy (default: per-MatMul sparsities from the "
                             "calibration's error curves, each layer averaging --sparsity by weight bytes) "
                             "or uniform (--sparsity everywhere)")
     group.add_argument("--calibration", default=None, metavar="FILE",
                        help="calibration file from `wina-onnx calibrate` (with --allocate greedy for "
-                            "greedy allocation); without it, the model is calibrated here on --data")
+                            "greedy allocation); default: none, the model is calibrated here on --data")
     _add_data(group, "calibration when no --calibration file is given")
-    group.add_argument("--calib-windows", type=positive_int, default=16,
-                       help="windows of calibration text when calibrating here (default: 16)")
-    group.add_argument("--calib-window", type=window_int, default=256,
-                       help="tokens per calibration window when calibrating here (default: 256)")
+    group.add_argument("--windows", dest="calib_windows", type=positive_int, default=16, metavar="N",
+                       help="windows of --data when calibrating or refining here, as in `calibrate` (default: 16)")
+    group.add_argument("--window", dest="calib_window", type=window_int, default=256, metavar="TOKENS",
+                       help="tokens per window when calibrating or refining here (default: 256)")
+    _add_alias(group, "--calib-windows", "--windows", "calib_windows", type=positive_int)
+    _add_alias(group, "--calib-window", "--window", "calib_window", type=window_int)
     group.add_argument("--refine-rounds", type=nonnegative_int, default=None, metavar="N",
                        help="threshold gating: after gating, re-read every gate's scores inside the gated "
-                            "model on --data (--calib-windows x --calib-window tokens) and reset its "
+                            "model on --data (--windows x --window tokens) and reset its "
                             "threshold to its target, N times; thresholds from the dense model overshoot "
                             "the target in later layers (default: 1 with threshold gating when the model "
                             "can run on text here, i.e. has a tokenizer.json beside it; 0 turns it off)")
     group.add_argument("--backend", choices=BACKENDS, default="custom-op",
-                       help="custom-op: the WinaSparseMatMul op library (skips weight rows); "
+                       help="custom-op (default): the WinaSparseMatMul op library (skips weight rows); "
                             "onnx: standard ONNX ops, runs anywhere, same numbers, no speed-up")
     group.add_argument("--norm-on", choices=NORM_ON_CHOICES, default="reference",
                        help="reference (default): weight norms only in the k/gate (qkv/gate_up) projections' "
@@ -97,10 +107,17 @@ def _add_gate_options(parser: argparse.ArgumentParser) -> None:
                             "kernel launch for all (Llama-3-8B shape on an H200, decode at 50%%: 1.62x the dense "
                             "model's speed grouped, 1.42-1.48x not; on the CPU the same speed). Default: on with "
                             "threshold gating and the custom-op backend; --no-group keeps one node per projection")
+    _add_patterns(group)
+
+
+def _add_patterns(group) -> None:
+    """--include and --exclude, the same in calibrate and optimize."""
     group.add_argument("--include", action="append", default=[], metavar="PATTERN",
-                       help="gate only MatMuls whose node name matches (fnmatch or substring); repeatable")
+                       help="calibrate and gate only the MatMuls whose node name matches (fnmatch or "
+                            "substring); repeatable (default: every decoder projection)")
     group.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                       help="never gate MatMuls whose node name matches; repeatable")
+                       help="never calibrate or gate the MatMuls whose node name matches; repeatable "
+                            "(default: none)")
 
 
 def gate_config_from_args(args: argparse.Namespace):
@@ -251,7 +268,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     check_writable(args.output, folder=True)
     out = export_model(args.model, Path(args.output), dtype=args.dtype, int4=args.int4,
-                       accuracy_level=args.accuracy_level)
+                       accuracy_level=args.accuracy_level, progress=not args.quiet)
     print(f"exported {out}")
     return 0
 
@@ -261,7 +278,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     The file gives a threshold for any sparsity (--gating threshold of `optimize`).
     With --allocate greedy, also writes per-MatMul sparsities (TEAL's greedy search on the
-    sampled activations; each layer averages --target-sparsity weighted by weight bytes)
+    sampled activations; each layer averages --sparsity weighted by weight bytes)
     to the allocation file that `optimize --allocation` reads.
     """
     from .calibration import calibrate_model
@@ -269,7 +286,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     greedy = args.allocate == "greedy"
     if (args.target_sparsity is None) != (args.allocation_out is None):
-        raise ConfigError("--target-sparsity and --allocation-out go together (an allocation file to write)")
+        raise ConfigError("--sparsity and --allocation-out go together (an allocation file to write)")
     if args.allocation_out and not greedy:
         raise ConfigError("--allocation-out needs --allocate greedy")
     from .modelio import load_model
@@ -411,7 +428,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     paths = {str(p): Path(p) for p in args.models}
     result = bench_models(paths, prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens,
-                          repeats=args.repeats, threads=args.threads, device=args.device)
+                          repeats=args.repeats, threads=args.threads, device=args.device, progress=not args.quiet)
     print(json.dumps(result.to_dict(), indent=1) if args.json else result.table())
     return 0
 
@@ -419,7 +436,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Show what wina-onnx gated in a model: one row per gated MatMul, then the totals.
 
-    Columns: layer, role, K, N, mode (wina: |x|*||B[i,:]||, teal: |x|), gating, sparsity,
+    Columns: layer, role, K, N, score (|x|*||row||: WINA's, with the weight row's norm;
+    |x|: TEAL's, as --norm-on reference gives the projections other than k and gate), gating, sparsity,
     k (top-k) or threshold, and the weight bytes a decoded token does not read. --json
     gives the same rows with the settings and the totals. Reads no weights.
     """
@@ -549,17 +567,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn: Callable[[argparse.Namespace], int]) -> argparse.ArgumentParser:
-        doc = (fn.__doc__ or "").strip()
-        p = sub.add_parser(name, help=doc.splitlines()[0], description=doc,
+        doc = inspect.cleandoc(fn.__doc__ or "")
+        summary = " ".join(doc.split("\n\n")[0].split())  # the first paragraph, whole
+        p = sub.add_parser(name, help=summary, description=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(func=fn)
+        if name != "lm-eval":  # lm-eval's options are all lm-eval's own
+            p.add_argument("-v", "--verbose", action="store_true",
+                           help="also show other libraries' warnings and logs (Optimum, transformers, PyTorch, "
+                                "ONNX Runtime), hidden by default")
         return p
 
     p = add("export", cmd_export)
     p.add_argument("model", nargs="?", default=None, help="folder, .gguf file or hub id (default: SmolLM2-135M)")
-    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("-o", "--output", required=True, help="output folder (written whole or not at all)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
-                   help="weights dtype (float16 needs a CUDA GPU for the export)")
+                   help="weights dtype (default: float32; float16 needs a CUDA GPU for the export)")
     p.add_argument("--int4", action="store_true",
                    help="GGUF models only: keep the file's 4-bit projection weights (Q4_0, Q4_1, Q4_K) as "
                         "MatMulNBits with the same codes and scales, block 32 (default: off, float32 weights); "
@@ -567,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accuracy-level", type=int, choices=range(5), default=None, metavar="{0..4}",
                    help="--int4: MatMulNBits' accuracy_level (default: 0, float activations; 4 lets ONNX "
                         "Runtime's CPU kernel use int8 activations where it pre-packs the weights)")
+    _add_quiet(p)
 
     p = add("calibrate", cmd_calibrate)
     p.add_argument("model", help="model.onnx (dense)")
@@ -574,17 +598,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(p, "calibration")
     p.add_argument("--windows", type=positive_int, default=16, help="number of text windows (default: 16)")
     p.add_argument("--window", type=window_int, default=256, help="tokens per window (default: 256)")
-    p.add_argument("--include", action="append", default=[], metavar="PATTERN")
-    p.add_argument("--exclude", action="append", default=[], metavar="PATTERN")
+    _add_patterns(p)
     p.add_argument("--transform", action="store_true",
                    help="calibrate the model as `optimize --transform` rewrites it")
     p.add_argument("--allocate", choices=["greedy"], default=None,
                    help="also keep the greedy search's error curves in the file (sampled activations of "
-                        "every MatMul), so that `optimize` allocates per-MatMul sparsities at any target")
-    p.add_argument("--target-sparsity", type=fraction, default=None,
-                   help="with --allocation-out: average sparsity of that allocation, weighted by weight bytes")
+                        "every MatMul), so that `optimize` allocates per-MatMul sparsities at any target "
+                        "(default: off, histograms only)")
+    p.add_argument("--sparsity", dest="target_sparsity", type=fraction, default=None, metavar="SPARSITY",
+                   help="with --allocation-out: average sparsity of that allocation, weighted by weight bytes, "
+                        "as `optimize --sparsity` (default: none; required with --allocation-out)")
+    _add_alias(p, "--target-sparsity", "--sparsity", "target_sparsity", type=fraction)
     p.add_argument("--allocation-out", default=None, metavar="FILE",
-                   help="also write the greedy allocation at --target-sparsity to this file (JSON)")
+                   help="also write the greedy allocation at --sparsity to this file (JSON; default: none)")
     p.add_argument("--mode", choices=schema.MODES, default=schema.MODE_WINA,
                    help="score of the allocation written to --allocation-out (default: wina)")
     p.add_argument("--norm-on", choices=["all", "reference"], default="reference",
@@ -595,15 +621,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_quiet(p)
 
     p = add("optimize", cmd_optimize)
-    p.add_argument("model", help="model.onnx")
-    p.add_argument("-o", "--output", required=True, help="optimized model file to write")
+    p.add_argument("model", help="model.onnx (or its folder), dense")
+    p.add_argument("-o", "--output", required=True, help="optimized model file to write (its folder is made)")
     _add_gate_options(p)
     from .quantize import add_quantize_options
 
     add_quantize_options(p)
     p.add_argument("--force", action="store_true", help="gate a model wina-onnx already optimized")
     p.add_argument("--external-data", choices=["auto", "single", "per-tensor", "inline"], default="auto",
-                   help="where the output keeps its weights: auto (as the input did; inline under 2 GiB), "
+                   help="where the output keeps its weights: auto (default: as the input did; inline under 2 GiB), "
                         "single (<output>.data), per-tensor (a file per weight in <output>.data.d/) or inline")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     _add_quiet(p)
@@ -616,34 +642,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=positive_int, default=None,
                    help="evaluate at most this many windows (default: all the text)")
     p.add_argument("--reference", default=None, metavar="DENSE.onnx",
-                   help="also report KL(dense || model) and top-1 agreement against this model")
-    p.add_argument("--json", action="store_true")
+                   help="also report KL(dense || model) and top-1 agreement against this model (default: none)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a sentence")
     _add_threads(p)
     _add_quiet(p)
 
     p = add("generate", cmd_generate)
     p.add_argument("model", help="model.onnx with its tokenizer.json beside it")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=positive_int, default=32)
+    p.add_argument("--prompt", required=True, help="the text to continue, as is (no chat template)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32,
+                   help="tokens to generate at most; an end-of-sequence token stops earlier (default: 32)")
     _add_threads(p)
 
     p = add("bench", cmd_bench)
     p.add_argument("models", nargs="+", help="model files; the first is the baseline")
-    p.add_argument("--prompt-tokens", type=positive_int, default=128)
-    p.add_argument("--decode-tokens", type=positive_int, default=64)
-    p.add_argument("--repeats", type=positive_int, default=5)
+    p.add_argument("--prompt-tokens", type=positive_int, default=128,
+                   help="prompt length of the prefill, fixed random ids (default: 128)")
+    p.add_argument("--decode-tokens", type=positive_int, default=64,
+                   help="tokens decoded one at a time after the prompt (default: 64)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed runs of each model, after one warm-up "
+                   "(default: 5)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                   help="cuda: CUDA provider with IOBinding, KV cache on the GPU (needs onnxruntime-gpu)")
-    p.add_argument("--json", action="store_true")
+                   help="cpu (default) or cuda: CUDA provider with IOBinding, KV cache on the GPU (needs "
+                        "onnxruntime-gpu)")
+    p.add_argument("--json", action="store_true", help="print the timings as JSON instead of a table")
     _add_threads(p)
+    _add_quiet(p)
 
     p = add("inspect", cmd_inspect)
-    p.add_argument("model")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("model", help="a model.onnx written by `wina-onnx optimize` (or its folder)")
+    p.add_argument("--json", action="store_true", help="rows, settings and totals as JSON instead of a table")
 
     p = add("demo", cmd_demo)
-    p.add_argument("--work-dir", default="wina-demo", help="folder for the exported and optimized models")
-    p.add_argument("--sparsity", type=fraction, default=0.5)
+    p.add_argument("--work-dir", default="wina-demo",
+                   help="folder for the exported and optimized models (default: wina-demo)")
+    p.add_argument("--sparsity", type=fraction, default=0.5, help="sparsity of the WINA and TEAL models (default: 0.5)")
     p.add_argument("--windows", type=positive_int, default=4, help="512-token windows of perplexity (default: 4)")
     _add_data(p, "calibration and evaluation")
     _add_threads(p)
@@ -664,7 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--quality", metavar="RESULTS.json", help="quality results: perplexity vs sparsity")
     source.add_argument("--allocation", metavar="FILE", help="allocation file: per-layer sparsity heatmap")
-    p.add_argument("--model", default=None, metavar="MODEL.onnx", help="model whose MatMuls the allocation covers")
+    p.add_argument("--model", default=None, metavar="MODEL.onnx",
+                   help="model whose MatMuls the allocation covers (default: none, exact node names only)")
     p.add_argument("-o", "--output", required=True, metavar="PLOT.png", help="PNG file to write")
     p.add_argument("--title", default=None, help="plot title (default: from the input file name)")
 
@@ -696,7 +730,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     try:
         _resolve_models(args)
-        return args.func(args)
+        with third_party_quiet(args.command != "lm-eval" and not getattr(args, "verbose", False)):
+            return args.func(args)
     except WinaError as exc:
         print(f"wina-onnx {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -110,7 +110,8 @@ def add_quantize_options(parser) -> None:
                        help="first quantize the float projections with ONNX Runtime's MatMulNBitsQuantizer "
                             "(4-bit blocks, MatMulNBits), then calibrate and gate the 4-bit model "
                             "(WinaSparseMatMulNBits); a model that already has MatMulNBits projections (e.g. "
-                            "from the ONNX Runtime GenAI model builder) is gated without this option")
+                            "from the ONNX Runtime GenAI model builder) is gated without this option "
+                            "(default: none, the weights stay as they are)")
     group.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE,
                        help=f"--quantize: input features per scale, a power of two from 16 to 256 "
                             f"(default: {DEFAULT_BLOCK_SIZE}, as the GenAI builder)")

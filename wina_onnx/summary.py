@@ -19,6 +19,10 @@ from .optimize import read_metadata
 from .schema import DOMAIN, GROUP_OP_TYPE, MATMUL_NBITS_DOMAIN, MATMUL_NBITS_OP_TYPE, NBITS_OP_TYPE
 
 _ROLE_RE = re.compile(r"^L(\d+)\.(.+)$")
+# Each gate's score, as the table and --json show it: WINA's, or TEAL's |x| alone. A WINA model
+# has both kinds (--norm-on reference puts the weight norms in the k/gate scores only).
+SCORE_NORM = "|x|*||row||"
+SCORE_ABS = "|x|"
 
 
 @dataclass
@@ -30,7 +34,7 @@ class GateRow:
     role: str  # the projection kind, e.g. "q_proj"
     K: int
     N: int
-    mode: str
+    score: str  # SCORE_NORM (|x_i| * ||B[i, :]||) or SCORE_ABS (|x_i|)
     gating: str
     sparsity: float
     k: int | None
@@ -80,14 +84,14 @@ class ModelSummary:
     def table(self) -> str:
         """A text table, one row per gate, then the totals."""
         unit, scale = ("MiB", 2**20) if self.model_weight_bytes >= 10 * 2**20 else ("KiB", 2**10)
-        header = (f"{'layer':<6}{'role':<14}{'K':>7}{'N':>7}  {'mode':<5}{'gating':<10}{'sparsity':>9}"
+        header = (f"{'layer':<6}{'role':<14}{'K':>7}{'N':>7}  {'score':<12}{'gating':<10}{'sparsity':>9}"
                   f"{'k':>7}{'threshold':>11}{f'{unit} skipped/token':>20}")
         lines = [f"wina-onnx {self.version}", header]
         for g in self.gates:
             layer = "" if g.layer is None else str(g.layer)
             k = "" if g.k is None else str(g.k)
             thr = "" if g.threshold is None else f"{g.threshold:.4g}"
-            lines.append(f"{layer:<6}{g.role:<14}{g.K:>7}{g.N:>7}  {g.mode:<5}{g.gating:<10}{g.sparsity:>9.3f}"
+            lines.append(f"{layer:<6}{g.role:<14}{g.K:>7}{g.N:>7}  {g.score:<12}{g.gating:<10}{g.sparsity:>9.3f}"
                          f"{k:>7}{thr:>11}{g.bytes_skipped / scale:>20.3f}")
         t = self.totals()
         lines.append(
@@ -129,6 +133,13 @@ def _nbits_code_bytes(model: onnx.ModelProto) -> int:
                if init.name in read and init.data_type == onnx.TensorProto.UINT8)
 
 
+def _score(gate: dict, config: dict) -> str:
+    """A gate's score: from its own record (whether it uses the weight norms), else the model's mode."""
+    if "norm" in gate:
+        return SCORE_NORM if gate["norm"] else SCORE_ABS
+    return SCORE_ABS if config.get("mode") == "teal" else SCORE_NORM
+
+
 def summarize(model: onnx.ModelProto) -> ModelSummary:
     """The ModelSummary of a model optimized by wina-onnx (ConfigError if it was not)."""
     meta = read_metadata(model)
@@ -145,8 +156,7 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
             fraction = g["sparsity"]
         rows.append(GateRow(
             node=g["node"], layer=layer, role=role, K=g["K"], N=g["N"],
-            # A WINA model scores some projections by |x| alone (--norm-on reference): say so per row.
-            mode=("wina" if g["norm"] else "teal") if "norm" in g else config.get("mode", "?"),
+            score=_score(g, config),
             gating=config.get("gating", "topk" if g.get("k") is not None else "threshold"),
             sparsity=g["sparsity"], k=g.get("k"), threshold=g.get("threshold"), weight_bytes=g["weight_bytes"],
             bytes_skipped=fraction * g["weight_bytes"], bits=g.get("bits"),
