@@ -106,7 +106,8 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("gemma3", "Gemma 3", "Gemma3ForCausalLM", "Gemma3TextConfig",
                  dict(_DECODER, head_dim=HEAD_DIM, sliding_window=256),
                  "tied embeddings, GeGLU, q/k norms, local and global layers", SEPARATE,
-                 no_builder="the builder stops with KeyError 'rope_type' on its config"),
+                 no_builder="the builder stops with KeyError 'rope_type': under transformers 5 "
+                            "Gemma 3's rope_parameters are per layer type, which it reads for Gemma 4 only"),
     Architecture("granite", "Granite", "GraniteForCausalLM", "GraniteConfig",
                  dict(_DECODER, embedding_multiplier=12.0, residual_multiplier=0.22, attention_multiplier=0.0625,
                       logits_scaling=8.0),
@@ -192,6 +193,15 @@ def export_optimum(hf: Path, out: Path) -> None:
     for item in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         if not (out / item).exists():
             shutil.copy2(hf / item, out / item)
+
+
+def made_from() -> dict:
+    """What determines the checkpoints and exports (a cache key): configs, seeds and the code making them."""
+    import inspect
+
+    code = "".join(inspect.getsource(f) for f in (byte_tokenizer, _byte_of, make_checkpoint, export_optimum))
+    return {"models": [(a.key, a.model_class, a.config_class, sorted(a.config.items())) for a in ARCHITECTURES],
+            "common": sorted(_COMMON.items()), "seed": SEED, "init": INIT_RANGE, "code": code}
 
 
 # ----------------------------------------------------------------------------- README table
