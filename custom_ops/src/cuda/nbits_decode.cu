@@ -1,0 +1,884 @@
+// CUDA kernels of WinaSparseMatMulNBits and their launchers (declared in nbits_decode.cuh, which
+// describes the algorithm). One explicit instantiation per element type at the end.
+//
+// Kernels are launched only through launch_clustered() below, which takes a Stream and refuses
+// the default streams; cmake/cuda.cmake rejects the triple-chevron syntax in this folder.
+#include "cuda/nbits_decode.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstdint>
+#include <utility>
+
+namespace wina {
+namespace cuda {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// ---------------------------------------------------------------------------------
+// Launching and device helpers
+
+template <typename... KernelArgs, typename... Args>
+cudaError_t launch_clustered(Stream stream, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                             bool pdl, unsigned cluster_y, Args&&... args) {
+  if (!stream.valid()) return cudaErrorInvalidResourceHandle;
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream.get();
+  cudaLaunchAttribute attribute[2];
+  unsigned count = 0;
+  if (pdl) {
+    attribute[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute[count].val.programmaticStreamSerializationAllowed = 1;
+    ++count;
+  }
+  if (cluster_y > 0) {
+    attribute[count].id = cudaLaunchAttributeClusterDimension;
+    attribute[count].val.clusterDim.x = 1;
+    attribute[count].val.clusterDim.y = cluster_y;
+    attribute[count].val.clusterDim.z = 1;
+    ++count;
+  }
+  config.attrs = count > 0 ? attribute : nullptr;
+  config.numAttrs = count;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void cluster_barrier() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+// The float at the address of `local` in the shared memory of the cluster's block `rank`.
+__device__ __forceinline__ float load_cluster_shared(const float* local, unsigned rank) {
+  float v = 0.0f;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(local));
+  unsigned remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
+  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+#endif
+  return v;
+}
+
+template <typename T>
+struct Elem;
+
+template <>
+struct Elem<float> {
+  static __device__ __forceinline__ float to_float(float v) { return v; }
+  static __device__ __forceinline__ float from_float(float v) { return v; }
+};
+
+template <>
+struct Elem<__half> {
+  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
+};
+
+template <>
+struct Elem<__nv_bfloat16> {
+  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
+};
+
+// L2 eviction policies (sm_80+): codes and block scales are read once a call and should leave
+// the L2 first; the score scales stay for the next call's gating.
+__device__ __forceinline__ uint64_t l2_policy(bool evict_first) {
+  uint64_t policy;
+  if (evict_first) {
+    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  } else {
+    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
+  }
+  return policy;
+}
+
+__device__ __forceinline__ uint64_t l2_policy_keep() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+
+__device__ __forceinline__ void copy16_async(void* smem, const void* gmem, uint64_t policy) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "l"(policy)
+               : "memory");
+}
+
+// The same without a cache hint. ptxas 13.0 assembled the hinted form inside stage_bytes() below
+// into an instruction the H200 rejected ("illegal instruction"); the zero points are few bytes.
+__device__ __forceinline__ void copy16_async_plain(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+
+__device__ __forceinline__ void prefetch_line_l2(const void* gmem) {
+  asm volatile("prefetch.global.L2::evict_normal [%0];" ::"l"(gmem));
+}
+
+// (a & mask) | bits in one instruction (the compiler splits it in two when both are constants).
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t bits) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(mask), "r"(bits));
+  return d;
+}
+
+__device__ __forceinline__ float load_float(const float* p, uint64_t policy) {
+  float v;
+  asm volatile("ld.global.nc.L2::cache_hint.f32 %0, [%1], %2;" : "=f"(v) : "l"(p), "l"(policy));
+  return v;
+}
+
+__device__ __forceinline__ void commit_async_copies() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
+template <int N>
+__device__ __forceinline__ void wait_async_groups() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// An unsigned key with the order of the float scores: NaN ranks as +inf and -0 ties +0 (the
+// float op's rule, docs/op-schema.md).
+__device__ __forceinline__ uint32_t order_key(float s) {
+  uint32_t u = __float_as_uint(s);
+  if (s != s) u = 0x7f800000u;
+  if (u == 0x80000000u) u = 0u;
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ __forceinline__ uint32_t score_key(float x, float scale) { return order_key(fabsf(x) * scale); }
+
+template <Gating MODE>
+__device__ __forceinline__ void token_gate(const NbitsGate& gate, int m, uint32_t& key, int& cut) {
+  if (MODE == Gating::kThreshold) {
+    const float t = *gate.threshold;
+    key = (t != t) ? 0xffffffffu : order_key(t);  // a NaN threshold keeps nothing
+    cut = -1;
+  } else {
+    key = gate.keys[m];
+    cut = gate.cuts[m];
+  }
+}
+
+__device__ __forceinline__ bool keep(uint32_t key, int i, uint32_t gate_key, int gate_cut) {
+  return key > gate_key || (key == gate_key && i <= gate_cut);
+}
+
+// ---------------------------------------------------------------------------------
+// Decode
+
+constexpr int kThreads = 256;
+constexpr int kMaxSlab = static_cast<int>(kNbitsMaxSlabRows);
+constexpr int kGateRows = kMaxSlab / kThreads;  // slab rows a thread gates
+constexpr int kBatchRows = 4;                   // rows a thread loads per batch
+constexpr int kMaxStages = 4;                   // batches in flight at most (NbitsPlan::stages)
+constexpr int kMaxCluster = 16;
+constexpr int kCodeBytes = 16;                  // codes a thread and row: 16 bytes = 32 columns
+constexpr int kColsPerThread = 2 * kCodeBytes;
+// Dynamic shared memory: the code batches [stages][kBatchRows][kThreads] x 16 bytes, reused after
+// the product for the row groups' sums [row group][33 x col_threads] floats (padded against bank
+// conflicts), then the slab's block scales and zero points.
+constexpr int work_bytes(int stages) { return std::max(stages * kBatchRows * kThreads * 16, 33 * kThreads * 4); }
+constexpr int kWorkBytes = work_bytes(kMaxStages);
+constexpr int kMaxStageBytes = 64 * 1024;  // block scales + zero points of one slab
+constexpr int kMaxDynamicSmem = kWorkBytes + kMaxStageBytes + 64;
+static_assert(kMaxSlab % kThreads == 0, "whole gating rounds");
+
+struct DecodeArgs {
+  const uint8_t* b;
+  const void* scales;
+  const void* zero_points;
+  const float* score_scale;
+  const void* bias;
+  void* y;
+  float* partial;  // split-K: [splits, M, N]
+  int64_t N;
+  int64_t row_bytes;  // ceil(N / 2)
+  int M, K;
+  int log_g;
+  int rows_per_split;
+  int zero_kind;
+  int cluster;
+  int l2_hints;
+  int prefetch_rows;  // the slab's first kept rows prefetched into the L2 while gating
+  int probe;          // timing only: 1 skips the arithmetic of the product, 2 the product
+  int vec_codes;   // rows of codes in whole, aligned 16-byte vectors
+  int vec_scales;  // rows of scales (and typed zero points) likewise
+  int vec_zero;    // rows of packed zero points likewise
+  int scale_offset, zero_offset;  // bytes into the dynamic shared memory
+};
+
+// Copies rows [q0, q0 + nq) x columns [col0, col0 + cols) of a T [*, N] matrix into dst [nq][cols]
+// (cp.async where whole aligned vectors allow, plain loads and zeros past N elsewhere).
+template <typename T>
+__device__ __forceinline__ void stage_typed(T* dst, const T* src, int q0, int nq, int64_t col0, int cols, int64_t N,
+                                            bool vec, uint64_t policy) {
+  constexpr int V = 16 / static_cast<int>(sizeof(T));
+  const int per_row = cols / V;
+  for (int c = threadIdx.x; c < nq * per_row; c += kThreads) {
+    const int qi = c / per_row;
+    const int e = (c - qi * per_row) * V;
+    const int64_t gcol = col0 + e;
+    const T* s = src + static_cast<int64_t>(q0 + qi) * N + gcol;
+    T* d = dst + qi * cols + e;
+    if (vec && gcol + V <= N) {
+      copy16_async(d, s, policy);
+    } else {
+#pragma unroll
+      for (int i = 0; i < V; ++i) d[i] = gcol + i < N ? s[i] : Elem<T>::from_float(0.0f);
+    }
+  }
+}
+
+// The same for packed bytes: rows [q0, q0 + nq) x bytes [byte0, byte0 + bytes) of a uint8 [*, row_bytes].
+__device__ __forceinline__ void stage_bytes(uint8_t* dst, const uint8_t* src, int q0, int nq, int64_t byte0, int bytes,
+                                            int64_t row_bytes, bool vec) {
+  const int per_row = bytes / 16;
+  for (int c = threadIdx.x; c < nq * per_row; c += kThreads) {
+    const int qi = c / per_row;
+    const int e = (c - qi * per_row) * 16;
+    const int64_t gb = byte0 + e;
+    const uint8_t* s = src + static_cast<int64_t>(q0 + qi) * row_bytes + gb;
+    uint8_t* d = dst + qi * bytes + e;
+    if (vec && gb + 16 <= row_bytes) {
+      copy16_async_plain(d, s);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 16; ++i) d[i] = gb + i < row_bytes ? s[i] : 0;
+    }
+  }
+}
+
+// 16 bytes of T as floats.
+template <typename T>
+__device__ __forceinline__ void unpack16(const uint4& u, float* f) {
+  const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+  for (int i = 0; i < 16 / static_cast<int>(sizeof(T)); ++i) f[i] = Elem<T>::to_float(e[i]);
+}
+
+// The scale of column v's accumulator: x (1 + c / code_factor(v)) (see the product loop).
+__device__ __forceinline__ constexpr float code_factor(int v) { return v % 8 == 4 ? 128.0f : 16.0f; }
+
+// Block (tile, split): columns [tile * 32 CT, +32 CT) of rows [split * rows_per_split, +rows_per_split).
+// CT threads across the tile (16 bytes of codes each) x kThreads / CT row groups; row group g takes
+// the g-th contiguous share of the slab's kept rows, in row order, so a thread crosses few block
+// boundaries.
+template <typename T, int MT, int CT, Gating MODE, int S>
+__global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
+    nbits_decode_kernel(const T* __restrict__ x, const __grid_constant__ DecodeArgs a, NbitsGate gate) {
+  constexpr int RG = kThreads / CT;
+  constexpr int TC = CT * kColsPerThread;  // columns of a tile
+  static_assert(TC <= kMaxSlab, "the slab's partial sums reuse s_x");
+  extern __shared__ __align__(16) unsigned char s_dyn[];
+  __shared__ int s_rows[kMaxSlab];
+  __shared__ __align__(16) float s_x[MT][kMaxSlab];
+  __shared__ int s_warp_count[kThreads / 32];
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int tile = blockIdx.x;
+  const int split = blockIdx.y;
+  const int r0 = split * a.rows_per_split;
+  const int r1 = min(r0 + a.rows_per_split, a.K);
+  const int64_t col0 = static_cast<int64_t>(tile) * TC;
+  const int64_t byte0 = static_cast<int64_t>(tile) * CT * kCodeBytes;
+  const int q0 = r0 >> a.log_g;
+  const int nq = ((r1 - 1) >> a.log_g) - q0 + 1;
+  const bool hints = a.l2_hints != 0;
+  const uint64_t stream_policy = l2_policy(hints);
+  const uint64_t keep_policy = hints ? l2_policy_keep() : l2_policy(false);
+
+  // 0. Weights, before waiting for the kernel before this one: the slab's block scales and zero
+  // points into shared memory (one cp.async group), its score scales into registers.
+  T* s_scale = reinterpret_cast<T*>(s_dyn + a.scale_offset);
+  stage_typed<T>(s_scale, static_cast<const T*>(a.scales), q0, nq, col0, TC, a.N, a.vec_scales != 0, stream_policy);
+  if (a.zero_kind == static_cast<int>(ZeroPointKind::kPacked)) {
+    stage_bytes(s_dyn + a.zero_offset, static_cast<const uint8_t*>(a.zero_points), q0, nq, byte0, TC / 2,
+                a.row_bytes, a.vec_zero != 0);
+  } else if (a.zero_kind == static_cast<int>(ZeroPointKind::kTyped)) {
+    stage_typed<T>(reinterpret_cast<T*>(s_dyn + a.zero_offset), static_cast<const T*>(a.zero_points), q0, nq, col0,
+                   TC, a.N, a.vec_scales != 0, stream_policy);
+  }
+  commit_async_copies();
+  float sc[kGateRows];
+#pragma unroll
+  for (int q = 0; q < kGateRows; ++q) {
+    const int r = r0 + q * kThreads + tid;
+    sc[q] = r < r1 ? load_float(a.score_scale + r, keep_policy) : 0.0f;
+  }
+
+  grid_dependency_wait();  // x and the gate may come from the kernels before (PDL)
+  float xs[kGateRows][MT];
+#pragma unroll
+  for (int q = 0; q < kGateRows; ++q) {
+    const int r = r0 + q * kThreads + tid;
+#pragma unroll
+    for (int m = 0; m < MT; ++m)
+      xs[q][m] = (m < a.M && r < r1) ? Elem<T>::to_float(x[static_cast<int64_t>(m) * a.K + r]) : 0.0f;
+  }
+  uint32_t gate_key[MT];
+  int gate_cut[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    if (m < a.M) {
+      token_gate<MODE>(gate, m, gate_key[m], gate_cut[m]);
+    } else {
+      gate_key[m] = 0xffffffffu;
+      gate_cut[m] = -1;
+    }
+  }
+
+  // 1. Gate the slab's rows for every token; list the rows kept by any token, in row order.
+  int count = 0;
+#pragma unroll
+  for (int q = 0; q < kGateRows; ++q) {
+    const int rb = r0 + q * kThreads;
+    if (rb >= r1) break;  // uniform over the block
+    const int r = rb + tid;
+    float xv[MT];
+    bool any = false;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      xv[m] = 0.0f;
+      if (m < a.M && r < r1 && keep(score_key(xs[q][m], sc[q]), r, gate_key[m], gate_cut[m])) {
+        xv[m] = xs[q][m];
+        any = true;
+      }
+    }
+    const unsigned ballot = __ballot_sync(kFullMask, any);
+    if (lane == 0) s_warp_count[warp] = __popc(ballot);
+    __syncthreads();
+    int offset = 0, total = 0;
+#pragma unroll
+    for (int w = 0; w < kThreads / 32; ++w) {
+      const int c = s_warp_count[w];
+      offset += w < warp ? c : 0;
+      total += c;
+    }
+    if (any) {
+      const int pos = count + offset + __popc(ballot & ((1u << lane) - 1u));
+      s_rows[pos] = r;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) s_x[m][pos] = xv[m];
+      // The slab's first kept rows start streaming into the L2 now, while the rest is gated.
+      if (pos < a.prefetch_rows) {
+        const uint8_t* row = a.b + static_cast<int64_t>(r) * a.row_bytes + byte0;
+        for (int o = 0; o < CT * kCodeBytes && byte0 + o < a.row_bytes; o += 128) prefetch_line_l2(row + o);
+      }
+    }
+    count += total;
+    __syncthreads();
+  }
+  allow_dependent_launch();
+
+  // 2. Multiply: row group rg takes kept rows [jb, je).
+  const int ct = tid % CT;
+  const int rg = tid / CT;
+  const int jb = rg * count / RG;
+  const int je = a.probe == 2 ? jb : (rg + 1) * count / RG;
+  const int64_t my_byte = byte0 + ct * kCodeBytes;
+  const bool has_codes = my_byte < a.row_bytes;
+  const uint8_t* __restrict__ bcol = a.b + my_byte;
+  uint4* s_w = reinterpret_cast<uint4*>(s_dyn);  // [S][kBatchRows][kThreads]
+  auto load = [&](int j0, int stage) {
+#pragma unroll
+    for (int u = 0; u < kBatchRows; ++u) {
+      const int j = j0 + u;
+      if (j < je && has_codes) {
+        const uint8_t* src = bcol + static_cast<int64_t>(s_rows[j]) * a.row_bytes;
+        uint4* dst = &s_w[(stage * kBatchRows + u) * kThreads + tid];
+        if (a.vec_codes) {
+          copy16_async(dst, src, stream_policy);
+        } else {
+          alignas(16) uint8_t v[16];
+#pragma unroll
+          for (int i = 0; i < 16; ++i) v[i] = my_byte + i < a.row_bytes ? src[i] : 0;
+          *dst = *reinterpret_cast<const uint4*>(v);
+        }
+      }
+    }
+    commit_async_copies();  // possibly empty: every thread keeps the same group count
+  };
+
+  float acc[MT][kColsPerThread];
+  float tot[MT][kColsPerThread];
+  float sx[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    sx[m] = 0.0f;
+#pragma unroll
+    for (int v = 0; v < kColsPerThread; ++v) {
+      acc[m][v] = 0.0f;
+      tot[m][v] = 0.0f;
+    }
+  }
+
+  const T* s_zero_t = reinterpret_cast<const T*>(s_dyn + a.zero_offset);
+  const uint8_t* s_zero_p = s_dyn + a.zero_offset;
+  // Adds block qi's share to the sums: sum over the thread's rows of x (c - z) s
+  // = s (f (acc - Σx) - z Σx), acc being Σ x (1 + c / f); then clears acc and Σx.
+  auto flush = [&](int qi) {
+    constexpr int V = 16 / static_cast<int>(sizeof(T));
+    const uint4* sv = reinterpret_cast<const uint4*>(s_scale + qi * TC + ct * kColsPerThread);
+    uint4 zp_packed = make_uint4(0x88888888u, 0x88888888u, 0x88888888u, 0x88888888u);
+    if (a.zero_kind == static_cast<int>(ZeroPointKind::kPacked))
+      zp_packed = *reinterpret_cast<const uint4*>(s_zero_p + qi * (TC / 2) + ct * kCodeBytes);
+    const uint32_t zw[4] = {zp_packed.x, zp_packed.y, zp_packed.z, zp_packed.w};
+#pragma unroll
+    for (int g = 0; g < kColsPerThread / V; ++g) {
+      float s[V], z[V];
+      unpack16<T>(sv[g], s);
+      if (a.zero_kind == static_cast<int>(ZeroPointKind::kTyped)) {
+        unpack16<T>(reinterpret_cast<const uint4*>(s_zero_t + qi * TC + ct * kColsPerThread)[g], z);
+      } else {
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          const int v = g * V + i;
+          z[i] = static_cast<float>((zw[v / 8] >> (4 * (v % 8))) & 0xfu);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const int v = g * V + i;
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          const float t = fmaf(code_factor(v), acc[m][v] - sx[m], -z[i] * sx[m]);
+          tot[m][v] = fmaf(s[i], t, tot[m][v]);
+          acc[m][v] = 0.0f;
+        }
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < MT; ++m) sx[m] = 0.0f;
+  };
+
+  // S - 1 batches in flight ahead of the one multiplied; every thread commits the same groups
+  // (empty ones included), so one wait count holds throughout.
+#pragma unroll
+  for (int st = 0; st < S - 1; ++st) load(jb + st * kBatchRows, st);
+  wait_async_groups<S - 1>();  // this thread's share of the staged scales has landed
+  __syncthreads();             // ... and everyone's
+
+  const uint32_t kMask16 = 0x00780000u, kMask128 = 0x000f0000u, kOne = 0x3f800000u;
+  int q_cur = -1;
+  int stage = 0;
+  for (int j0 = jb; j0 < je; j0 += kBatchRows) {
+    load(j0 + (S - 1) * kBatchRows, stage == 0 ? S - 1 : stage - 1);
+    wait_async_groups<S - 1>();
+#pragma unroll 1
+    for (int u = 0; u < kBatchRows; ++u) {
+      const int j = j0 + u;
+      if (j >= je) break;
+      const int q = s_rows[j] >> a.log_g;
+      if (q != q_cur) {
+        if (q_cur >= 0) flush(q_cur - q0);
+        q_cur = q;
+      }
+      const uint4 w = s_w[(stage * kBatchRows + u) * kThreads + tid];
+      const uint32_t wd[4] = {w.x, w.y, w.z, w.w};
+      float xm[MT];
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        xm[m] = s_x[m][j];
+        sx[m] += xm[m];
+      }
+      if (a.probe == 1) continue;
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) {
+          // Code k of the word into the mantissa of 1.0f, one shift and one logical operation: the
+          // float 1 + c / code_factor (bits 19-22, factor 16; code 4 is at bits 16-19 already,
+          // factor 128, no shift).
+          float f;
+          if (k == 4) {
+            f = __uint_as_float(and_or(wd[t], kMask128, kOne));
+          } else {
+            const uint32_t bits = k < 4 ? (wd[t] << (19 - 4 * k)) : (wd[t] >> (4 * k - 19));
+            f = __uint_as_float(and_or(bits, kMask16, kOne));
+          }
+#pragma unroll
+          for (int m = 0; m < MT; ++m) acc[m][8 * t + k] = fmaf(xm[m], f, acc[m][8 * t + k]);
+        }
+      }
+    }
+    stage = stage == S - 1 ? 0 : stage + 1;
+  }
+  if (q_cur >= 0) flush(q_cur - q0);
+
+  // 3. Add the row groups in a fixed order into s_part [MT][TC] (over s_x, free now).
+  float* s_red = reinterpret_cast<float*>(s_dyn);  // [RG][33 * CT]: (rg, v, ct) at rg * 33 CT + v CT + ct
+  float* s_part = &s_x[0][0];
+  __syncthreads();  // every thread is done with s_w and s_x
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    if (m >= a.M) break;
+    if (m > 0) __syncthreads();  // s_red is free again
+#pragma unroll
+    for (int v = 0; v < kColsPerThread; ++v) s_red[rg * 33 * CT + v * CT + ct] = tot[m][v];
+    __syncthreads();
+    for (int i = tid; i < TC; i += kThreads) {
+      const int ci = i % CT;
+      const int vi = i / CT;
+      float s = 0.0f;
+#pragma unroll 8
+      for (int g = 0; g < RG; ++g) s += s_red[g * 33 * CT + vi * CT + ci];
+      s_part[m * TC + ci * kColsPerThread + vi] = s;
+    }
+  }
+  __syncthreads();
+
+  if (a.cluster > 0) {
+    // The cluster is this tile's slabs; block rank r adds columns [r, r + 1) x ceil(TC / cluster)
+    // of every slab, in slab order, adds the bias and writes Y.
+    cluster_barrier();
+    const int per_rank = (TC + a.cluster - 1) / a.cluster;
+    const int first = split * per_rank;  // the rank: the cluster spans every split of the tile
+    const T* __restrict__ bias = static_cast<const T*>(a.bias);
+    T* __restrict__ y = static_cast<T*>(a.y);
+    for (int e = tid; e < a.M * per_rank; e += kThreads) {
+      const int m = e / per_rank;
+      const int c = first + e % per_rank;
+      const int64_t gcol = col0 + c;
+      if (c < TC && gcol < a.N) {
+        float part[kMaxCluster];
+#pragma unroll
+        for (int q = 0; q < kMaxCluster; ++q)
+          part[q] = q < a.cluster ? load_cluster_shared(s_part + m * TC + c, static_cast<unsigned>(q)) : 0.0f;
+        float total = 0.0f;
+#pragma unroll
+        for (int q = 0; q < kMaxCluster; ++q)
+          if (q < a.cluster) total += part[q];
+        if (bias != nullptr) total += Elem<T>::to_float(bias[gcol]);
+        y[static_cast<int64_t>(m) * a.N + gcol] = Elem<T>::from_float(total);
+      }
+    }
+    cluster_barrier();  // no block leaves while another still reads its shared memory
+  } else {
+    for (int e = tid; e < a.M * TC; e += kThreads) {
+      const int m = e / TC;
+      const int c = e - m * TC;
+      if (col0 + c < a.N)
+        a.partial[(static_cast<int64_t>(split) * a.M + m) * a.N + col0 + c] = s_part[m * TC + c];
+    }
+  }
+}
+
+// y[m, n] = T(sum over splits of partial[s, m, n] (+ bias[n])), in a fixed order: lane l of a
+// column adds splits l, l + 8, ..., then the 8 lanes are added in order. splits == 0 writes the
+// bias (or zeros): the K == 0 case.
+constexpr int kReduceCols = 32;
+constexpr int kReduceLanes = 8;
+
+template <typename T>
+__global__ void __launch_bounds__(kReduceCols * kReduceLanes)
+    nbits_reduce_kernel(const float* __restrict__ partial, int splits, const T* __restrict__ bias,
+                        T* __restrict__ y, int M, int64_t N) {
+  __shared__ float s_sum[kReduceLanes][kReduceCols + 1];
+  grid_dependency_wait();
+  allow_dependent_launch();
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kReduceCols + threadIdx.x;
+  for (int m = blockIdx.y; m < M; m += gridDim.y) {
+    float acc = 0.0f;
+    if (n < N) {
+#pragma unroll 4
+      for (int s = threadIdx.y; s < splits; s += kReduceLanes) acc += partial[(static_cast<int64_t>(s) * M + m) * N + n];
+    }
+    s_sum[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && n < N) {
+      float total = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kReduceLanes; ++i) total += s_sum[i][threadIdx.x];
+      if (bias != nullptr) total += Elem<T>::to_float(bias[n]);
+      y[static_cast<int64_t>(m) * N + n] = Elem<T>::from_float(total);
+    }
+    __syncthreads();
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Dequantization (prefill): w[r, n] = T((code - zero point) * scale), one byte (two columns) a thread.
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    nbits_dequantize_kernel(const uint8_t* __restrict__ b, const T* __restrict__ scales, const void* zero_points,
+                            int zero_kind, T* __restrict__ w, int K, int64_t N, int64_t row_bytes, int log_g) {
+  const int64_t byte = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (byte >= row_bytes) return;
+  for (int r = blockIdx.y; r < K; r += gridDim.y) {
+    const int q = r >> log_g;
+    const unsigned code = b[static_cast<int64_t>(r) * row_bytes + byte];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t n = 2 * byte + h;
+      if (n >= N) break;
+      float z = 8.0f;
+      if (zero_kind == static_cast<int>(ZeroPointKind::kPacked)) {
+        const unsigned zb = static_cast<const uint8_t*>(zero_points)[static_cast<int64_t>(q) * row_bytes + byte];
+        z = static_cast<float>((zb >> (4 * h)) & 0xfu);
+      } else if (zero_kind == static_cast<int>(ZeroPointKind::kTyped)) {
+        z = Elem<T>::to_float(static_cast<const T*>(zero_points)[static_cast<int64_t>(q) * N + n]);
+      }
+      const float c = static_cast<float>((code >> (4 * h)) & 0xfu);
+      const float s = Elem<T>::to_float(scales[static_cast<int64_t>(q) * N + n]);
+      w[static_cast<int64_t>(r) * N + n] = Elem<T>::from_float((c - z) * s);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Host side
+
+constexpr size_t kAlign = 256;
+size_t align_bytes(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+int align16(int n) { return (n + 15) / 16 * 16; }
+
+int log2_exact(int64_t v) {
+  int l = 0;
+  while ((int64_t{1} << l) < v) ++l;
+  return (int64_t{1} << l) == v ? l : -1;
+}
+
+int64_t row_bytes_of(const NbitsProblem& p) { return (p.N + 1) / 2; }
+
+// Shared bytes of one slab's block scales and zero points: at most ceil(rows / G) + 1 blocks
+// (a slab need not start on a block boundary).
+template <typename T>
+void stage_layout(const NbitsProblem& p, int col_threads, int64_t rows, int* scale_bytes, int* zero_bytes) {
+  const int64_t tc = static_cast<int64_t>(col_threads) * kColsPerThread;
+  const int64_t nq = (rows + p.block_size - 1) / p.block_size + 1;
+  *scale_bytes = align16(static_cast<int>(nq * tc * static_cast<int64_t>(sizeof(T))));
+  *zero_bytes = p.zero_kind == ZeroPointKind::kPacked  ? align16(static_cast<int>(nq * tc / 2))
+                : p.zero_kind == ZeroPointKind::kTyped ? *scale_bytes
+                                                       : 0;
+}
+
+bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+// Raises a decode kernel's shared-memory limit (and allows clusters of 16) once per device.
+template <typename Kernel>
+cudaError_t prepare_kernel(Kernel kernel, std::atomic<uint64_t>& done, bool big_cluster) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = device < 32 ? (uint64_t{1} << (2 * device + (big_cluster ? 1 : 0))) : 0;
+  if (bit != 0 && (done.load(std::memory_order_acquire) & bit)) return cudaSuccess;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxDynamicSmem);
+  if (err == cudaSuccess && big_cluster)
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  if (err == cudaSuccess && bit != 0) done.fetch_or(bit, std::memory_order_release);
+  return err;
+}
+
+template <typename T, int MT, int CT, Gating MODE, int S>
+cudaError_t launch_decode_kernel(const NbitsProblem& p, const NbitsPlan& plan, DecodeArgs args, const NbitsGate& gate,
+                                 int stage_bytes, Stream stream) {
+  auto* kernel = nbits_decode_kernel<T, MT, CT, MODE, S>;
+  static std::atomic<uint64_t> done{0};
+  const cudaError_t err = prepare_kernel(kernel, done, plan.cluster > 8);
+  if (err != cudaSuccess) return err;
+  args.scale_offset += work_bytes(S);
+  args.zero_offset += work_bytes(S);
+  const size_t smem = static_cast<size_t>(work_bytes(S) + stage_bytes);
+  const int64_t tiles = (row_bytes_of(p) + CT * kCodeBytes - 1) / (CT * kCodeBytes);
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(plan.splits));
+  const bool pdl = plan.pdl && (MODE == Gating::kTopK || plan.pdl_first);
+  return launch_clustered(stream, kernel, grid, dim3(kThreads), smem, pdl, static_cast<unsigned>(plan.cluster),
+                          static_cast<const T*>(p.x), args, gate);
+}
+
+// One token: 2, 3 or 4 batches in flight; two tokens (twice the registers, one block per SM): 2.
+template <typename T, int MT, int CT, Gating MODE>
+cudaError_t launch_decode_stages(const NbitsProblem& p, const NbitsPlan& plan, const DecodeArgs& args,
+                                 const NbitsGate& gate, int stage_bytes, Stream stream) {
+  if constexpr (MT == 1) {
+    if (plan.stages >= 4) return launch_decode_kernel<T, MT, CT, MODE, 4>(p, plan, args, gate, stage_bytes, stream);
+    if (plan.stages == 3) return launch_decode_kernel<T, MT, CT, MODE, 3>(p, plan, args, gate, stage_bytes, stream);
+  }
+  return launch_decode_kernel<T, MT, CT, MODE, 2>(p, plan, args, gate, stage_bytes, stream);
+}
+
+template <typename T, int MT, Gating MODE>
+cudaError_t launch_decode_ct(const NbitsProblem& p, const NbitsPlan& plan, const DecodeArgs& args,
+                             const NbitsGate& gate, int stage_bytes, Stream stream) {
+  switch (plan.col_threads) {
+    case 8: return launch_decode_stages<T, MT, 8, MODE>(p, plan, args, gate, stage_bytes, stream);
+    case 16: return launch_decode_stages<T, MT, 16, MODE>(p, plan, args, gate, stage_bytes, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+template <typename T>
+cudaError_t launch_reduce(const NbitsProblem& p, const float* partial, int splits, bool pdl, Stream stream) {
+  const dim3 grid(static_cast<unsigned>((p.N + kReduceCols - 1) / kReduceCols),
+                  static_cast<unsigned>(std::min<int64_t>(p.M, 65535)));
+  return launch_clustered(stream, nbits_reduce_kernel<T>, grid, dim3(kReduceCols, kReduceLanes), 0, pdl, 0u, partial,
+                          splits,
+                          static_cast<const T*>(p.bias), static_cast<T*>(p.y), static_cast<int>(p.M), p.N);
+}
+
+bool bad_problem(const NbitsProblem& p) {
+  return p.M < 0 || p.K < 0 || p.N < 0 || p.K > INT_MAX / 2 || p.M > INT_MAX || p.block_size < 16 ||
+         log2_exact(p.block_size) < 0 || (p.zero_kind != ZeroPointKind::kNone && p.zero_points == nullptr);
+}
+
+bool bad_plan(const NbitsPlan& plan, const NbitsProblem& p) {
+  const bool ct_ok = plan.col_threads == 8 || plan.col_threads == 16;
+  const bool cluster_ok = plan.cluster == 0 || (plan.cluster >= 2 && plan.cluster <= kMaxCluster &&
+                                                plan.cluster == plan.splits);
+  return !plan.decode || p.M > kNbitsMaxDecodeTokens || !ct_ok || !cluster_ok || plan.stages < 2 ||
+         plan.stages > kMaxStages || plan.rows_per_split <= 0 ||
+         plan.rows_per_split > kNbitsMaxSlabRows || plan.rows_per_split % 32 != 0 ||
+         plan.splits != (p.K + plan.rows_per_split - 1) / plan.rows_per_split || plan.splits > 65535;
+}
+
+}  // namespace
+
+template <typename T>
+NbitsPlan MakeNbitsPlan(const NbitsProblem& p, const DeviceInfo& device, int blocks_per_sm, int col_threads,
+                        bool allow_cluster) {
+  NbitsPlan plan;
+  plan.decode = p.M <= kNbitsMaxDecodeTokens;
+  plan.pdl = device.cc_major >= 9;
+  if (!plan.decode || p.M == 0 || p.K == 0 || p.N == 0) return plan;
+  plan.col_threads = col_threads > 0 ? col_threads : 8;
+  const int64_t tile_bytes = static_cast<int64_t>(plan.col_threads) * kCodeBytes;
+  const int64_t tiles = (row_bytes_of(p) + tile_bytes - 1) / tile_bytes;
+  // About two blocks per multiprocessor for one token (at most: a grid a little over that lands
+  // unevenly); one for two tokens, whose kernel takes twice the registers.
+  const int default_bpsm = p.M == 1 ? 2 : 1;
+  const int64_t target =
+      static_cast<int64_t>(blocks_per_sm > 0 ? blocks_per_sm : default_bpsm) * std::max(device.sm_count, 1);
+  const int64_t want_splits = std::max<int64_t>(1, target / tiles);
+  int64_t rows = (p.K + want_splits - 1) / want_splits;
+  rows = std::min<int64_t>(std::max<int64_t>((rows + 31) / 32 * 32, 32), kNbitsMaxSlabRows);
+  // The slab's block scales and zero points must fit their shared-memory stage.
+  for (;;) {
+    int scale_bytes = 0, zero_bytes = 0;
+    stage_layout<T>(p, plan.col_threads, rows, &scale_bytes, &zero_bytes);
+    if (scale_bytes + zero_bytes <= kMaxStageBytes || rows <= 32) break;
+    rows = std::max<int64_t>(32, (rows / 2 + 31) / 32 * 32);
+  }
+  plan.rows_per_split = rows;
+  plan.splits = (p.K + rows - 1) / rows;
+  plan.stages = p.M == 1 ? 3 : 2;
+  // One cluster per column tile when its slabs fit one (2 to 16 blocks, sm_90): the slabs are
+  // added in distributed shared memory and no reduction kernel follows.
+  // Clusters of more than 8 blocks (non-portable) ran in several waves on the H200 (a cluster
+  // of 16 with two blocks per SM, 4096x4096: 14.3 against 9.4 us split-K).
+  if (allow_cluster && device.cc_major >= 9 && plan.splits >= 2 && plan.splits <= 8)
+    plan.cluster = static_cast<int>(plan.splits);
+  // The decode kernel PDL-launched after the previous op where it is the op's only kernel, or
+  // the grid is narrow (the float op's measurements, docs/cuda-notes.md).
+  plan.pdl_first = plan.pdl && (plan.cluster > 0 || tiles <= 16);
+  return plan;
+}
+
+template <typename T>
+size_t NbitsDecodeWorkspaceBytes(const NbitsProblem& p, const NbitsPlan& plan) {
+  if (!plan.decode || plan.cluster > 0 || p.M == 0 || p.N == 0 || p.K == 0) return 0;
+  return align_bytes(static_cast<size_t>(plan.splits) * static_cast<size_t>(p.M) * static_cast<size_t>(p.N) * 4);
+}
+
+template <typename T>
+cudaError_t LaunchNbitsDecode(const NbitsProblem& p, const NbitsPlan& plan, const NbitsGate& gate, void* workspace,
+                              Stream stream) {
+  if (!stream.valid()) return cudaErrorInvalidResourceHandle;
+  if (bad_problem(p) || p.M > kNbitsMaxDecodeTokens) return cudaErrorInvalidValue;
+  if (p.M == 0 || p.N == 0) return cudaSuccess;
+  if (p.K == 0) return launch_reduce<T>(p, nullptr, 0, false, stream);  // Y = bias or 0
+  if (bad_plan(plan, p)) return cudaErrorInvalidValue;
+  if (p.gating == Gating::kThreshold ? gate.threshold == nullptr : (gate.keys == nullptr || gate.cuts == nullptr))
+    return cudaErrorInvalidValue;
+  if (workspace == nullptr && NbitsDecodeWorkspaceBytes<T>(p, plan) > 0) return cudaErrorInvalidValue;
+
+  DecodeArgs a = {};
+  a.b = p.b;
+  a.scales = p.scales;
+  a.zero_points = p.zero_points;
+  a.score_scale = p.score_scale;
+  a.bias = p.bias;
+  a.y = p.y;
+  a.partial = static_cast<float*>(workspace);
+  a.N = p.N;
+  a.row_bytes = row_bytes_of(p);
+  a.M = static_cast<int>(p.M);
+  a.K = static_cast<int>(p.K);
+  a.log_g = log2_exact(p.block_size);
+  a.rows_per_split = static_cast<int>(plan.rows_per_split);
+  a.zero_kind = static_cast<int>(p.zero_kind);
+  a.cluster = plan.cluster;
+  a.l2_hints = plan.l2_hints ? 1 : 0;
+  a.vec_codes = a.row_bytes % 16 == 0 && aligned16(p.b);
+  a.vec_scales = (p.N * static_cast<int64_t>(sizeof(T))) % 16 == 0 && aligned16(p.scales) &&
+                 (p.zero_kind != ZeroPointKind::kTyped || aligned16(p.zero_points));
+  a.vec_zero = a.row_bytes % 16 == 0 && aligned16(p.zero_points);
+  int scale_bytes = 0, zero_bytes = 0;
+  stage_layout<T>(p, plan.col_threads, plan.rows_per_split, &scale_bytes, &zero_bytes);
+  if (scale_bytes + zero_bytes > kMaxStageBytes) return cudaErrorInvalidValue;
+  a.prefetch_rows = plan.prefetch_rows;
+  a.probe = plan.probe;
+  a.scale_offset = 0;  // after the work area of the kernel's stage count
+  a.zero_offset = scale_bytes;
+  const int stage_bytes = scale_bytes + zero_bytes;
+
+  const cudaError_t err =
+      p.M == 1
+          ? (p.gating == Gating::kTopK ? launch_decode_ct<T, 1, Gating::kTopK>(p, plan, a, gate, stage_bytes, stream)
+                                       : launch_decode_ct<T, 1, Gating::kThreshold>(p, plan, a, gate, stage_bytes, stream))
+          : (p.gating == Gating::kTopK ? launch_decode_ct<T, 2, Gating::kTopK>(p, plan, a, gate, stage_bytes, stream)
+                                       : launch_decode_ct<T, 2, Gating::kThreshold>(p, plan, a, gate, stage_bytes, stream));
+  if (err != cudaSuccess || plan.cluster > 0) return err;  // a cluster plan writes Y itself
+  return launch_reduce<T>(p, a.partial, static_cast<int>(plan.splits), plan.pdl, stream);
+}
+
+template <typename T>
+cudaError_t LaunchNbitsDequantize(const NbitsProblem& p, void* w, Stream stream) {
+  if (!stream.valid()) return cudaErrorInvalidResourceHandle;
+  if (bad_problem(p) || w == nullptr) return cudaErrorInvalidValue;
+  if (p.K == 0 || p.N == 0) return cudaSuccess;
+  const int64_t row_bytes = row_bytes_of(p);
+  const dim3 grid(static_cast<unsigned>((row_bytes + kThreads - 1) / kThreads),
+                  static_cast<unsigned>(std::min<int64_t>(p.K, 65535)));
+  return launch_clustered(stream, nbits_dequantize_kernel<T>, grid, dim3(kThreads), 0, false, 0u, p.b,
+                          static_cast<const T*>(p.scales), p.zero_points, static_cast<int>(p.zero_kind),
+                          static_cast<T*>(w), static_cast<int>(p.K), p.N, row_bytes, log2_exact(p.block_size));
+}
+
+#define WINA_NBITS_INSTANTIATE(T)                                                                      \
+  template NbitsPlan MakeNbitsPlan<T>(const NbitsProblem&, const DeviceInfo&, int, int, bool);         \
+  template size_t NbitsDecodeWorkspaceBytes<T>(const NbitsProblem&, const NbitsPlan&);                 \
+  template cudaError_t LaunchNbitsDecode<T>(const NbitsProblem&, const NbitsPlan&, const NbitsGate&, void*, Stream); \
+  template cudaError_t LaunchNbitsDequantize<T>(const NbitsProblem&, void*, Stream);
+
+WINA_NBITS_INSTANTIATE(float)
+WINA_NBITS_INSTANTIATE(__half)
+WINA_NBITS_INSTANTIATE(__nv_bfloat16)
+#undef WINA_NBITS_INSTANTIATE
+
+}  // namespace cuda
+}  // namespace wina

@@ -1,0 +1,106 @@
+// Launchers of the CUDA kernels of WinaSparseMatMulNBits (kernels in nbits_decode.cu).
+//
+// Every launcher returns the cudaError_t of its launches and enqueues its work on the Stream it
+// is given (never the default stream). Semantics: docs/op-schema.md; the NumPy oracle
+// wina_onnx.reference.wina_sparse_matmul_nbits.
+//
+//   decode  (M <= kNbitsMaxDecodeTokens): one kernel, blocks of (column tile, K slab). Before it
+//           waits for the kernel before it on the stream (programmatic dependent launch), a block
+//           already copies its slab's block scales and zero points into shared memory and its
+//           score scales into registers: they are weights, not outputs of earlier kernels. Then it
+//           gates the slab's rows for every token, lists the rows kept by any token, and streams
+//           only those rows' 4-bit codes (16 bytes = 32 codes a thread and row, cp.async, two
+//           batches in flight). Each thread accumulates x_i * (1 + c / 16) in float over its
+//           rows of one quantization block (the code shifted into a float's top mantissa bits
+//           and or-ed with 1.0f: no integer-to-float conversion), and at the block's end adds
+//           s * (16 * (acc - Σx) - z * Σx) = Σ x (c - z) s to its sums, so scale and zero point
+//           are applied once per block of G rows. The slabs of a column tile are then added in
+//           a fixed order, either by one thread-block cluster through distributed shared memory
+//           (Plan::cluster, sm_90: no second kernel) or through per-slab partial sums and a
+//           small reduction kernel. Deterministic: no atomics on data.
+//   prefill (more tokens): the weight is dequantized into a T [K, N] scratch
+//           (LaunchNbitsDequantize), and the float op's path multiplies the gated X by it.
+//   top-k:  the caller runs the float op's top-k select first; the decode kernel applies its
+//           per-token rule (NbitsGate::keys/cuts) exactly as the float kernels do.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "cuda/launchers.cuh"
+
+namespace wina {
+namespace cuda {
+
+// Most tokens the fused 4-bit decode kernel takes (its float sums live in registers: 64 a token
+// and thread); more go through the dequantize-then-GEMM path.
+inline constexpr int64_t kNbitsMaxDecodeTokens = 2;
+
+// Rows of a K slab at most (4 gating rounds of 256 threads).
+inline constexpr int64_t kNbitsMaxSlabRows = 1024;
+
+enum class ZeroPointKind : int { kNone = 0, kPacked = 1, kTyped = 2 };
+
+// One call in the flattened view X [M, K] x W [K, N]; every pointer is device memory.
+struct NbitsProblem {
+  const void* x = nullptr;             // [M, K], T
+  const uint8_t* b = nullptr;          // [K, ceil(N / 2)] feature-major codes, low nibble = even column
+  const void* scales = nullptr;        // [ceil(K / G), N], T
+  const void* zero_points = nullptr;   // kPacked: uint8 [ceil(K / G), ceil(N / 2)]; kTyped: T [ceil(K / G), N]
+  ZeroPointKind zero_kind = ZeroPointKind::kNone;  // kNone: every zero point is 8
+  const float* score_scale = nullptr;  // [K]
+  const float* threshold = nullptr;    // scalar, Gating::kThreshold
+  const int64_t* k = nullptr;          // scalar, Gating::kTopK
+  const void* bias = nullptr;          // [N], T, or nullptr
+  void* y = nullptr;                   // [M, N], T
+  int64_t M = 0, K = 0, N = 0;
+  int64_t block_size = 32;             // G: a power of two, 16 or more
+  Gating gating = Gating::kThreshold;
+};
+
+// The gate of a decode call, all in device memory: the threshold (kThreshold), or the per-token
+// rule keep(i) = key(score_i) > keys[m] || (key(score_i) == keys[m] && i <= cuts[m]) (kTopK), as
+// the float op's top-k select kernel writes it.
+struct NbitsGate {
+  const float* threshold = nullptr;
+  const uint32_t* keys = nullptr;
+  const int32_t* cuts = nullptr;
+};
+
+struct NbitsPlan {
+  bool decode = true;          // fused decode kernel (M <= kNbitsMaxDecodeTokens), else dequantize + GEMM
+  int col_threads = 8;         // threads across a column tile: 8 or 16 (128 or 256 bytes of a row)
+  int64_t rows_per_split = 0;  // rows of a K slab (a multiple of 32, <= kNbitsMaxSlabRows)
+  int64_t splits = 0;          // K slabs = ceil(K / rows_per_split)
+  int cluster = 0;             // sm_90: 0, or splits (2 to 16) as one cluster per column tile that
+                               // adds its slabs in distributed shared memory and writes Y
+  bool pdl = false;            // programmatic dependent launch (sm_90): kernels overlap the one before
+  bool pdl_first = false;      // the decode kernel too, after the previous op's last kernel
+  bool l2_hints = true;        // codes and block scales evict_first in the L2, score scales evict_last
+  int stages = 3;              // batches of 4 rows a thread in flight (2 to 4; 2 for two tokens)
+  int prefetch_rows = 0;       // each block prefetches its slab's first kept rows into the L2 as it lists them
+  int probe = 0;               // timing only (results wrong): 1 skips the product's arithmetic, 2 the product
+};
+
+// The plan for a problem on a device. blocks_per_sm > 0 and col_threads > 0 override the built-in
+// choices (a benchmark's sweep); allow_cluster false forces split-K.
+template <typename T>
+NbitsPlan MakeNbitsPlan(const NbitsProblem& p, const DeviceInfo& device, int blocks_per_sm = 0, int col_threads = 0,
+                        bool allow_cluster = true);
+
+// Bytes of device scratch the decode plan needs (0 allowed: then workspace may be nullptr).
+template <typename T>
+size_t NbitsDecodeWorkspaceBytes(const NbitsProblem& p, const NbitsPlan& plan);
+
+// Enqueues the decode path of Y (plan.decode); the workspace holds NbitsDecodeWorkspaceBytes bytes.
+template <typename T>
+cudaError_t LaunchNbitsDecode(const NbitsProblem& p, const NbitsPlan& plan, const NbitsGate& gate, void* workspace,
+                              Stream stream);
+
+// Enqueues W [K, N] (T, row-major) = (code - zero point) * scale, computed in float32 and rounded
+// to T once: the weight the prefill path multiplies by.
+template <typename T>
+cudaError_t LaunchNbitsDequantize(const NbitsProblem& p, void* w, Stream stream);
+
+}  // namespace cuda
+}  // namespace wina
