@@ -87,7 +87,7 @@ _FFN4 = {"up_proj": (HIDDEN, 4 * HIDDEN), "down_proj": (4 * HIDDEN, HIDDEN)}
 ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("llama", "Llama", "LlamaForCausalLM", "LlamaConfig", dict(_DECODER),
                  "grouped-query attention, SwiGLU, RMSNorm", SEPARATE, BUILDER_PACKED),
-    Architecture("mistral", "Mistral", "MistralForCausalLM", "MistralConfig", dict(_DECODER, sliding_window=256),
+    Architecture("mistral", "Mistral", "MistralForCausalLM", "MistralConfig", dict(_DECODER, sliding_window=64),
                  "sliding-window attention", SEPARATE, BUILDER_PACKED),
     Architecture("qwen2", "Qwen2", "Qwen2ForCausalLM", "Qwen2Config", dict(_DECODER),
                  "q/k/v biases", SEPARATE, BUILDER_PACKED),
@@ -104,7 +104,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
                  builder_limit="wina-onnx's runtime cannot run its sliding-window attention, whose KV buffer "
                                "must be allocated to the window in advance"),
     Architecture("gemma3", "Gemma 3", "Gemma3ForCausalLM", "Gemma3TextConfig",
-                 dict(_DECODER, head_dim=HEAD_DIM, sliding_window=256),
+                 dict(_DECODER, head_dim=HEAD_DIM, sliding_window=64),
                  "tied embeddings, GeGLU, q/k norms, local and global layers", SEPARATE,
                  no_builder="the builder stops with KeyError 'rope_type': under transformers 5 "
                             "Gemma 3's rope_parameters are per layer type, which it reads for Gemma 4 only"),
