@@ -52,7 +52,7 @@ if(WINA_ONNX_CUDA)
     file(STRINGS "${_file}" _wina_chevrons REGEX "<<<")
     if(_wina_chevrons)
       message(FATAL_ERROR "wina_onnx: ${_file} uses the <<<...>>> launch syntax; launch kernels through "
-                          "launch() in wina_sparse_matmul_impl.cu, which takes ORT's stream")
+                          "launch() in src/cuda/common.cuh, which takes ORT's stream")
     endif()
   endforeach()
   message(STATUS "wina_onnx: WINA_ONNX_CUDA=ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, "
@@ -66,16 +66,23 @@ function(wina_add_cuda_kernels target)
     return()
   endif()
   set(_dir "${CMAKE_CURRENT_SOURCE_DIR}/src/cuda")
-  # The kernels and their launchers (no ONNX Runtime in them).
-  add_library(wina_cuda_kernels OBJECT "${_dir}/wina_sparse_matmul_impl.cu")
+  # The kernels, their launchers and the host-only plan selection (no ONNX Runtime in them).
+  add_library(wina_cuda_kernels OBJECT
+    "${_dir}/launchers.cu"
+    "${_dir}/decode.cu"
+    "${_dir}/prefill.cu"
+    "${_dir}/topk_select.cu"
+    "${_dir}/plan.cc")
   target_include_directories(wina_cuda_kernels PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}/src")
   set_target_properties(wina_cuda_kernels PROPERTIES
     CUDA_RUNTIME_LIBRARY None
     CUDA_SEPARABLE_COMPILATION OFF
     CUDA_VISIBILITY_PRESET hidden)
-  target_compile_options(wina_cuda_kernels PRIVATE -O3 -Xcompiler=-Wall)
+  target_compile_options(wina_cuda_kernels PRIVATE
+    $<$<COMPILE_LANGUAGE:CUDA>:-O3 -Xcompiler=-Wall>
+    $<$<COMPILE_LANGUAGE:CXX>:-O3 -Wall -Wextra>)
   if(WINA_ONNX_CUDA_LINEINFO)
-    target_compile_options(wina_cuda_kernels PRIVATE -lineinfo)
+    target_compile_options(wina_cuda_kernels PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-lineinfo>)
   endif()
 
   # The ORT kernel (host C++) and the kernels go into the op library.

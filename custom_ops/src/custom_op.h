@@ -6,7 +6,9 @@
 
 #include <exception>
 #include <string>
+#include <utility>
 
+#include "isa/isa.h"
 #include "ort_api.h"
 #include "tensor_checks.h"
 
@@ -62,5 +64,26 @@ OrtStatusPtr compute_status(const std::string& node, Fn&& compute) {
     return status_from_current_exception(node);
   }
 }
+
+// What the CPU kernels hold: the element type, the node's label for errors and the
+// instruction-set table chosen for this CPU.
+class CpuKernelBase {
+ public:
+  static constexpr const char* kProvider = "CPUExecutionProvider";
+  CpuKernelBase(std::string node, ONNXTensorElementDataType type)
+      : dtype_(dtype_of(type)), node_(std::move(node)), kernels_(&select_isa_kernels()) {}
+  virtual ~CpuKernelBase() = default;
+
+  OrtStatusPtr ComputeV2(OrtKernelContext* context) {
+    return compute_status(node_, [&] { Compute(context); });
+  }
+
+ protected:
+  virtual void Compute(OrtKernelContext* context) = 0;
+
+  DType dtype_;
+  std::string node_;  // "<op> node 'name'" for error messages
+  const IsaKernels* kernels_;
+};
 
 }  // namespace wina

@@ -7,7 +7,7 @@
 //   topk:      keep the k largest scores; among equal scores the lower index wins
 //              (the order (score descending, index ascending)), k clipped to [0, K].
 // The NumPy oracle wina_onnx.reference.keep_mask is the specification. The rule itself
-// is written once per back end: isa/gating_impl.h (CPU) and the CUDA kernels (cuda/).
+// is written once per back end: isa/gating_impl.h (CPU) and cuda/gating.cuh (CUDA).
 #pragma once
 
 #include <cstdint>

@@ -18,14 +18,7 @@ InputView input_at(Ort::KernelContext& ctx, size_t index) { return read_input(ct
 }  // namespace
 
 WinaSparseMatMulKernel::WinaSparseMatMulKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type)
-    : dtype_(dtype_of(type)),
-      node_(node_label(info, kOpType)),
-      gating_(read_gating(info, node_)),
-      kernels_(&select_isa_kernels()) {}
-
-OrtStatusPtr WinaSparseMatMulKernel::ComputeV2(OrtKernelContext* context) {
-  return compute_status(node_, [&] { Compute(context); });
-}
+    : CpuKernelBase(node_label(info, kOpType), type), gating_(read_gating(info, node_)) {}
 
 OpInputs read_op_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType t, Gating gating) {
   const InputView x = input_at(ctx, kInputX);

@@ -35,19 +35,14 @@ struct OpInputs {
 // Throws InvalidArgument naming the offending input.
 OpInputs read_op_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType type, Gating gating);
 
-class WinaSparseMatMulKernel {
+class WinaSparseMatMulKernel : public CpuKernelBase {
  public:
-  static constexpr const char* kProvider = "CPUExecutionProvider";
   WinaSparseMatMulKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
-  OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
  private:
-  void Compute(OrtKernelContext* context);
+  void Compute(OrtKernelContext* context) override;
 
-  DType dtype_;
-  std::string node_;  // "WinaSparseMatMul node 'name'" for error messages
   Gating gating_;
-  const IsaKernels* kernels_;
 };
 
 template <typename Kernel>

@@ -88,11 +88,7 @@ GroupInputs read_group_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType
 }
 
 WinaSparseMatMulGroupKernel::WinaSparseMatMulGroupKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type)
-    : dtype_(dtype_of(type)), node_(node_label(info, kGroupOpType)), kernels_(&select_isa_kernels()) {}
-
-OrtStatusPtr WinaSparseMatMulGroupKernel::ComputeV2(OrtKernelContext* context) {
-  return compute_status(node_, [&] { Compute(context); });
-}
+    : CpuKernelBase(node_label(info, kGroupOpType), type) {}
 
 void WinaSparseMatMulGroupKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);

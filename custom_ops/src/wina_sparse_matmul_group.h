@@ -32,18 +32,12 @@ struct GroupInputs {
 // Throws InvalidArgument naming the offending input.
 GroupInputs read_group_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType type);
 
-class WinaSparseMatMulGroupKernel {
+class WinaSparseMatMulGroupKernel : public CpuKernelBase {
  public:
-  static constexpr const char* kProvider = "CPUExecutionProvider";
   WinaSparseMatMulGroupKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
-  OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
  private:
-  void Compute(OrtKernelContext* context);
-
-  DType dtype_;
-  std::string node_;
-  const IsaKernels* kernels_;
+  void Compute(OrtKernelContext* context) override;
 };
 
 template <typename Kernel>

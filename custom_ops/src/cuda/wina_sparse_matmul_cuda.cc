@@ -13,7 +13,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "cuda/wina_sparse_matmul_impl.cuh"
+#include "cuda/launchers.cuh"
 
 namespace wina {
 
@@ -183,7 +183,8 @@ void run(const cuda::Problem& problem, const cuda::DeviceInfo& device, OrtKernel
 
 }  // namespace
 
-CudaKernelBase::CudaKernelBase(const OrtKernelInfo* info, std::string node) : node_(std::move(node)) {
+CudaKernelBase::CudaKernelBase(const OrtKernelInfo* info, std::string node, ONNXTensorElementDataType type)
+    : node_(std::move(node)), type_(type) {
   const OrtApi& api = Ort::GetApi();
   throw_on_error(api.KernelInfoGetAllocator(info, OrtMemTypeDefault, &allocator_));
   throw_on_error(api.AllocatorGetInfo(allocator_, &memory_info_));
@@ -197,25 +198,27 @@ OrtStatusPtr CudaKernelBase::ComputeV2(OrtKernelContext* context) {
   return compute_status(node_, [&] { Compute(context); });
 }
 
-void CudaKernelBase::read_device() {
+cuda::DeviceInfo CudaKernelBase::device() {
   std::call_once(device_once_, [this] {
     int device = 0;
     check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-    check_cuda(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-    check_cuda(cudaDeviceGetAttribute(&cc_major_, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+    check_cuda(cudaDeviceGetAttribute(&device_.sm_count, cudaDevAttrMultiProcessorCount, device),
+               "cudaDeviceGetAttribute");
+    check_cuda(cudaDeviceGetAttribute(&device_.cc_major, cudaDevAttrComputeCapabilityMajor, device),
+               "cudaDeviceGetAttribute");
   });
+  return device_;
 }
 
 WinaSparseMatMulCudaKernel::WinaSparseMatMulCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type)
-    : CudaKernelBase(info, node_label(info, kOpType)), type_(type), gating_(read_gating(info, node_)) {}
+    : CudaKernelBase(info, node_label(info, kOpType), type), gating_(read_gating(info, node_)) {}
 
 void WinaSparseMatMulCudaKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
   const OpInputs in = read_op_inputs(ctx, type_, gating_);
   auto y = ctx.GetOutput(0, in.out_shape);
   const cuda::Stream stream = compute_stream(ctx);
-  read_device();
-  const cuda::DeviceInfo device{sm_count_, cc_major_};
+  const cuda::DeviceInfo device = this->device();
 
   cuda::Problem problem;
   problem.x = in.x;
@@ -237,14 +240,13 @@ void WinaSparseMatMulCudaKernel::Compute(OrtKernelContext* context) {
 
 WinaSparseMatMulGroupCudaKernel::WinaSparseMatMulGroupCudaKernel(const OrtKernelInfo* info,
                                                                  ONNXTensorElementDataType type)
-    : CudaKernelBase(info, node_label(info, kGroupOpType)), type_(type) {}
+    : CudaKernelBase(info, node_label(info, kGroupOpType), type) {}
 
 void WinaSparseMatMulGroupCudaKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
   const GroupInputs in = read_group_inputs(ctx, type_);
   const cuda::Stream stream = compute_stream(ctx);
-  read_device();
-  const cuda::DeviceInfo device{sm_count_, cc_major_};
+  const cuda::DeviceInfo device = this->device();
 
   cuda::GroupProblem group;
   group.x = in.x;

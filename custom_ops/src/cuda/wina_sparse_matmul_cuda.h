@@ -3,23 +3,26 @@
 // Same schema (op_schema.h), validation and error messages as the CPU op (wina_sparse_matmul.h);
 // every input, threshold and k included, stays in device memory, so top-k never
 // goes through the host. The work is enqueued on ORT's compute stream
-// (KernelContext_GetGPUComputeStream) by the launchers of wina_sparse_matmul_impl.cuh,
+// (KernelContext_GetGPUComputeStream) by the launchers of launchers.cuh,
 // with scratch from ORT's CUDA allocator (stream-ordered, so freed right after).
 #pragma once
 
 #include <mutex>
 #include <string>
 
+#include "cuda/plan.h"
 #include "wina_sparse_matmul.h"
 #include "wina_sparse_matmul_group.h"
 
 namespace wina {
 
-// What both CUDA kernels hold: the CUDA EP's allocator for scratch, the device's SM count
-// and compute capability (read at the first call, on the device ORT runs the node on).
+// What both CUDA kernels hold: the element type, the CUDA EP's allocator for scratch, the
+// device's SM count and compute capability (read at the first call, on the device ORT runs
+// the node on).
 class CudaKernelBase {
  public:
-  CudaKernelBase(const OrtKernelInfo* info, std::string node);
+  static constexpr const char* kProvider = "CUDAExecutionProvider";
+  CudaKernelBase(const OrtKernelInfo* info, std::string node, ONNXTensorElementDataType type);
   virtual ~CudaKernelBase();
   CudaKernelBase(const CudaKernelBase&) = delete;
   CudaKernelBase& operator=(const CudaKernelBase&) = delete;
@@ -28,37 +31,32 @@ class CudaKernelBase {
 
  protected:
   virtual void Compute(OrtKernelContext* context) = 0;
-  void read_device();  // once
+  cuda::DeviceInfo device();  // read once
 
   std::string node_;
+  ONNXTensorElementDataType type_;
   OrtAllocator* allocator_ = nullptr;            // the CUDA EP's allocator (frees the scratch)
   const OrtMemoryInfo* memory_info_ = nullptr;   // owned by allocator_
   std::once_flag device_once_;
-  int sm_count_ = 0;
-  int cc_major_ = 0;
+  cuda::DeviceInfo device_;
 };
 
 class WinaSparseMatMulCudaKernel : public CudaKernelBase {
  public:
-  static constexpr const char* kProvider = "CUDAExecutionProvider";
   WinaSparseMatMulCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
 
  private:
   void Compute(OrtKernelContext* context) override;
 
-  ONNXTensorElementDataType type_;
   Gating gating_;
 };
 
 class WinaSparseMatMulGroupCudaKernel : public CudaKernelBase {
  public:
-  static constexpr const char* kProvider = "CUDAExecutionProvider";
   WinaSparseMatMulGroupCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
 
  private:
   void Compute(OrtKernelContext* context) override;
-
-  ONNXTensorElementDataType type_;
 };
 
 // Oldest ORT API the CUDA kernels need (KernelContext_GetScratchBuffer, KernelInfoGetAllocator).

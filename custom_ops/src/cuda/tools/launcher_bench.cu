@@ -28,7 +28,7 @@
 #include <string>
 #include <vector>
 
-#include "cuda/wina_sparse_matmul_impl.cuh"
+#include "cuda/launchers.cuh"
 
 using wina::Gating;
 using wina::cuda::Plan;

@@ -1,0 +1,66 @@
+// The gating rules (gating.h) on the device, shared by the decode, prefill and top-k
+// kernels. Every rule becomes, per token m, a pair (key_m, cut_m) and the same test
+//   keep(i) = key(score_i) > key_m  ||  (key(score_i) == key_m && i <= cut_m)
+// where key() maps a float score (NaN -> +inf, -0 -> +0) to an unsigned integer of the same
+// order. threshold: key_m = key(threshold), cut_m = -1, computed inside the kernels; topk: the
+// select kernel (topk_select.cu) finds the k-th score and the last index kept among ties.
+#pragma once
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/common.cuh"
+#include "gating.h"
+
+// Every gating rule: X(T, G) once per element type T and rule G (explicit instantiations).
+#define WINA_CUDA_FOR_EACH_GATING(X, T) X(T, Gating::kThreshold) X(T, Gating::kTopK)
+
+namespace wina {
+namespace cuda {
+
+// An unsigned key with the order of the float scores: NaN ranks as +inf and -0 ties +0.
+__device__ __forceinline__ uint32_t order_key(float s) {
+  uint32_t u = __float_as_uint(s);
+  if (s != s) u = 0x7f800000u;
+  if (u == 0x80000000u) u = 0u;
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ __forceinline__ uint32_t score_key(float x, float scale) { return order_key(fabsf(x) * scale); }
+
+// Per-token rule keep(i) = key_i > key || (key_i == key && i <= cut).
+struct Gate {
+  const float* threshold;  // kThreshold: the scalar
+  const uint32_t* keys;    // kTopK: per token, from the select kernel (topk_select.cu)
+  const int32_t* cuts;
+};
+
+template <Gating GATING>
+__device__ __forceinline__ void token_gate(const Gate& gate, int m, uint32_t& key, int& cut) {
+  if (GATING == Gating::kThreshold) {
+    const float t = *gate.threshold;
+    key = (t != t) ? 0xffffffffu : order_key(t);  // a NaN threshold keeps nothing
+    cut = -1;
+  } else {
+    key = gate.keys[m];
+    cut = gate.cuts[m];
+  }
+}
+
+__device__ __forceinline__ bool keep(uint32_t key, int i, uint32_t gate_key, int gate_cut) {
+  return key > gate_key || (key == gate_key && i <= gate_cut);
+}
+
+// Calls fn(std::integral_constant<Gating, G>{}) for the rule G == gating: a kernel template
+// per rule, chosen at run time.
+template <typename Fn>
+cudaError_t with_gating(Gating gating, Fn&& fn) {
+  switch (gating) {
+    case Gating::kThreshold: return fn(std::integral_constant<Gating, Gating::kThreshold>{});
+    case Gating::kTopK: return fn(std::integral_constant<Gating, Gating::kTopK>{});
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace wina
