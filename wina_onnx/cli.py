@@ -21,8 +21,9 @@ from .errors import ConfigError, WinaError
 from .progress import third_party_quiet
 
 EXIT_USER_ERROR = 2
-# OS errors a user fixes (permissions, a read-only or full disk): one line, not a traceback.
-_USER_OS_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+# OS errors a user fixes (permissions, a read-only or full disk, a bad path): one line, not a traceback.
+_WRITE_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+_USER_OS_ERRORS = _WRITE_ERRORS | {errno.ENAMETOOLONG, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -739,8 +740,9 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno not in _USER_OS_ERRORS:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"wina-onnx {args.command}: error: {where}{exc.strerror}; choose a writable place with free "
-              "space (outputs are written whole or not at all)", file=sys.stderr)
+        hint = ("choose a writable place with free space (outputs are written whole or not at all)"
+                if exc.errno in _WRITE_ERRORS else "check the path")
+        print(f"wina-onnx {args.command}: error: {where}{exc.strerror}; {hint}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"wina-onnx {args.command}: interrupted; no output was written", file=sys.stderr)
