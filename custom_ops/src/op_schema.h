@@ -106,6 +106,14 @@ Gating read_gating(const OrtKernelInfo* info, const std::string& node);
 // The rule of kGatingRules for `gating`.
 const GatingRule& gating_rule(Gating gating);
 
+// WinaSparseMatMulNBits' attributes, checked (bits = 4, block_size a power of two >= 16,
+// K and N >= 0, accuracy_level in 0..4); throws InvalidArgument prefixed with `node`.
+struct NBitsAttributes {
+  Gating gating = Gating::kTopK;
+  int64_t K = 0, N = 0, block_size = 0, accuracy_level = 0;
+};
+NBitsAttributes read_nbits_attributes(const OrtKernelInfo* info, const std::string& node);
+
 // ---------------------------------------------------------------------------------
 // Schema traits for CustomOp<Schema, Kernel> (custom_op.h). T is the element type
 // the op object is registered for (one object per type, all with the same name).
@@ -140,6 +148,28 @@ struct SparseMatMulGroupSchema {
   static OrtCustomOpInputOutputCharacteristic input_characteristic(size_t index) {
     return index == kGroupFirstWeight ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_VARIADIC
                                       : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+  }
+};
+
+struct NBitsSchema {
+  static constexpr const char* kName = kNBitsOpType;
+  static constexpr size_t kInputCount = kNBitsNumInputs;
+  static constexpr OrtCustomOpInputOutputCharacteristic kOutputCharacteristic =
+      OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+  static ONNXTensorElementDataType input_type(size_t index, ONNXTensorElementDataType t) {
+    switch (index) {
+      case kNBitsInputB: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+      case kNBitsInputZeroPoints: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // uint8 or T, checked per call
+      case kNBitsInputScoreScale:
+      case kNBitsInputThreshold: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+      case kNBitsInputK: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+      default: return t;  // X, scales, bias
+    }
+  }
+  static OrtCustomOpInputOutputCharacteristic input_characteristic(size_t index) {
+    return index == kNBitsInputZeroPoints || index >= kNBitsInputThreshold
+               ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+               : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
   }
 };
 

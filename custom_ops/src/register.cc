@@ -5,6 +5,7 @@
 
 #include "wina_sparse_matmul.h"
 #include "wina_sparse_matmul_group.h"
+#include "wina_sparse_matmul_nbits.h"
 #ifdef WINA_ONNX_WITH_CUDA
 #include "cuda/wina_sparse_matmul_cuda.h"
 #endif
@@ -41,6 +42,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     Ort::CustomOpDomain domain(wina::kDomain);
     add_op<wina::WinaSparseMatMulOp<wina::WinaSparseMatMulKernel>>(domain);
     add_op<wina::WinaSparseMatMulGroupOp<wina::WinaSparseMatMulGroupKernel>>(domain);
+    add_op<wina::WinaSparseMatMulNBitsOp<wina::WinaSparseMatMulNBitsKernel>>(domain);
 #ifdef WINA_ONNX_WITH_CUDA
     // The same ops for the CUDA execution provider; a session without it never creates
     // these kernels, so nothing of CUDA runs (or must be installed) on a CPU-only machine.

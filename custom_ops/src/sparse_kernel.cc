@@ -51,8 +51,9 @@ void narrow_row(DType dt, const float* src, int64_t n, void* dst) {
 // Grow-only buffers of the thread that calls Compute (concurrent Run calls use
 // different threads, so they never share them).
 struct Scratch {
-  std::vector<float> xf, bias, acc, xs;
+  std::vector<float> xf, bias, acc, xs, work;
   std::vector<int32_t> idx;
+  std::vector<int64_t> first, bounds;
   std::vector<TileDesc> tiles;
 };
 
@@ -71,6 +72,29 @@ typename V::value_type* sized(V& v, size_t n) {
 // Decode: one token. The kept rows are listed once; tasks take contiguous slices
 // of that list and sum into their own float32 partial row, then one pass adds
 // the partials (and bias) and writes y. Each task streams whole weight rows.
+
+// y = bias + sum of the tasks' partial rows, in task order.
+void finish_decode_row(const SparseMatMulArgs& a, const float* partials, int64_t tasks) {
+  Scratch& s = scratch();
+  const int64_t N = a.N;
+  float* out = a.dtype == kFloat32 ? static_cast<float*>(a.y) : sized(s.xf, static_cast<size_t>(N));
+  const float* bias = nullptr;
+  if (a.bias != nullptr) {
+    if (a.dtype == kFloat32) {
+      bias = static_cast<const float*>(a.bias);
+    } else {
+      float* bf = sized(s.bias, static_cast<size_t>(N));
+      widen_row(a.dtype, a.bias, N, bf);
+      bias = bf;
+    }
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    float v = partials[n];
+    for (int64_t t = 1; t < tasks; ++t) v += partials[t * N + n];
+    out[n] = bias ? bias[n] + v : v;
+  }
+  if (a.dtype != kFloat32) narrow_row(a.dtype, out, N, a.y);
+}
 
 constexpr int64_t kMaxDecodeTasks = 8;
 constexpr int64_t kDecodeBytesPerTask = 48 * 1024;
@@ -121,24 +145,76 @@ void decode(const SparseMatMulArgs& a, const IsaKernels& kernels, const Parallel
     parallel.run(parallel.context, decode_task, static_cast<size_t>(tasks), &job);
   }
 
-  // y = bias + sum of the partials, in task order.
-  float* out = a.dtype == kFloat32 ? static_cast<float*>(a.y) : sized(s.xf, static_cast<size_t>(N));
-  const float* bias = nullptr;
-  if (a.bias != nullptr) {
-    if (a.dtype == kFloat32) {
-      bias = static_cast<const float*>(a.bias);
-    } else {
-      float* bf = sized(s.bias, static_cast<size_t>(N));
-      widen_row(a.dtype, a.bias, N, bf);
-      bias = bf;
-    }
+  finish_decode_row(a, partials, tasks);
+}
+
+// ---------------------------------------------------------------------------
+// Decode of a 4-bit weight: the ISA loops work per block of G input features (one scale
+// per block and column), so tasks take contiguous ranges of blocks holding about equal
+// numbers of kept rows; each sums into its own float32 partial row.
+
+constexpr int64_t kNbitsDecodeBytesPerTask = 24 * 1024;
+
+struct NbitsDecodeJob {
+  const NbitsWeight* weight;
+  NbitsDecodeFn fn;
+  const int64_t* first;   // [blocks + 1]: first kept row of each block
+  const int64_t* bounds;  // [tasks + 1]: first block of each task
+  const int32_t* idx;
+  const float* val;
+  float* work;            // [tasks, nbits_work_floats(N)]
+  float* partials;        // [tasks, N]
+};
+
+void nbits_decode_task(void* data, size_t task) {
+  const NbitsDecodeJob& job = *static_cast<const NbitsDecodeJob*>(data);
+  const NbitsWeight& w = *job.weight;
+  const int64_t t = static_cast<int64_t>(task);
+  job.fn(w, job.bounds[t], job.bounds[t + 1], job.first, job.idx, job.val, job.work + t * nbits_work_floats(w.N),
+         job.partials + t * w.N);
+}
+
+void decode_nbits(const SparseMatMulArgs& a, const IsaKernels& kernels, const ParallelRunner& parallel) {
+  Scratch& s = scratch();
+  const NbitsWeight& w = *a.nbits;
+  const int64_t K = a.K, N = a.N, blocks = w.blocks;
+  float* xf = sized(s.xf, static_cast<size_t>(K + 16));
+  int32_t* idx = sized(s.idx, static_cast<size_t>(K + 16));
+  float* val = sized(s.xs, static_cast<size_t>(K + 16));
+  for (int64_t i = 0; i < K; i += 16) __builtin_prefetch(a.score_scale + i);
+  widen_row(a.dtype, a.x, K, xf);
+  const int64_t count = gate_token(kernels, xf, a.score_scale, K, a.gating, idx, val);
+
+  int64_t* first = sized(s.first, static_cast<size_t>(blocks + 1));
+  for (int64_t b = 0, r = 0; b <= blocks; ++b) {
+    while (r < count && idx[r] < b * w.block_size) ++r;
+    first[b] = r;
   }
-  for (int64_t n = 0; n < N; ++n) {
-    float v = partials[n];
-    for (int64_t t = 1; t < tasks; ++t) v += partials[t * N + n];
-    out[n] = bias ? bias[n] + v : v;
+  int64_t tasks = std::min({machine_threads(), kMaxDecodeTasks, count * w.ldb / kNbitsDecodeBytesPerTask});
+  tasks = std::max<int64_t>(1, std::min(tasks, blocks));
+#ifdef WINA_FORCE_TASKS
+  tasks = std::min<int64_t>(WINA_FORCE_TASKS, blocks);
+#endif
+  // Task t starts at the first block whose kept rows begin at or after count * t / tasks.
+  int64_t* bounds = sized(s.bounds, static_cast<size_t>(tasks + 1));
+  for (int64_t t = 0, b = 0; t <= tasks; ++t) {
+    const int64_t target = count * t / tasks;
+    while (b < blocks && first[b] < target) ++b;
+    bounds[t] = t == tasks ? blocks : b;
   }
-  if (a.dtype != kFloat32) narrow_row(a.dtype, out, N, a.y);
+
+  const NbitsKernels& nk = *kernels.nbits;
+  const NbitsDecodeFn fn =
+      a.int8_activations && nk.decode_int8[a.dtype] != nullptr ? nk.decode_int8[a.dtype] : nk.decode_float[a.dtype];
+  float* partials = sized(s.acc, static_cast<size_t>(tasks * N));
+  float* work = sized(s.work, static_cast<size_t>(tasks * nbits_work_floats(N)));
+  NbitsDecodeJob job{&w, fn, first, bounds, idx, val, work, partials};
+  if (tasks == 1) {
+    nbits_decode_task(&job, 0);
+  } else {
+    parallel.run(parallel.context, nbits_decode_task, static_cast<size_t>(tasks), &job);
+  }
+  finish_decode_row(a, partials, tasks);
 }
 
 // ---------------------------------------------------------------------------
@@ -214,6 +290,11 @@ struct TilesJob {
   float* yf;  // [M, N]: y itself for float32
 };
 
+// Columns per prefill micro-block (column chunks are multiples of it).
+int64_t column_block(const SparseMatMulArgs& a, const IsaKernels& kernels) {
+  return a.nbits != nullptr ? kernels.nbits->column_block : kernels.column_block;
+}
+
 // Work space of one prefill item, per thread.
 struct PackScratch {
   std::vector<float> pack;
@@ -233,12 +314,13 @@ void tiles_task(void* data, size_t item) {
   if (count <= 0 || n0 >= n1) return;
 
   // With several tiles, each weight column block is packed once (rows any tile
-  // keeps, as float32) and then read by every tile from a contiguous panel.
+  // keeps, as float32) and then read by every tile from a contiguous panel. 4-bit
+  // weights are always dequantized into that panel.
   const TileDesc* tiles = job.tiles + first;
   float* pack = nullptr;
   const int32_t* used = nullptr;
   int64_t num_used = 0;
-  if (count >= kMinTilesToPack) {
+  if (count >= kMinTilesToPack || a.nbits != nullptr) {
     thread_local PackScratch ps;
     const int64_t K = a.K;
     uint8_t* any = sized(ps.any, static_cast<size_t>(K));
@@ -251,10 +333,14 @@ void tiles_task(void* data, size_t item) {
       num_used += any[i];
     }
     used = list;
-    pack = sized(ps.pack, static_cast<size_t>(K * job.kernels->column_block));
+    pack = sized(ps.pack, static_cast<size_t>(K * column_block(a, *job.kernels)));
   }
-  job.kernels->tiles[a.dtype](a.b, a.N, n0, n1, tiles, count, job.kernels->tile_stride, used, num_used,
-                              pack, job.bias, job.yf, a.N);
+  if (a.nbits != nullptr) {
+    job.kernels->nbits->tiles[a.dtype](*a.nbits, n0, n1, tiles, count, used, num_used, pack, job.bias, job.yf, a.N);
+  } else {
+    job.kernels->tiles[a.dtype](a.b, a.N, n0, n1, tiles, count, job.kernels->tile_stride, used, num_used,
+                                pack, job.bias, job.yf, a.N);
+  }
   if (a.dtype != kFloat32) {
     const size_t esize = element_size(a.dtype);
     const int64_t r0 = job.tiles[first].y_row;
@@ -301,7 +387,7 @@ void prefill(const SparseMatMulArgs& a, const IsaKernels& kernels, const Paralle
   // micro-block width), enough of them to keep every core busy.
   const int64_t tiles_per_block = std::max<int64_t>(1, kTokensPerBlock / S);
   const int64_t blocks = (num_tiles + tiles_per_block - 1) / tiles_per_block;
-  const int64_t width = kernels.column_block;
+  const int64_t width = column_block(a, kernels);
   const int64_t max_chunks = std::max<int64_t>(1, (N + width - 1) / width);
   const int64_t want = 4 * machine_threads();
   const int64_t chunks = std::clamp<int64_t>((want + blocks - 1) / blocks, 1, max_chunks);
@@ -339,6 +425,8 @@ void sparse_matmul(const SparseMatMulArgs& args, const IsaKernels& kernels,
   if (args.M == 0 || args.N == 0) return;
   if (args.K == 0) {
     fill_bias_only(args);
+  } else if (args.M == 1 && args.nbits != nullptr) {
+    decode_nbits(args, kernels, parallel);
   } else if (args.M == 1) {
     decode(args, kernels, parallel);
   } else {

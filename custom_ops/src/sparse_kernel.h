@@ -1,6 +1,6 @@
-// The CPU computation of WinaSparseMatMul on validated, flattened inputs:
-// gating, the choice of decode (one token) or prefill (tiled) path, the split of
-// the work into tasks for the intra-op thread pool, and the output conversion.
+// The CPU computation of WinaSparseMatMul (and WinaSparseMatMulNBits) on validated,
+// flattened inputs: gating, the choice of decode (one token) or prefill (tiled) path,
+// the split of the work into tasks for the intra-op thread pool, and the output conversion.
 #pragma once
 
 #include <cstddef>
@@ -8,6 +8,7 @@
 
 #include "gating.h"
 #include "isa/isa.h"
+#include "isa/nbits_isa.h"
 
 namespace wina {
 
@@ -26,12 +27,16 @@ struct ParallelRunner {
 struct SparseMatMulArgs {
   DType dtype;
   const void* x;              // [M, K], dtype
-  const void* b;              // [K, N], dtype
+  const void* b;              // [K, N], dtype (unused with nbits)
   const float* score_scale;   // [K]
   const void* bias;           // [N], dtype, or nullptr
   void* y;                    // [M, N], dtype
   int64_t M, K, N;
   GatingParams gating;
+  // WinaSparseMatMulNBits: the 4-bit weight (its scales of type dtype) instead of b, and
+  // whether the decode may quantize x to int8 per block (accuracy_level 4).
+  const NbitsWeight* nbits = nullptr;
+  bool int8_activations = false;
 };
 
 // Computes y. The split into tasks depends only on the shapes, the kept set and the

@@ -56,6 +56,8 @@ struct GateScratch {
 using GateFn = int64_t (*)(const float* x, const float* score_scale, int64_t K, const GatingParams& params,
                            const GateScratch& scratch, int32_t* idx, float* val);
 
+struct NbitsKernels;  // WinaSparseMatMulNBits' loops (nbits_isa.h)
+
 struct IsaKernels {
   const char* name;            // "avx512", "avx2" or "generic"
   int32_t tile_stride;         // tokens per prefill tile (register blocking height)
@@ -63,6 +65,7 @@ struct IsaKernels {
   GateFn gate;
   DecodeFn decode[kNumDTypes];
   TilesFn tiles[kNumDTypes];
+  const NbitsKernels* nbits;   // the same instruction set's 4-bit loops
 };
 
 const IsaKernels& isa_kernels_generic();

@@ -293,6 +293,7 @@ static void tiles_impl(const void* b, int64_t ldb, int64_t n0, int64_t n1,
 }  // namespace wina
 
 #include "gating_impl.h"
+#include "nbits_impl.h"
 
 // The including file names its table with this macro.
 #define WINA_DEFINE_ISA_TABLE(func, isa_name)                                        \
@@ -304,7 +305,8 @@ static void tiles_impl(const void* b, int64_t ldb, int64_t n0, int64_t n1,
         NV * VW,                                                                     \
         gate_impl,                                                                   \
         {decode_impl<kFloat32>, decode_impl<kFloat16>, decode_impl<kBFloat16>},      \
-        {tiles_impl<kFloat32>, tiles_impl<kFloat16>, tiles_impl<kBFloat16>}};        \
+        {tiles_impl<kFloat32>, tiles_impl<kFloat16>, tiles_impl<kBFloat16>},         \
+        &nbits_table()};                                                             \
     return table;                                                                    \
   }                                                                                  \
   }

@@ -1,0 +1,471 @@
+// Inner loops of WinaSparseMatMulNBits (4-bit feature-major weights), compiled once per
+// instruction set as part of kernels_impl.h, whose vector layer (vf, VW, v_*), load_b and
+// tile_dispatch they use. Internal linkage only, no C++ library templates (see there).
+//
+// Decode (one token) works per block of G input features. For a chunk of columns held in
+// registers it accumulates over the block's kept rows
+//     acc[n] = sum_i x_i * code(i, n)
+// and then adds scale(b, n) * (acc[n] - zero_point(b, n) * sum_i x_i) to the token's row:
+// one multiply-add per code, the scale and zero point once per block. A masked feature's
+// row is never read.
+//
+// Columns come in nibble groups of 2 * VW: VW bytes of a row, whose low nibbles are the
+// even columns and high nibbles the odd ones. Accumulators keep that split (VW even
+// columns, then VW odd ones); the last step interleaves them into column order.
+//
+// The int8 decode (AVX-512 VNNI, accuracy_level 4) quantizes the block's kept x to int8
+// (one scale per block, as MatMulNBits does) and sums code * x with vpdpbusd over groups
+// of four kept rows, whose bytes are interleaved with two-source byte permutes.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "nbits_isa.h"
+
+namespace wina {
+namespace {
+
+constexpr int NBG = 2 * VW;  // columns per nibble group
+constexpr int kNbitsChunk = 4;  // nibble groups per register chunk of the decode
+
+// ---------------------------------------------------------------------------
+// Per-ISA primitives.
+#if defined(__AVX512F__)
+static inline vf nb_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline vf nb_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
+static inline vf nb_fnma(vf a, vf b, vf c) { return _mm512_fnmadd_ps(a, b, c); }  // c - a * b
+// Codes of the VW bytes at p: lane j of `even` / `odd` is the low / high nibble of byte j.
+// vpermps reads only the low 4 bits of each index: a 16-entry table of 0..15 converts.
+static inline void nb_codes(const uint8_t* p, vf& even, vf& odd) {
+  const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m512 table = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  even = _mm512_permutexvar_ps(v, table);
+  odd = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), table);
+}
+// 2 * VW values in column order (a, then b) split into even and odd columns, and back.
+static inline void nb_split(vf a, vf b, vf& even, vf& odd) {
+  even = _mm512_permutex2var_ps(a, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), b);
+  odd = _mm512_permutex2var_ps(a, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), b);
+}
+static inline void nb_merge_store(float* dst, vf even, vf odd) {
+  _mm512_storeu_ps(dst, _mm512_permutex2var_ps(
+      even, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), odd));
+  _mm512_storeu_ps(dst + 16, _mm512_permutex2var_ps(
+      even, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), odd));
+}
+#elif defined(__AVX2__)
+static inline vf nb_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+static inline vf nb_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
+static inline vf nb_fnma(vf a, vf b, vf c) { return _mm256_fnmadd_ps(a, b, c); }
+static inline void nb_codes(const uint8_t* p, vf& even, vf& odd) {
+  const __m256i v = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  even = _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15)));
+  odd = _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4));
+}
+static inline void nb_split(vf a, vf b, vf& even, vf& odd) {
+  // shuffle_ps works within 128-bit lanes: [a0 a2 b0 b2 | a4 a6 b4 b6], then order the 64-bit pairs.
+  even = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0x88)), 0xD8));
+  odd = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, 0xDD)), 0xD8));
+}
+static inline void nb_merge_store(float* dst, vf even, vf odd) {
+  const __m256 lo = _mm256_unpacklo_ps(even, odd), hi = _mm256_unpackhi_ps(even, odd);
+  _mm256_storeu_ps(dst, _mm256_permute2f128_ps(lo, hi, 0x20));
+  _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+#elif defined(__SSE2__)
+static inline vf nb_mul(vf a, vf b) { return _mm_mul_ps(a, b); }
+static inline vf nb_sub(vf a, vf b) { return _mm_sub_ps(a, b); }
+static inline vf nb_fnma(vf a, vf b, vf c) { return _mm_sub_ps(c, _mm_mul_ps(a, b)); }
+static inline void nb_codes(const uint8_t* p, vf& even, vf& odd) {
+  int32_t bytes;
+  std::memcpy(&bytes, p, 4);
+  const __m128i z = _mm_setzero_si128();
+  const __m128i v = _mm_unpacklo_epi16(_mm_unpacklo_epi8(_mm_cvtsi32_si128(bytes), z), z);
+  even = _mm_cvtepi32_ps(_mm_and_si128(v, _mm_set1_epi32(15)));
+  odd = _mm_cvtepi32_ps(_mm_srli_epi32(v, 4));
+}
+static inline void nb_split(vf a, vf b, vf& even, vf& odd) {
+  even = _mm_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+  odd = _mm_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+}
+static inline void nb_merge_store(float* dst, vf even, vf odd) {
+  _mm_storeu_ps(dst, _mm_unpacklo_ps(even, odd));
+  _mm_storeu_ps(dst + 4, _mm_unpackhi_ps(even, odd));
+}
+#else
+static inline vf nb_mul(vf a, vf b) { return a * b; }
+static inline vf nb_sub(vf a, vf b) { return a - b; }
+static inline vf nb_fnma(vf a, vf b, vf c) { return c - a * b; }
+static inline void nb_codes(const uint8_t* p, vf& even, vf& odd) {
+  even = static_cast<float>(p[0] & 15);
+  odd = static_cast<float>(p[0] >> 4);
+}
+static inline void nb_split(vf a, vf b, vf& even, vf& odd) {
+  even = a;
+  odd = b;
+}
+static inline void nb_merge_store(float* dst, vf even, vf odd) {
+  dst[0] = even;
+  dst[1] = odd;
+}
+#endif
+
+// ---------------------------------------------------------------------------
+// Shared helpers.
+
+// The VW code bytes of nibble group g of a row; the last group of a row may hang over
+// its end (ldb not a multiple of VW): then the bytes are copied, zero-padded, into buf.
+static inline const uint8_t* nb_group_bytes(const uint8_t* row, int64_t ldb, int64_t g, uint8_t* buf) {
+  const int64_t start = g * VW;
+  if (start + VW <= ldb) return row + start;
+  for (int j = 0; j < VW; ++j) buf[j] = start + j < ldb ? row[start + j] : 0;
+  return buf;
+}
+
+// 2 * VW values of a [blocks, N] tensor of type DT (row b, columns from c), zero past N.
+template <int DT>
+static inline void nb_load_row(const void* src, int64_t N, int64_t b, int64_t c, vf& a0, vf& a1) {
+  const int64_t off = b * N + c;
+  if (c + NBG <= N) {
+    a0 = load_b<DT>(src, off);
+    a1 = load_b<DT>(src, off + VW);
+    return;
+  }
+  float tmp[NBG];
+  for (int j = 0; j < NBG; ++j) tmp[j] = c + j < N ? load_b_scalar<DT>(src, off + j) : 0.0f;
+  a0 = v_loadu(tmp);
+  a1 = v_loadu(tmp + VW);
+}
+
+// Scales and zero points of block b for the nibble group at column c, split even / odd.
+template <int DT>
+static inline void nb_group_affine(const NbitsWeight& w, int64_t b, int64_t c, vf& se, vf& so, vf& ze, vf& zo) {
+  vf a0, a1;
+  nb_load_row<DT>(w.scales, w.N, b, c, a0, a1);
+  nb_split(a0, a1, se, so);
+  if (w.zero_kind == kZeroPointsPacked) {
+    uint8_t buf[VW];
+    const uint8_t* row = static_cast<const uint8_t*>(w.zero_points) + b * w.ldb;
+    nb_codes(nb_group_bytes(row, w.ldb, c / NBG, buf), ze, zo);
+  } else if (w.zero_kind == kZeroPointsFloat) {
+    nb_load_row<DT>(w.zero_points, w.N, b, c, a0, a1);
+    nb_split(a0, a1, ze, zo);
+  } else {
+    ze = zo = v_bcast(8.0f);
+  }
+}
+
+// out[0:N] in column order from the even / odd split of work.
+static inline void nb_merge_row(const float* work, int64_t N, float* out) {
+  int64_t c = 0;
+  for (; c + NBG <= N; c += NBG) nb_merge_store(out + c, v_loadu(work + c), v_loadu(work + c + VW));
+  if (c < N) {
+    float tmp[NBG];
+    nb_merge_store(tmp, v_loadu(work + c), v_loadu(work + c + VW));
+    for (int64_t j = 0; c + j < N; ++j) out[c + j] = tmp[j];
+  }
+}
+
+// Cache lines ahead of the current one to prefetch in each kept row: the rows are read
+// a chunk at a time, block by block, too many streams for the hardware prefetchers.
+constexpr int kNbitsPrefetchLines = 8;
+
+// ---------------------------------------------------------------------------
+// Float decode.
+
+// Q nibble groups from g0 over the block's cnt kept rows; the last group may be partial.
+template <int DT, int Q>
+static inline void nb_float_chunk(const NbitsWeight& w, int64_t b, int64_t g0, const int32_t* idx, const float* val,
+                                  int64_t cnt, float sumx, float* work) {
+  const int64_t ldb = w.ldb;
+  const bool whole = (g0 + Q) * VW <= ldb;
+  vf ae[Q], ao[Q];
+#pragma GCC unroll 8
+  for (int q = 0; q < Q; ++q) ae[q] = ao[q] = v_zero();
+  for (int64_t r = 0; r < cnt; ++r) {
+    const uint8_t* row = w.codes + static_cast<int64_t>(idx[r]) * ldb;
+    const vf xb = v_bcast(val[r]);
+    if (whole) {
+      const uint8_t* p = row + g0 * VW;
+      if (Q * VW >= 64) __builtin_prefetch(p + 64 * kNbitsPrefetchLines);
+#pragma GCC unroll 8
+      for (int q = 0; q < Q; ++q) {
+        vf e, o;
+        nb_codes(p + q * VW, e, o);
+        ae[q] = v_fma(xb, e, ae[q]);
+        ao[q] = v_fma(xb, o, ao[q]);
+      }
+    } else {
+      uint8_t buf[VW];
+#pragma GCC unroll 8
+      for (int q = 0; q < Q; ++q) {
+        vf e, o;
+        nb_codes(nb_group_bytes(row, ldb, g0 + q, buf), e, o);
+        ae[q] = v_fma(xb, e, ae[q]);
+        ao[q] = v_fma(xb, o, ao[q]);
+      }
+    }
+  }
+  const vf vsum = v_bcast(sumx);
+#pragma GCC unroll 8
+  for (int q = 0; q < Q; ++q) {
+    const int64_t c = (g0 + q) * NBG;
+    vf se, so, ze, zo;
+    nb_group_affine<DT>(w, b, c, se, so, ze, zo);
+    v_storeu(work + c, v_fma(se, nb_fnma(ze, vsum, ae[q]), v_loadu(work + c)));
+    v_storeu(work + c + VW, v_fma(so, nb_fnma(zo, vsum, ao[q]), v_loadu(work + c + VW)));
+  }
+}
+
+// Adds block b's kept rows (cnt of them) to work, in float.
+template <int DT>
+static inline void nb_float_block(const NbitsWeight& w, int64_t b, const int32_t* idx, const float* val, int64_t cnt,
+                                  float* work) {
+  float sumx = 0.0f;
+  for (int64_t r = 0; r < cnt; ++r) sumx += val[r];
+  const int64_t groups = (w.ldb + VW - 1) / VW;
+  int64_t g = 0;
+  for (; g + kNbitsChunk <= groups; g += kNbitsChunk) nb_float_chunk<DT, kNbitsChunk>(w, b, g, idx, val, cnt, sumx, work);
+  for (; g < groups; ++g) nb_float_chunk<DT, 1>(w, b, g, idx, val, cnt, sumx, work);
+}
+
+template <int DT>
+static void nbits_decode_float_impl(const NbitsWeight& w, int64_t b0, int64_t b1, const int64_t* first,
+                                    const int32_t* idx, const float* val, float* work, float* out) {
+  const int64_t groups = (w.ldb + VW - 1) / VW;
+  for (int64_t c = 0; c < groups * NBG; ++c) work[c] = 0.0f;
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t f = first[b], cnt = first[b + 1] - f;
+    if (cnt > 0) nb_float_block<DT>(w, b, idx + f, val + f, cnt, work);
+  }
+  nb_merge_row(work, w.N, out);
+}
+
+// ---------------------------------------------------------------------------
+// Int8 decode: AVX-512 with VNNI (vpdpbusd) and VBMI (vpermt2b), checked at run time.
+#if defined(__AVX512F__)
+#define WINA_NBITS_INT8_TARGET __attribute__((target("avx512vnni,avx512vbmi")))
+
+// Byte permute indices: (a[j], b[j]) pairs for j in [base, base + 32).
+WINA_NBITS_INT8_TARGET static inline __m512i nb_pair_index(int base) {
+  alignas(64) uint8_t t[64];
+  for (int j = 0; j < 32; ++j) {
+    t[2 * j] = static_cast<uint8_t>(base + j);
+    t[2 * j + 1] = static_cast<uint8_t>(64 + base + j);
+  }
+  return _mm512_load_si512(t);
+}
+// Word permute indices: (a[j], b[j]) 16-bit pairs for j in [base, base + 16).
+WINA_NBITS_INT8_TARGET static inline __m512i nb_quad_index(int base) {
+  alignas(64) uint16_t t[32];
+  for (int j = 0; j < 16; ++j) {
+    t[2 * j] = static_cast<uint16_t>(base + j);
+    t[2 * j + 1] = static_cast<uint16_t>(32 + base + j);
+  }
+  return _mm512_load_si512(t);
+}
+
+// Q nibble groups (Q * 16 bytes) from byte `byte0` of four kept rows per step. Lane j of
+// quad vector q holds byte 16 q + j of the four rows: its low nibbles are column
+// 32 q + 2 j of the four rows, its high nibbles column 32 q + 2 j + 1, so vpdpbusd of the
+// masked vector with the four rows' int8 x (broadcast) sums that column over the rows.
+// The high nibbles are not shifted down: their sums are 16 times too large.
+template <int DT, int Q>
+WINA_NBITS_INT8_TARGET static inline void nb_int8_chunk(const NbitsWeight& w, int64_t b, int64_t g0,
+                                                        const int32_t* qidx, const int32_t* xq4, int64_t quads,
+                                                        float sx, int32_t sumxq, float* work) {
+  const int64_t ldb = w.ldb;
+  const int64_t byte0 = g0 * 16;
+  const int64_t avail = ldb - byte0;
+  const __mmask64 mask = avail >= Q * 16 ? (Q == 4 ? ~0ull : (1ull << (Q * 16)) - 1) : (1ull << avail) - 1;
+  const __m512i pair0 = nb_pair_index(0), pair1 = nb_pair_index(32);
+  const __m512i quad0 = nb_quad_index(0), quad1 = nb_quad_index(16);
+  const __m512i lo = _mm512_set1_epi8(0x0F), hi = _mm512_set1_epi8(static_cast<char>(0xF0));
+  __m512i al[Q], ah[Q];
+#pragma GCC unroll 4
+  for (int q = 0; q < Q; ++q) al[q] = ah[q] = _mm512_setzero_si512();
+  for (int64_t u = 0; u < quads; ++u) {
+    const uint8_t* p0 = w.codes + static_cast<int64_t>(qidx[4 * u]) * ldb + byte0;
+    const uint8_t* p1 = w.codes + static_cast<int64_t>(qidx[4 * u + 1]) * ldb + byte0;
+    const uint8_t* p2 = w.codes + static_cast<int64_t>(qidx[4 * u + 2]) * ldb + byte0;
+    const uint8_t* p3 = w.codes + static_cast<int64_t>(qidx[4 * u + 3]) * ldb + byte0;
+    if (Q == 4) {
+      __builtin_prefetch(p0 + 64 * kNbitsPrefetchLines);
+      __builtin_prefetch(p1 + 64 * kNbitsPrefetchLines);
+      __builtin_prefetch(p2 + 64 * kNbitsPrefetchLines);
+      __builtin_prefetch(p3 + 64 * kNbitsPrefetchLines);
+    }
+    const __m512i r0 = _mm512_maskz_loadu_epi8(mask, p0), r1 = _mm512_maskz_loadu_epi8(mask, p1);
+    const __m512i r2 = _mm512_maskz_loadu_epi8(mask, p2), r3 = _mm512_maskz_loadu_epi8(mask, p3);
+    const __m512i xb = _mm512_set1_epi32(xq4[u]);
+    __m512i qv[4];
+    const __m512i t01a = _mm512_permutex2var_epi8(r0, pair0, r1);
+    const __m512i t23a = _mm512_permutex2var_epi8(r2, pair0, r3);
+    qv[0] = _mm512_permutex2var_epi16(t01a, quad0, t23a);
+    if (Q > 1) qv[1] = _mm512_permutex2var_epi16(t01a, quad1, t23a);
+    if (Q > 2) {
+      const __m512i t01b = _mm512_permutex2var_epi8(r0, pair1, r1);
+      const __m512i t23b = _mm512_permutex2var_epi8(r2, pair1, r3);
+      qv[2] = _mm512_permutex2var_epi16(t01b, quad0, t23b);
+      if (Q > 3) qv[3] = _mm512_permutex2var_epi16(t01b, quad1, t23b);
+    }
+#pragma GCC unroll 4
+    for (int q = 0; q < Q; ++q) {
+      al[q] = _mm512_dpbusd_epi32(al[q], _mm512_and_si512(qv[q], lo), xb);
+      ah[q] = _mm512_dpbusd_epi32(ah[q], _mm512_and_si512(qv[q], hi), xb);
+    }
+  }
+  const __m512 vsx = _mm512_set1_ps(sx), vsx16 = _mm512_set1_ps(sx * 0.0625f);
+  const __m512 offset = _mm512_set1_ps(sx * static_cast<float>(sumxq));
+#pragma GCC unroll 4
+  for (int q = 0; q < Q; ++q) {
+    const int64_t c = (g0 + q) * NBG;
+    if (c >= w.N) break;
+    vf se, so, ze, zo;
+    nb_group_affine<DT>(w, b, c, se, so, ze, zo);
+    const __m512 te = _mm512_fnmadd_ps(ze, offset, _mm512_mul_ps(_mm512_cvtepi32_ps(al[q]), vsx));
+    const __m512 to = _mm512_fnmadd_ps(zo, offset, _mm512_mul_ps(_mm512_cvtepi32_ps(ah[q]), vsx16));
+    _mm512_storeu_ps(work + c, _mm512_fmadd_ps(se, te, _mm512_loadu_ps(work + c)));
+    _mm512_storeu_ps(work + c + 16, _mm512_fmadd_ps(so, to, _mm512_loadu_ps(work + c + 16)));
+  }
+}
+
+// Largest block the int8 path quantizes (larger ones take the float path): bounds the
+// stack lists and keeps the int32 sums exact in float (4-bit x int8 x 256 < 2^24 / 16).
+constexpr int64_t kNbitsInt8MaxBlock = 256;
+
+template <int DT>
+WINA_NBITS_INT8_TARGET static void nbits_decode_int8_impl(const NbitsWeight& w, int64_t b0, int64_t b1,
+                                                          const int64_t* first, const int32_t* idx,
+                                                          const float* val, float* work, float* out) {
+  const int64_t groups = (w.ldb + 15) / 16;
+  for (int64_t c = 0; c < groups * NBG; ++c) work[c] = 0.0f;
+  int32_t qidx[kNbitsInt8MaxBlock + 4];
+  int32_t xq4[kNbitsInt8MaxBlock / 4 + 1];
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t f = first[b], cnt = first[b + 1] - f;
+    if (cnt == 0) continue;
+    float amax = 0.0f;
+    for (int64_t r = 0; r < cnt; ++r) {
+      const float a = __builtin_fabsf(val[f + r]);
+      amax = a > amax ? a : amax;
+    }
+    bool finite = true;
+    for (int64_t r = 0; r < cnt; ++r) finite = finite && (val[f + r] - val[f + r] == 0.0f);
+    if (!finite || cnt > kNbitsInt8MaxBlock) {  // NaN / inf propagate as in float
+      nb_float_block<DT>(w, b, idx + f, val + f, cnt, work);
+      continue;
+    }
+    if (amax == 0.0f) continue;
+    // Symmetric int8 per block, rounded to nearest even; padding rows repeat the last
+    // kept row with x = 0.
+    const float inv = 127.0f / amax;
+    const float sx = amax / 127.0f;
+    const int64_t quads = (cnt + 3) / 4;
+    int32_t sumxq = 0;
+    for (int64_t u = 0; u < quads; ++u) {
+      uint32_t word = 0;
+      for (int j = 0; j < 4; ++j) {
+        const int64_t r = 4 * u + j;
+        int32_t q = 0;
+        if (r < cnt) {
+          q = static_cast<int32_t>(__builtin_lrintf(val[f + r] * inv));
+          q = q > 127 ? 127 : (q < -127 ? -127 : q);
+          qidx[r] = idx[f + r];
+        } else {
+          qidx[r] = idx[f + cnt - 1];
+        }
+        sumxq += q;
+        word |= static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(q))) << (8 * j);
+      }
+      xq4[u] = static_cast<int32_t>(word);
+    }
+    int64_t g = 0;
+    for (; g + 4 <= groups; g += 4) nb_int8_chunk<DT, 4>(w, b, g, qidx, xq4, quads, sx, sumxq, work);
+    if (g + 2 <= groups) {
+      nb_int8_chunk<DT, 2>(w, b, g, qidx, xq4, quads, sx, sumxq, work);
+      g += 2;
+    }
+    if (g < groups) nb_int8_chunk<DT, 1>(w, b, g, qidx, xq4, quads, sx, sumxq, work);
+  }
+  nb_merge_row(work, w.N, out);
+}
+
+static bool nbits_cpu_has_int8() {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+#else
+  return false;
+#endif
+}
+#define WINA_NBITS_HAVE_INT8 1
+#endif  // __AVX512F__
+
+// ---------------------------------------------------------------------------
+// Prefill: dequantize a nibble group of the used rows into pack, then the float tiles.
+
+static inline void nb_tile_tail(const float* pack, int64_t c0, int64_t cols, const TileDesc& tile,
+                                const float* bias, float* y, int64_t ldy) {
+  for (int t = 0; t < tile.tokens; ++t) {
+    for (int64_t c = 0; c < cols; ++c) {
+      float acc = bias ? bias[c0 + c] : 0.0f;
+      for (int64_t u = 0; u < tile.count; ++u)
+        acc += tile.xs[u * TS + t] * pack[static_cast<int64_t>(tile.idx[u]) * NBG + c];
+      y[(tile.y_row + t) * ldy + c0 + c] = acc;
+    }
+  }
+}
+
+template <int DT>
+static void nbits_tiles_impl(const NbitsWeight& w, int64_t n0, int64_t n1, const TileDesc* tiles, int64_t num_tiles,
+                             const int32_t* used_rows, int64_t num_used, float* pack, const float* bias, float* y,
+                             int64_t ldy) {
+  for (int64_t c = n0; c < n1; c += NBG) {
+    const int64_t g = c / NBG;
+    int64_t block = -1;
+    vf se = v_zero(), so = v_zero(), ze = v_zero(), zo = v_zero();
+    uint8_t buf[VW];
+    for (int64_t r = 0; r < num_used; ++r) {
+      const int64_t row = used_rows[r];
+      if (row / w.block_size != block) {
+        block = row / w.block_size;
+        nb_group_affine<DT>(w, block, c, se, so, ze, zo);
+      }
+      vf e, o;
+      nb_codes(nb_group_bytes(w.codes + row * w.ldb, w.ldb, g, buf), e, o);
+      nb_merge_store(pack + row * NBG, nb_mul(nb_sub(e, ze), se), nb_mul(nb_sub(o, zo), so));
+    }
+    if (c + NBG <= n1) {
+      for (int64_t i = 0; i < num_tiles; ++i) tile_dispatch<kFloat32, 2, TS>(pack, NBG, 0, c, tiles[i], bias, y, ldy);
+    } else {
+      for (int64_t i = 0; i < num_tiles; ++i) nb_tile_tail(pack, c, n1 - c, tiles[i], bias, y, ldy);
+    }
+  }
+}
+
+// This instruction set's table (IsaKernels::nbits). The int8 decode needs VNNI and VBMI
+// on top of the AVX-512 subset the file is compiled for, so it is listed only where the
+// CPU has them.
+static const NbitsKernels& nbits_table() {
+#if defined(WINA_NBITS_HAVE_INT8)
+  static const bool int8 = nbits_cpu_has_int8();
+  static const NbitsKernels table = {
+      NBG,
+      {nbits_decode_float_impl<kFloat32>, nbits_decode_float_impl<kFloat16>, nbits_decode_float_impl<kBFloat16>},
+      {int8 ? nbits_decode_int8_impl<kFloat32> : nullptr, int8 ? nbits_decode_int8_impl<kFloat16> : nullptr,
+       int8 ? nbits_decode_int8_impl<kBFloat16> : nullptr},
+      {nbits_tiles_impl<kFloat32>, nbits_tiles_impl<kFloat16>, nbits_tiles_impl<kBFloat16>}};
+#else
+  static const NbitsKernels table = {
+      NBG,
+      {nbits_decode_float_impl<kFloat32>, nbits_decode_float_impl<kFloat16>, nbits_decode_float_impl<kBFloat16>},
+      {nullptr, nullptr, nullptr},
+      {nbits_tiles_impl<kFloat32>, nbits_tiles_impl<kFloat16>, nbits_tiles_impl<kBFloat16>}};
+#endif
+  return table;
+}
+
+}  // namespace
+}  // namespace wina

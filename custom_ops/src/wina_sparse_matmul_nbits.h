@@ -1,0 +1,64 @@
+// The WinaSparseMatMulNBits custom op (domain "ai.wina") for the CPU execution provider:
+// WinaSparseMatMul over 4-bit block-quantized weights in the feature-major layout of
+// docs/op-schema.md. Names and input positions: op_schema.h; the NumPy oracle
+// wina_onnx.reference.wina_sparse_matmul_nbits is the specification of the result.
+// T in {float, float16, bfloat16} (X, scales, float zero points, bias, Y): one op object
+// per type, all with the same name.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "custom_op.h"
+#include "gating.h"
+#include "isa/isa.h"
+#include "isa/nbits_isa.h"
+#include "op_schema.h"
+#include "ort_api.h"
+#include "tensor_checks.h"
+
+namespace wina {
+
+// The inputs of one call, validated against the node's attributes (types, ranks, the
+// shapes of B, scales and zero points from K, N and block_size, scalars), in the
+// flattened view X [M, K]. Pointers are where ORT put the tensors (host memory for the
+// CPU kernel, device memory for a CUDA kernel, threshold and k included).
+struct NBitsInputs {
+  const void* x = nullptr;
+  const uint8_t* b = nullptr;            // [K, ceil(N/2)]
+  const void* scales = nullptr;          // [ceil(K/G), N], T
+  const void* zero_points = nullptr;     // or nullptr
+  NbitsZeroPoints zero_kind = kZeroPointsNone;
+  const float* score_scale = nullptr;
+  const float* threshold = nullptr;      // set for rules with GatingParam::kThreshold
+  const int64_t* k = nullptr;            // set for rules with GatingParam::kK
+  const void* bias = nullptr;            // or nullptr
+  std::vector<int64_t> out_shape;        // [..., N]
+  int64_t M = 0;
+  int device_id = 0;                     // of X's memory
+};
+// Throws InvalidArgument naming the offending input.
+NBitsInputs read_nbits_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType type, const NBitsAttributes& attrs);
+
+// The weight as the CPU loops see it.
+NbitsWeight nbits_weight(const NBitsInputs& in, const NBitsAttributes& attrs, DType dtype);
+
+class WinaSparseMatMulNBitsKernel {
+ public:
+  static constexpr const char* kProvider = "CPUExecutionProvider";
+  WinaSparseMatMulNBitsKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
+  OrtStatusPtr ComputeV2(OrtKernelContext* context);
+
+ private:
+  void Compute(OrtKernelContext* context);
+
+  DType dtype_;
+  std::string node_;  // "WinaSparseMatMulNBits node 'name'" for error messages
+  NBitsAttributes attrs_;
+  const IsaKernels* kernels_;
+};
+
+template <typename Kernel>
+using WinaSparseMatMulNBitsOp = CustomOp<NBitsSchema, Kernel>;
+
+}  // namespace wina

@@ -1,0 +1,377 @@
+"""The CPU kernel of `WinaSparseMatMulNBits` (libwina_onnx_ops.so) against the NumPy oracle
+wina_onnx.reference.wina_sparse_matmul_nbits and against ONNX Runtime's MatMulNBits.
+
+Every instruction-set path (WINA_ONNX_ISA), block sizes 16 to 256, zero points absent /
+packed uint8 / float, float32 / float16 / bfloat16, both gatings, 0, 1 and many tokens,
+and accuracy_level 0 (float arithmetic) and 4 (the one-token path may quantize x to int8
+per block; its error is checked against the bound that quantization allows).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+ort = pytest.importorskip("onnxruntime")
+
+from nbits_models import matmul_nbits_model, nbits_node, initializers, quantized_matmul  # noqa: E402
+from op_models import DTYPES, TOLERANCE, finish_model, from_ort_value, onnx_type, session, to_ort_value  # noqa: E402
+
+from wina_onnx import reference, schema  # noqa: E402
+from wina_onnx.passes import nbits  # noqa: E402
+
+ISAS = ("generic", "avx2", "avx512")
+ZERO_KINDS = ("none", "uint8", "float")
+EXAMPLES = int(os.environ.get("WINA_ONNX_HYPOTHESIS_EXAMPLES", "40"))
+PROPERTY = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=os.environ.get("WINA_ONNX_HYPOTHESIS_RANDOM") != "1",
+)
+
+
+# --- models and weights ---------------------------------------------------------------
+
+
+def random_weight(rng: np.random.Generator, k: int, n: int, block: int, zero_kind: str, dtype) -> nbits.FeatureMajor:
+    """Random feature-major codes, scales (T) and zero points of the given kind."""
+    blocks, half = -(-k // block), -(-n // 2)
+    codes = rng.integers(0, 256, (k, half), dtype=np.uint8)
+    scales = (rng.standard_normal((blocks, n)) * 0.1).astype(np.float32).astype(dtype)
+    zeros = None
+    if zero_kind == "uint8":
+        zeros = rng.integers(0, 256, (blocks, half), dtype=np.uint8)
+    elif zero_kind == "float":
+        zeros = rng.uniform(0.0, 15.0, (blocks, n)).astype(np.float32).astype(dtype)
+    return nbits.FeatureMajor(codes, scales, zeros, k, n, block)
+
+
+def nbits_model(weight: nbits.FeatureMajor, score_scale: np.ndarray, *, gating: str, dtype, accuracy_level: int = 0,
+                bias: np.ndarray | None = None, attrs: dict | None = None) -> onnx.ModelProto:
+    """Y = WinaSparseMatMulNBits(X, ...) with X [..., K] of `dtype` and the gating parameter
+    (k or threshold) as graph inputs; weights, score_scale and bias are initializers."""
+    elem = onnx_type(dtype)
+    inits = [numpy_helper.from_array(weight.codes, "B"), numpy_helper.from_array(weight.scales, "scales"),
+             numpy_helper.from_array(score_scale, "score_scale")]
+    inputs = ["X", "B", "scales", "", "score_scale", "", "", ""]
+    if weight.zero_points is not None:
+        inits.append(numpy_helper.from_array(weight.zero_points, "zero_points"))
+        inputs[schema.NBITS_INPUT_ZERO_POINTS] = "zero_points"
+    graph_inputs = [helper.make_tensor_value_info("X", elem, None)]
+    if gating == "topk":
+        inputs[schema.NBITS_INPUT_K] = "k"
+        graph_inputs.append(helper.make_tensor_value_info("k", TensorProto.INT64, []))
+    else:
+        inputs[schema.NBITS_INPUT_THRESHOLD] = "threshold"
+        graph_inputs.append(helper.make_tensor_value_info("threshold", TensorProto.FLOAT, []))
+    if bias is not None:
+        inits.append(numpy_helper.from_array(bias, "bias"))
+        inputs[schema.NBITS_INPUT_BIAS] = "bias"
+    while inputs[-1] == "":
+        inputs.pop()
+    node_attrs = {schema.ATTR_GATING: gating, schema.NBITS_ATTR_K: weight.k, schema.NBITS_ATTR_N: weight.n,
+                  schema.NBITS_ATTR_BITS: 4, schema.NBITS_ATTR_BLOCK_SIZE: weight.block_size,
+                  schema.NBITS_ATTR_ACCURACY_LEVEL: accuracy_level}
+    node_attrs.update(attrs or {})
+    node = helper.make_node(schema.NBITS_OP_TYPE, inputs, ["Y"], name="gate", domain=schema.DOMAIN, **node_attrs)
+    graph = helper.make_graph([node], "nbits", graph_inputs, [helper.make_tensor_value_info("Y", elem, None)], inits)
+    return finish_model(graph)
+
+
+def nbits_session(model: onnx.ModelProto, isa: str | None = None, threads: int = 1):
+    """A session of the op library; WINA_ONNX_ISA caps the instruction set (read at kernel creation)."""
+    if isa is not None:
+        os.environ["WINA_ONNX_ISA"] = isa
+    try:
+        return session(model, threads=threads)
+    finally:
+        os.environ.pop("WINA_ONNX_ISA", None)
+
+
+def run_op(sess, x: np.ndarray, gating: str, param) -> np.ndarray:
+    feeds = {"X": to_ort_value(x)}
+    if gating == "topk":
+        feeds["k"] = ort.OrtValue.ortvalue_from_numpy(np.array(param, dtype=np.int64))
+    else:
+        feeds["threshold"] = ort.OrtValue.ortvalue_from_numpy(np.array(param, dtype=np.float32))
+    return from_ort_value(sess.run_with_ort_values(["Y"], feeds, ort.RunOptions())[0], x.dtype)
+
+
+def oracle(x, weight: nbits.FeatureMajor, score_scale, gating, param, bias=None) -> np.ndarray:
+    with np.errstate(invalid="ignore", over="ignore"):
+        return reference.wina_sparse_matmul_nbits(
+            x, weight.codes, weight.scales, weight.zero_points, score_scale, block_size=weight.block_size, n=weight.n,
+            bias=bias, **({"k": param} if gating == "topk" else {"threshold": param}))
+
+
+def int8_error_bound(x, weight: nbits.FeatureMajor, score_scale, gating, param) -> np.ndarray:
+    """Largest |error| per output that int8 x (per block of kept features, scale max|x| / 127,
+    rounded to nearest) allows: sum over kept i of (max|x| of i's block) / 254 * |W[i, n]|."""
+    params = {"k": param} if gating == "topk" else {"threshold": param}
+    mask = reference.keep_mask(x, score_scale, **params).reshape(-1, weight.k)
+    xs = np.where(mask, x.reshape(-1, weight.k).astype(np.float32), 0.0)
+    w = np.abs(weight.dequantize())
+    block = np.arange(weight.k) // weight.block_size
+    bounds = []
+    for row in xs:
+        amax = np.zeros(weight.k, np.float32)
+        for b in range(-(-weight.k // weight.block_size)):
+            sel = block == b
+            amax[sel] = np.abs(row[sel]).max(initial=0.0)
+        bounds.append(((amax / 254.0) * (row != 0)) @ w)
+    return np.asarray(bounds).reshape(*x.shape[:-1], weight.n)
+
+
+def assert_close(y, want, dtype_name: str, context: str, extra: np.ndarray | float = 0.0) -> None:
+    """y equals the oracle within the dtype's tolerance of the output scale, plus `extra`
+    (the int8 bound) per element."""
+    assert y.shape == want.shape and y.dtype == want.dtype, context
+    if not y.size:
+        return
+    got, ref = y.astype(np.float32), want.astype(np.float32)
+    scale = max(float(np.abs(ref).max()), 1e-3)
+    allowed = TOLERANCE[dtype_name] * scale + np.asarray(extra, np.float32) * (1.0 + TOLERANCE[dtype_name])
+    excess = np.abs(got - ref) - allowed
+    assert (excess <= 0).all(), f"{context}: max error {np.abs(got - ref).max()} (scale {scale}), worst excess {excess.max()}"
+
+
+def gating_param(gating: str, sparsity: float, x: np.ndarray, score_scale: np.ndarray):
+    if gating == "topk":
+        return int(round((1.0 - sparsity) * x.shape[-1]))
+    if sparsity == 0.0 or not x.size:
+        return -1.0
+    return float(np.quantile(reference.gate_scores(x, score_scale), sparsity))
+
+
+# --- the oracle over shapes, layouts, dtypes and paths ----------------------------------
+
+# (K, N, block): odd N, K not a multiple of the block, K smaller than the block, one block.
+SHAPES = ((1, 1, 16), (5, 3, 16), (17, 33, 16), (31, 65, 32), (64, 128, 32), (96, 257, 64), (40, 96, 128),
+          (300, 129, 256), (576, 1536, 32), (200, 31, 16))
+TOKENS = ((0,), (1,), (1, 1), (5,), (2, 19), (40,))
+
+
+@pytest.mark.parametrize("accuracy_level", [0, 4])
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("isa", ISAS)
+def test_matches_oracle(isa: str, dtype_name: str, accuracy_level: int) -> None:
+    dtype = DTYPES[dtype_name]
+    for case, (k, n, block) in enumerate(SHAPES):
+        rng = np.random.default_rng(case)
+        zero_kind = ZERO_KINDS[case % 3]
+        weight = random_weight(rng, k, n, block, zero_kind, dtype)
+        score_scale = weight.row_norms()
+        bias = rng.standard_normal(n).astype(np.float32).astype(dtype) if case % 2 else None
+        for gating in ("topk", "threshold"):
+            sess = nbits_session(nbits_model(weight, score_scale, gating=gating, dtype=dtype,
+                                             accuracy_level=accuracy_level, bias=bias), isa)
+            for lead in TOKENS:
+                x = rng.standard_normal((*lead, k)).astype(np.float32).astype(dtype)
+                for sparsity in (0.0, 0.5, 0.9):
+                    param = gating_param(gating, sparsity, x, score_scale)
+                    y = run_op(sess, x, gating, param)
+                    want = oracle(x, weight, score_scale, gating, param, bias)
+                    extra = 0.0
+                    if accuracy_level == 4 and int(np.prod(lead)) == 1:
+                        extra = int8_error_bound(x, weight, score_scale, gating, param)
+                    assert_close(y, want, dtype_name, f"{isa} K={k} N={n} G={block} zp={zero_kind} {gating} "
+                                 f"s={sparsity} lead={lead} acc={accuracy_level}", extra)
+
+
+def test_int8_path_is_not_the_float_path() -> None:
+    """On a CPU with AVX-512 VNNI the one-token path at accuracy_level 4 quantizes x: its
+    result differs from level 0's (so the test above exercises it) yet stays in the bound."""
+    rng = np.random.default_rng(5)
+    weight = random_weight(rng, 256, 512, 32, "none", np.float32)
+    score_scale = weight.row_norms()
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    ys = [run_op(nbits_session(nbits_model(weight, score_scale, gating="topk", dtype=np.float32,
+                                           accuracy_level=level), "avx512"), x, "topk", 128) for level in (0, 4)]
+    with open("/proc/cpuinfo") as f:
+        flags = f.read()
+    if "avx512_vnni" not in flags or "avx512vbmi" not in flags:
+        pytest.skip("this CPU has no AVX-512 VNNI and VBMI: accuracy_level 4 runs the float path")
+    assert not np.array_equal(ys[0], ys[1])
+    assert_close(ys[1], ys[0], "float32", "int8 vs float", int8_error_bound(x, weight, score_scale, "topk", 128))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_threads_do_not_change_the_result(isa: str) -> None:
+    """The decode split depends on the shapes and the kept set only, not on the pool size."""
+    rng = np.random.default_rng(11)
+    weight = random_weight(rng, 1024, 1000, 32, "uint8", np.float32)
+    score_scale = weight.row_norms()
+    model = nbits_model(weight, score_scale, gating="threshold", dtype=np.float32, accuracy_level=4)
+    for lead in ((1,), (33,)):
+        x = rng.standard_normal((*lead, 1024)).astype(np.float32)
+        ys = [run_op(nbits_session(model, isa, threads), x, "threshold", 0.3) for threads in (1, 2, 3)]
+        assert np.array_equal(ys[0], ys[1]) and np.array_equal(ys[0], ys[2])
+
+
+def test_non_finite_x_gives_non_finite_outputs() -> None:
+    """A kept NaN or inf makes every output of its token non-finite, as in the oracle (the
+    per-block factoring s * (sum x c - z sum x) may turn the oracle's inf into NaN)."""
+    rng = np.random.default_rng(3)
+    weight = random_weight(rng, 64, 40, 16, "float", np.float32)
+    score_scale = weight.row_norms()
+    for level in (0, 4):
+        sess = nbits_session(nbits_model(weight, score_scale, gating="topk", dtype=np.float32, accuracy_level=level))
+        for lead in ((1,), (6,)):
+            x = rng.standard_normal((*lead, 64)).astype(np.float32)
+            x.reshape(-1, 64)[0, 7] = np.inf
+            x.reshape(-1, 64)[-1, 40] = np.nan
+            y = run_op(sess, x, "topk", 32)
+            want = oracle(x, weight, score_scale, "topk", 32)
+            np.testing.assert_array_equal(np.isfinite(y), np.isfinite(want))
+            finite = np.isfinite(want)
+            assert (~finite).any(axis=-1).sum() == (1 if lead == (1,) else 2)
+            if finite.any():
+                np.testing.assert_allclose(y[finite], want[finite], rtol=1e-4, atol=1e-4 * np.abs(want[finite]).max())
+
+
+# --- sparsity 0 is ONNX Runtime's MatMulNBits --------------------------------------------
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("k, n, block, symmetric, hqq", [
+    (64, 96, 32, True, False), (100, 33, 16, False, False), (130, 70, 64, False, True), (576, 192, 32, True, False),
+    (40, 24, 128, False, False), (300, 50, 256, True, False),
+])
+def test_sparsity_zero_equals_matmul_nbits(isa: str, k: int, n: int, block: int, symmetric: bool, hqq: bool) -> None:
+    """The model MatMulNBitsQuantizer writes, re-packed by the pass, gives MatMulNBits'
+    output (accuracy_level 0) within float accumulation tolerance when nothing is masked."""
+    model = quantized_matmul(k, n, block_size=block, symmetric=symmetric, hqq=hqq, seed=k + n)
+    node = nbits_node(model)
+    source = nbits.read_source(node, initializers(model), set())
+    assert not isinstance(source, str), source
+    weight = nbits.load_feature_major(source, initializers(model))
+    reference_model = matmul_nbits_model(*nbits.column_major(weight), k=k, n=n, block_size=block)
+    ref_sess = ort.InferenceSession(reference_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    score_scale = weight.row_norms()
+    sess = nbits_session(nbits_model(weight, score_scale, gating="topk", dtype=np.float32), isa)
+    rng = np.random.default_rng(k)
+    for lead in ((1,), (7,), (2, 33)):
+        x = rng.standard_normal((*lead, k)).astype(np.float32)
+        want = ref_sess.run(None, {"x": x})[0]
+        got = run_op(sess, x, "topk", k)
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * max(1.0, float(np.abs(want).max())))
+
+
+# --- one clear line for bad nodes and inputs ----------------------------------------------
+
+
+def _bad_session(weight, score_scale, **kwargs):
+    model = nbits_model(weight, score_scale, gating="topk", dtype=np.float32, **kwargs)
+    return nbits_session(model)
+
+
+@pytest.mark.parametrize("attrs, message", [
+    ({"bits": 8}, "only 4-bit weights"),
+    ({"block_size": 24}, "power of two of 16 or more"),
+    ({"block_size": 8}, "power of two of 16 or more"),
+    ({"accuracy_level": 7}, "accuracy_level=7 must be in 0..4"),
+    ({"K": -1}, "must be >= 0"),
+])
+def test_bad_attributes_are_refused_in_one_line(attrs, message) -> None:
+    rng = np.random.default_rng(0)
+    weight = random_weight(rng, 32, 8, 16, "none", np.float32)
+    with pytest.raises(Exception) as info:
+        _bad_session(weight, weight.row_norms(), attrs=attrs)
+    text = str(info.value)
+    assert message in text and "WinaSparseMatMulNBits node 'gate'" in text and "\n" not in text.strip()
+
+
+def test_shapes_that_do_not_fit_the_attributes_are_refused_in_one_line() -> None:
+    rng = np.random.default_rng(0)
+    good = random_weight(rng, 40, 10, 16, "uint8", np.float32)
+    score_scale = good.row_norms()
+    cases = [
+        (nbits.FeatureMajor(good.codes[:, :4], good.scales, None, 40, 10, 16), "input 'B' (index 1) must have shape [40, 5]"),
+        (nbits.FeatureMajor(good.codes, good.scales[:2], None, 40, 10, 16), "input 'scales' (index 2) must have shape [3, 10]"),
+        (nbits.FeatureMajor(good.codes, good.scales, good.zero_points[:, :2], 40, 10, 16),
+         "input 'zero_points' (index 3) must have shape [3, 5]"),
+        (nbits.FeatureMajor(good.codes, good.scales, np.zeros((3, 9), np.float32), 40, 10, 16),
+         "input 'zero_points' (index 3) must have shape [3, 10]"),
+        (nbits.FeatureMajor(good.codes, good.scales, np.zeros((3, 10), np.int32), 40, 10, 16), "must be uint8 or float32"),
+    ]
+    for weight, message in cases:
+        sess = nbits_session(nbits_model(weight, score_scale, gating="topk", dtype=np.float32))
+        with pytest.raises(Exception) as info:
+            run_op(sess, rng.standard_normal((1, 40)).astype(np.float32), "topk", 3)
+        text = str(info.value)
+        assert message in text and "block_size=16" in text or "must be uint8" in text, text
+        assert text.count("WinaSparseMatMulNBits node 'gate'") == 1
+    sess = nbits_session(nbits_model(good, score_scale, gating="topk", dtype=np.float32))
+    with pytest.raises(Exception, match="last dimension must be the attribute K=40"):
+        run_op(sess, rng.standard_normal((1, 41)).astype(np.float32), "topk", 3)
+
+
+# --- properties (hypothesis) ----------------------------------------------------------------
+
+
+@st.composite
+def nbits_cases(draw):
+    dtype_name = draw(st.sampled_from(list(DTYPES)))
+    k = draw(st.one_of(st.just(1), st.integers(1, 90)))
+    n = draw(st.one_of(st.just(1), st.integers(1, 40)))
+    block = draw(st.sampled_from([16, 32, 64, 128, 256]))
+    zero_kind = draw(st.sampled_from(ZERO_KINDS))
+    m = draw(st.integers(0, 6))
+    lead = draw(st.sampled_from([(m,), (1, m), (m, 1)]))
+    gating = draw(st.sampled_from(["topk", "threshold"]))
+    accuracy_level = draw(st.sampled_from([0, 4]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    dtype = DTYPES[dtype_name]
+    weight = random_weight(rng, k, n, block, zero_kind, dtype)
+    scale_kind = draw(st.sampled_from(["norms", "ones", "few"]))
+    score_scale = {"norms": weight.row_norms(), "ones": np.ones(k, np.float32),
+                   "few": rng.choice(np.float32([0.0, 0.5, 1.0]), size=k)}[scale_kind]
+    x = rng.standard_normal((*lead, k)).astype(np.float32)
+    if draw(st.booleans()):  # exact ties and zeros
+        x = np.where(rng.random(x.shape) < 0.5, rng.choice(np.float32([0.0, -0.0, 0.5, -1.0]), size=x.shape), x)
+    x = x.astype(dtype)
+    if gating == "topk":
+        param = draw(st.integers(-2, k + 2))
+    else:
+        param = draw(st.sampled_from([-1.0, 0.0, 0.3, 1.0, float("inf"), float("nan")]))
+    bias = rng.standard_normal(n).astype(np.float32).astype(dtype) if draw(st.booleans()) else None
+    return dtype_name, weight, score_scale, x, gating, param, bias, accuracy_level
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@PROPERTY
+@given(case=nbits_cases())
+def test_property_matches_oracle(isa: str, case) -> None:
+    dtype_name, weight, score_scale, x, gating, param, bias, accuracy_level = case
+    sess = nbits_session(nbits_model(weight, score_scale, gating=gating, dtype=DTYPES[dtype_name],
+                                     accuracy_level=accuracy_level, bias=bias), isa)
+    y = run_op(sess, x, gating, param)
+    want = oracle(x, weight, score_scale, gating, param, bias)
+    extra = 0.0
+    if accuracy_level == 4 and int(np.prod(x.shape[:-1])) == 1:
+        extra = int8_error_bound(x, weight, score_scale, gating, param)
+    assert_close(y, want, dtype_name, f"{isa} K={weight.k} N={weight.n} G={weight.block_size} {gating}={param} "
+                 f"acc={accuracy_level} x{x.shape}", extra)
+
+
+def test_bfloat16_model_types() -> None:
+    """bfloat16 X, scales, float zero points and bias: one op object per type serves it."""
+    rng = np.random.default_rng(9)
+    dtype = np.dtype(ml_dtypes.bfloat16)
+    weight = random_weight(rng, 48, 20, 16, "float", dtype)
+    score_scale = weight.row_norms()
+    bias = rng.standard_normal(20).astype(dtype)
+    sess = nbits_session(nbits_model(weight, score_scale, gating="threshold", dtype=dtype, bias=bias))
+    x = rng.standard_normal((3, 48)).astype(dtype)
+    y = run_op(sess, x, "threshold", 0.5)
+    assert y.dtype == dtype
+    assert_close(y, oracle(x, weight, score_scale, "threshold", 0.5, bias), "bfloat16", "bf16")
