@@ -11,17 +11,16 @@ import pytest
 
 pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install 'wina-onnx[lm_eval]')")
 
-from conftest import REPO_ROOT  # noqa: E402
 from lm_eval.api.instance import Instance  # noqa: E402
 from pipeline_helpers import optimized_copy  # noqa: E402
 
 from wina_onnx import cli  # noqa: E402
 from wina_onnx.errors import ConfigError  # noqa: E402
 from wina_onnx.generate import generate  # noqa: E402
-from wina_onnx.integrations.lm_eval import WinaOnnxLM, register  # noqa: E402
+from wina_onnx.integrations.lm_eval import TASKS_DIR, WinaOnnxLM, register  # noqa: E402
 from wina_onnx.runtime import CausalLM, uses_wina_domain  # noqa: E402
 
-TASK_DIR = REPO_ROOT / "tests" / "data" / "lm_eval"
+TASK_DIR = TASKS_DIR  # the task wina_tiny_mc, shipped with the package
 TEXT = ("The committee met on Tuesday to discuss the budget. After a long debate, the members "
         "agreed to postpone the vote until the next session, when more figures would be available.")
 
@@ -45,12 +44,11 @@ def _direct_loglikelihood(lm: CausalLM, context: str, continuation: str) -> floa
 
 
 def _run_cli(model: Path, out: Path, monkeypatch) -> tuple[dict, list[dict]]:
-    monkeypatch.chdir(REPO_ROOT)  # the task's data_files path is relative to the repository root
+    monkeypatch.chdir(out)  # any folder: the shipped task reads its data beside its yaml
     monkeypatch.setenv("HF_DATASETS_CACHE", str(out / "datasets"))
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     status = cli.main(["lm-eval", "--model_args", f"model={model}", "--tasks", "wina_tiny_mc",
-                       "--include_path", str(TASK_DIR.relative_to(REPO_ROOT)), "--output_path", str(out / "results"),
-                       "--log_samples"])
+                       "--output_path", str(out / "results"), "--log_samples"])
     assert status == 0
     (results_file,) = (out / "results").rglob("results_*.json")
     (samples_file,) = (out / "results").rglob("samples_wina_tiny_mc_*.jsonl")
@@ -143,7 +141,7 @@ def test_simple_evaluate_after_register(wina_dir: Path, tmp_path: Path, monkeypa
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
     register()
     out = lm_eval.simple_evaluate(model="wina-onnx", model_args=f"model={wina_dir}", tasks=["wina_tiny_mc"],

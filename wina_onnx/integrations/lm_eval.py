@@ -34,6 +34,9 @@ from ..errors import ConfigError
 from ..runtime import CausalLM, Past
 
 MODEL_NAME = "wina-onnx"
+# Tasks shipped with wina-onnx (wina_tiny_mc: six questions, no download), found by main()
+# when no --include_path is given.
+TASKS_DIR = Path(__file__).with_name("lm_eval_tasks")
 DEFAULT_MAX_LENGTH = 2048
 DEFAULT_MAX_GEN_TOKS = 256
 
@@ -271,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run lm-eval's command line with the "wina-onnx" model registered.
 
     argv are lm-eval `run` options (e.g. --model_args model=DIR --tasks hellaswag);
-    --model defaults to wina-onnx.
+    --model defaults to wina-onnx, --include_path to TASKS_DIR (the task wina_tiny_mc).
     """
     _require_lm_eval()
     from lm_eval.__main__ import cli_evaluate
@@ -282,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = args[1:]
     if not any(a == "--model" or a.startswith("--model=") for a in args):
         args = ["--model", MODEL_NAME, *args]
+    if not any(a == "--include_path" or a.startswith("--include_path=") for a in args):
+        args = ["--include_path", str(TASKS_DIR), *args]
     saved = sys.argv
     sys.argv = ["lm-eval", "run", *args]
     try:
