@@ -39,7 +39,8 @@ export WINA_ONNX_SANITIZED=1
 # From / would miss tests/; pytest (not python -m pytest) imports the installed package.
 status=0
 "$(dirname "$PY")/pytest" -p no:cacheprovider -q -ra \
-  tests/test_op_cpu.py tests/test_op_properties.py tests/test_op_concurrency.py tests/test_sanitize_canary.py \
+  tests/test_op_cpu.py tests/test_op_properties.py tests/test_op_nbits_cpu.py tests/test_op_concurrency.py \
+  tests/test_sanitize_canary.py \
   "$@" || status=$?
 if compgen -G "$REPORTS/*" > /dev/null; then
   cat "$REPORTS"/* >&2
