@@ -75,7 +75,7 @@ def test_readme_snippet_with_auto_tokenizer(wina_dir: Path):
 
     model = load_causal_lm(wina_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(wina_dir))
-    inputs = tokenizer("The quick brown fox jumps over", return_tensors="pt")
+    inputs = tokenizer("The quick brown fox jumps over", return_tensors="pt", add_special_tokens=False)
     out = model.generate(**inputs, max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, do_sample=False,
                          pad_token_id=0)
     prompt = inputs["input_ids"][0].tolist()

@@ -227,6 +227,20 @@ def _check_before_work(args: argparse.Namespace, header) -> None:
     check_targets(header, args.model, args.include, args.exclude)
 
 
+def _check_option_files(args: argparse.Namespace) -> None:
+    """optimize's files and refinement options, checked before quantizing or calibrating
+    (gate_config_from_args and _refinement read them again, after those steps)."""
+    from .allocation import Allocation
+    from .calibration import Calibration
+
+    if args.allocation:
+        Allocation.load(args.allocation)
+    if args.calibration:
+        Calibration.load(args.calibration)
+    if args.refine_rounds:
+        _refinement(args, _expected_gating(args))
+
+
 def _notice(message: str) -> None:
     print(f"[optimize] note: {message}", file=sys.stderr, flush=True)
 
@@ -339,6 +353,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     header = check_paths(Path(args.model), Path(args.output), force=args.force)  # fail fast, before any calibration
     _check_before_work(args, header)
     del header
+    _check_option_files(args)
     if getattr(args, "quantize", None):
         from .quantize import QuantizedCopy, quantize_config_from_args
 
