@@ -27,8 +27,8 @@ from wina_onnx.runtime import CausalLM, load_tokenizer, uses_wina_domain  # noqa
 
 PROMPT = "The quick brown fox jumps over"
 MAX_NEW = 12
-# The builder's folders the round trip runs on (int4: once the pass gates MatMulNBits).
-ROUND_TRIP = ["fp32-cpu", "fp16-cuda"]
+# The builder's folders the round trip runs on.
+ROUND_TRIP = ["fp32-cpu", "fp16-cuda", "int4-cpu"]
 
 
 def _og_model(folder: Path):
@@ -115,6 +115,10 @@ def test_optimize_defaults_round_trip(genai_builder_dirs: dict[str, Path], tmp_p
                                if p.key == "wina_onnx.config"))
     assert settings["gating"] == "threshold" and settings["thresholds_refined"]["rounds"] == 1
     assert settings["sparsity"].startswith("greedy 0.5")
+    ops = [n.op_type for n in onnx.load(model, load_external_data=False).graph.node]
+    if name.startswith("int4"):  # every 4-bit projection gated by the 4-bit op; the LM head stays dense
+        layers = _genai_config(folder)["model"]["decoder"]["num_hidden_layers"]
+        assert ops.count("MatMulNBits") == 1 and ops.count("WinaSparseMatMulNBits") == 5 * layers  # qkv o gate up down
 
     # genai_config.json: the builder's, plus the op library; the library is in the folder.
     written = _genai_config(out)
