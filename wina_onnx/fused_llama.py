@@ -31,6 +31,16 @@ its largest tensor. It is a speed model: the numbers it computes mean nothing.
 The rotary cache uses plain RoPE with rope_theta (Llama-3's frequency scaling changes
 the cache values, not the work).
 
+4-bit weights (`weights="int4"`): the graph the GenAI builder writes for CUDA with
+`-p int4`. Every projection and the LM head is a com.microsoft MatMulNBits (bits 4,
+block_size 32, accuracy_level 0, float16 scales [N, K/32], no zero points: symmetric
+codes around 8), q/k/v packed into one qkv_proj whose output feeds GroupQueryAttention
+as packed QKV, gate/up/down and o_proj separate, the embedding table float16. Node and
+weight names follow the builder (`/model/layers.3/attn/qkv_proj/MatMul_Q4`,
+`model.layers.3.attn.qkv_proj.MatMul.weight_Q4` and `..._scales`). The codes are
+uniform random bytes and the scales |normal| sized so a weight's standard deviation is
+`std`, as in the float16 model.
+
 Static KV cache (`static_cache=True`, or `write_static_cache_model` on any model this
 module wrote, dense or rewritten by the WINA pass): the variant ONNX Runtime GenAI's
 builder writes for CUDA graphs. GroupQueryAttention takes its lengths as graph inputs
@@ -129,6 +139,38 @@ def torch_generator(seed: int = 0, device: str = "cuda") -> Generator:
     return draw
 
 
+# A code generator: (name, shape) -> uint8 array of uniform random bytes (two 4-bit codes each).
+CodeGenerator = Callable[[str, tuple], np.ndarray]
+
+
+def numpy_code_generator(seed: int = 0) -> CodeGenerator:
+    """Uniform random bytes from NumPy."""
+    rng = np.random.default_rng(seed + 1)
+
+    def draw(name: str, shape: tuple) -> np.ndarray:
+        return rng.integers(0, 256, size=shape, dtype=np.uint8)
+
+    return draw
+
+
+def torch_code_generator(seed: int = 0, device: str = "cuda") -> CodeGenerator:
+    """Uniform random bytes drawn by torch on `device`."""
+    import torch
+
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed + 1)
+
+    def draw(name: str, shape: tuple) -> np.ndarray:
+        return torch.randint(0, 256, shape, dtype=torch.uint8, device=device, generator=gen).cpu().numpy()
+
+    return draw
+
+
+WEIGHT_FORMATS = ("float16", "int4")
+INT4_BLOCK_SIZE = 32  # the GenAI builder's default block size
+_CODE_VARIANCE = 21.5  # E[(c - 8)^2] for codes c uniform in 0..15
+
+
 class _Weights:
     """Appends tensors to one external data file and makes the TensorProtos that point at it."""
 
@@ -162,6 +204,18 @@ class _Weights:
         self.file.close()
 
 
+def _path_parts(module: str) -> list[str]:
+    """"model.layers.3.mlp.gate_proj" -> ["model", "layers.3", "mlp", "gate_proj"] (node path parts)."""
+    parts = module.split(".")
+    out: list[str] = []
+    for part in parts:
+        if part.isdigit() and out:
+            out[-1] = f"{out[-1]}.{part}"
+        else:
+            out.append(part)
+    return out
+
+
 def _rotary_cache(shape: LlamaShape) -> tuple[np.ndarray, np.ndarray]:
     half = shape.head_dim // 2
     inv_freq = 1.0 / (shape.rope_theta ** (np.arange(0, half, dtype=np.float64) * 2 / shape.head_dim))
@@ -177,17 +231,32 @@ def build_fused_llama(
     std: float = 0.02,
     progress: Callable[[str], None] | None = None,
     static_cache: bool = False,
+    weights: str = "float16",
+    code_generator: CodeGenerator | None = None,
+    block_size: int = INT4_BLOCK_SIZE,
 ) -> Path:
     """Write model.onnx (+ model.onnx.data) and config.json for `shape` into output_dir.
 
-    Returns the model path. float16 throughout (weights, activations, KV cache, logits).
+    Returns the model path. float16 activations, KV cache and logits.
     static_cache: the GenAI-style graph with a fixed-length KV buffer shared by past and
     present (see the module's docstring); default: the Optimum-style interface.
+    weights: "float16" (MatMul projections, q/k/v separate) or "int4" (the GenAI builder's
+    CUDA int4 graph: MatMulNBits projections and LM head, q/k/v packed; codes from
+    `code_generator`, scales from `generator`; block_size must divide the hidden and
+    intermediate sizes).
     """
+    if weights not in WEIGHT_FORMATS:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_FORMATS)}, not {weights!r}")
+    int4 = weights == "int4"
+    if int4 and (block_size < 16 or block_size & (block_size - 1)
+                 or shape.hidden_size % block_size or shape.intermediate_size % block_size):
+        raise ValueError(f"block_size {block_size} must be a power of two of 16 or more dividing "
+                         f"{shape.hidden_size} and {shape.intermediate_size}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     draw = generator or numpy_generator()
-    weights = _Weights(output_dir, "model.onnx.data")
+    draw_codes = code_generator or numpy_code_generator()
+    store = _Weights(output_dir, "model.onnx.data")
     f16 = TensorProto.FLOAT16
     h, inter, n_layers = shape.hidden_size, shape.intermediate_size, shape.num_hidden_layers
     heads, kv_heads, hd = shape.num_attention_heads, shape.num_key_value_heads, shape.head_dim
@@ -201,8 +270,25 @@ def build_fused_llama(
         small.append(onnx.numpy_helper.from_array(array, name))
         return name
 
+    def projection(module: str, x: str, k: int, n: int, output: str | None = None) -> str:
+        """One projection of `module` ("model.layers.3.mlp.gate_proj", "lm_head") on x [.., k] -> [.., n]."""
+        path = "/" + "/".join(_path_parts(module))
+        if not int4:
+            w = store.add(f"{module}.weight", draw(module, (k, n), std))
+            out = output or f"{path}/MatMul_output_0"
+            node("MatMul", [x, w], [out], f"{path}/MatMul")
+            return out
+        blocks = k // block_size
+        codes = store.add(f"{module}.MatMul.weight_Q4", draw_codes(module, (n, blocks, block_size // 2)))
+        scales = np.abs(draw(module + ".scales", (n, blocks), std / np.sqrt(_CODE_VARIANCE)))
+        scales = store.add(f"{module}.MatMul.weight_scales", scales.astype(np.float16))
+        out = output or f"{path}/MatMul/output_0"
+        node("MatMulNBits", [x, codes, scales], [out], f"{path}/MatMul_Q4", domain=MS_DOMAIN, K=k, N=n, bits=4,
+             block_size=block_size, accuracy_level=0)
+        return out
+
     try:
-        embed = weights.add("model.embed_tokens.weight", draw("embed", (shape.vocab_size, h), std))
+        embed = store.add("model.embed_tokens.weight", draw("embed", (shape.vocab_size, h), std))
         node("Gather", [embed, "input_ids"], ["/model/embed_tokens/Gather_output_0"], "/model/embed_tokens/Gather")
         # GroupQueryAttention's lengths, from the attention mask (as ONNX Runtime GenAI's builder).
         mask = "/model/attn_mask_reformat/attn_mask_subgraph"
@@ -220,11 +306,13 @@ def build_fused_llama(
         cos_name = const("cos_cache", cos)
         sin_name = const("sin_cache", sin)
 
+        attn_module = "attn" if int4 else "self_attn"  # the GenAI builder's name / the exporters'
         residual = "/model/embed_tokens/Gather_output_0"
         pending = None  # output of the previous layer's down_proj, added to the residual by the next norm
         for i in range(n_layers):
             p = f"/model/layers.{i}"
-            ln = weights.add(f"model.layers.{i}.input_layernorm.weight", draw("ln", (h,), 0))
+            m = f"model.layers.{i}"
+            ln = store.add(f"{m}.input_layernorm.weight", draw("ln", (h,), 0))
             normed = f"{p}/input_layernorm/output_0"
             if pending is None:
                 node("SimplifiedLayerNormalization", [residual, ln], [normed], f"{p}/input_layernorm/LayerNorm",
@@ -235,49 +323,40 @@ def build_fused_llama(
                      [normed, "", "", new_residual], f"{p}/input_layernorm/SkipLayerNorm", domain=MS_DOMAIN,
                      epsilon=shape.rms_norm_eps)
                 residual = new_residual
-            proj = {}
-            for kind, n_out in (("q_proj", heads * hd), ("k_proj", kv_heads * hd), ("v_proj", kv_heads * hd)):
-                w = weights.add(f"model.layers.{i}.self_attn.{kind}.weight", draw(kind, (h, n_out), std))
-                out = f"{p}/self_attn/{kind}/MatMul_output_0"
-                node("MatMul", [normed, w], [out], f"{p}/self_attn/{kind}/MatMul")
-                proj[kind] = out
-            attn = f"{p}/self_attn/GroupQueryAttention_output_0"
+            if int4:  # packed: GroupQueryAttention splits q, k, v itself
+                qkv = [projection(f"{m}.attn.qkv_proj", normed, h, (heads + 2 * kv_heads) * hd), "", ""]
+            else:
+                qkv = [projection(f"{m}.self_attn.{kind}", normed, h, n_out) for kind, n_out in
+                       (("q_proj", heads * hd), ("k_proj", kv_heads * hd), ("v_proj", kv_heads * hd))]
+            attn = f"{p}/{attn_module}/GroupQueryAttention_output_0"
             node("GroupQueryAttention",
-                 [proj["q_proj"], proj["k_proj"], proj["v_proj"], f"past_key_values.{i}.key",
-                  f"past_key_values.{i}.value", f"{mask}/seqlens_k", f"{mask}/total_seq_len", cos_name, sin_name],
-                 [attn, f"present.{i}.key", f"present.{i}.value"], f"{p}/self_attn/GroupQueryAttention",
+                 [*qkv, f"past_key_values.{i}.key", f"past_key_values.{i}.value", f"{mask}/seqlens_k",
+                  f"{mask}/total_seq_len", cos_name, sin_name],
+                 [attn, f"present.{i}.key", f"present.{i}.value"], f"{p}/{attn_module}/GroupQueryAttention",
                  domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads, do_rotary=1, rotary_interleaved=0,
                  scale=float(1.0 / np.sqrt(hd)))
-            wo = weights.add(f"model.layers.{i}.self_attn.o_proj.weight", draw("o_proj", (heads * hd, h), std))
-            o_out = f"{p}/self_attn/o_proj/MatMul_output_0"
-            node("MatMul", [attn, wo], [o_out], f"{p}/self_attn/o_proj/MatMul")
-            post_ln = weights.add(f"model.layers.{i}.post_attention_layernorm.weight", draw("ln", (h,), 0))
+            o_out = projection(f"{m}.{attn_module}.o_proj", attn, heads * hd, h)
+            post_ln = store.add(f"{m}.post_attention_layernorm.weight", draw("ln", (h,), 0))
             mlp_in = f"{p}/post_attention_layernorm/output_0"
             mid_residual = f"{p}/post_attention_layernorm/output_3"
             node("SkipSimplifiedLayerNormalization", [o_out, residual, post_ln], [mlp_in, "", "", mid_residual],
                  f"{p}/post_attention_layernorm/SkipLayerNorm", domain=MS_DOMAIN, epsilon=shape.rms_norm_eps)
             residual = mid_residual
-            wg = weights.add(f"model.layers.{i}.mlp.gate_proj.weight", draw("gate_proj", (h, inter), std))
-            wu = weights.add(f"model.layers.{i}.mlp.up_proj.weight", draw("up_proj", (h, inter), std))
-            wd = weights.add(f"model.layers.{i}.mlp.down_proj.weight", draw("down_proj", (inter, h), std))
-            gate, up = f"{p}/mlp/gate_proj/MatMul_output_0", f"{p}/mlp/up_proj/MatMul_output_0"
-            node("MatMul", [mlp_in, wg], [gate], f"{p}/mlp/gate_proj/MatMul")
-            node("MatMul", [mlp_in, wu], [up], f"{p}/mlp/up_proj/MatMul")
+            gate = projection(f"{m}.mlp.gate_proj", mlp_in, h, inter)
+            up = projection(f"{m}.mlp.up_proj", mlp_in, h, inter)
             node("Sigmoid", [gate], [f"{p}/mlp/act_fn/Sigmoid_output_0"], f"{p}/mlp/act_fn/Sigmoid")
             node("Mul", [gate, f"{p}/mlp/act_fn/Sigmoid_output_0"], [f"{p}/mlp/act_fn/Mul_output_0"],
                  f"{p}/mlp/act_fn/Mul")
             node("Mul", [f"{p}/mlp/act_fn/Mul_output_0", up], [f"{p}/mlp/Mul_output_0"], f"{p}/mlp/Mul")
-            pending = f"{p}/mlp/down_proj/MatMul_output_0"
-            node("MatMul", [f"{p}/mlp/Mul_output_0", wd], [pending], f"{p}/mlp/down_proj/MatMul")
+            pending = projection(f"{m}.mlp.down_proj", f"{p}/mlp/Mul_output_0", inter, h)
             if progress is not None:
                 progress(f"layer {i + 1}/{n_layers}")
-        final_ln = weights.add("model.norm.weight", draw("ln", (h,), 0))
+        final_ln = store.add("model.norm.weight", draw("ln", (h,), 0))
         node("SkipSimplifiedLayerNormalization", [pending, residual, final_ln], ["/model/norm/output_0"],
              "/model/norm/SkipLayerNorm", domain=MS_DOMAIN, epsilon=shape.rms_norm_eps)
-        lm = weights.add("lm_head.weight", draw("lm_head", (h, shape.vocab_size), std))
-        node("MatMul", ["/model/norm/output_0", lm], ["logits"], "/lm_head/MatMul")
+        projection("lm_head", "/model/norm/output_0", h, shape.vocab_size, output="logits")
     finally:
-        weights.close()
+        store.close()
 
     kv_shape = ["batch_size", kv_heads, "past_sequence_length", hd]
     present_shape = ["batch_size", kv_heads, "total_sequence_length", hd]
@@ -291,7 +370,7 @@ def build_fused_llama(
         for kind in ("key", "value"):
             inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", f16, kv_shape))
             outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", f16, present_shape))
-    graph = helper.make_graph(nodes, "llama_fused", inputs, outputs, small + weights.tensors)
+    graph = helper.make_graph(nodes, "llama_fused", inputs, outputs, small + store.tensors)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
         producer_name="wina-onnx fused_llama")
