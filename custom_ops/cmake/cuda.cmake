@@ -72,6 +72,7 @@ function(wina_add_cuda_kernels target)
     "${_dir}/decode.cu"
     "${_dir}/prefill.cu"
     "${_dir}/topk_select.cu"
+    "${_dir}/nbits_decode.cu"
     "${_dir}/plan.cc")
   target_include_directories(wina_cuda_kernels PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}/src")
   set_target_properties(wina_cuda_kernels PROPERTIES
@@ -99,4 +100,12 @@ function(wina_add_cuda_kernels target)
   target_include_directories(wina_cuda_launcher_bench PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}/src")
   set_target_properties(wina_cuda_launcher_bench PROPERTIES CUDA_RUNTIME_LIBRARY Static)
   target_compile_options(wina_cuda_launcher_bench PRIVATE -O3)
+
+  # The same for the 4-bit decode and dequantization launchers (WinaSparseMatMulNBits):
+  #   cmake --build <build dir> --target wina_cuda_nbits_bench
+  add_executable(wina_cuda_nbits_bench EXCLUDE_FROM_ALL
+    "${_dir}/tools/nbits_bench.cu" $<TARGET_OBJECTS:wina_cuda_kernels>)
+  target_include_directories(wina_cuda_nbits_bench PRIVATE "${CMAKE_CURRENT_SOURCE_DIR}/src")
+  set_target_properties(wina_cuda_nbits_bench PROPERTIES CUDA_RUNTIME_LIBRARY Static)
+  target_compile_options(wina_cuda_nbits_bench PRIVATE -O3)
 endfunction()

@@ -49,6 +49,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     if (api_base->GetApi(wina::kMinCudaApiVersion) != nullptr) {
       add_op<wina::WinaSparseMatMulOp<wina::WinaSparseMatMulCudaKernel>>(domain);
       add_op<wina::WinaSparseMatMulGroupOp<wina::WinaSparseMatMulGroupCudaKernel>>(domain);
+      add_op<wina::WinaSparseMatMulNBitsOp<wina::WinaSparseMatMulNBitsCudaKernel>>(domain);
     }
 #endif
     Ort::UnownedSessionOptions(options).Add(domain);

@@ -290,7 +290,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
     nbits_decode_kernel(const T* __restrict__ x, const __grid_constant__ DecodeArgs a, NbitsGate gate) {
   constexpr int RG = kThreads / CT;
   constexpr int TC = CT * kColsPerThread;  // columns of a tile
-  static_assert(TC <= kMaxSlab, "the slab's partial sums reuse s_x");
+  constexpr bool kClusterable = TC <= kMaxSlab;  // a cluster plan's sums live in s_x
   extern __shared__ __align__(16) unsigned char s_dyn[];
   __shared__ int s_rows[kMaxSlab];
   __shared__ __align__(16) float s_x[MT][kMaxSlab];
@@ -529,8 +529,11 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
   }
   if (q_cur >= 0) flush(q_cur - q0);
 
-  // 3. Add the row groups in a fixed order into s_part [MT][TC] (over s_x, free now).
-  float* s_red = reinterpret_cast<float*>(s_dyn);  // [RG][33 * CT]: (rg, v, ct) at rg * 33 CT + v CT + ct
+  // 3. Add the row groups in a fixed order: column c = 32 ct + v of the tile is (g, ct, v) of
+  // s_red [RG][CT][33] (padded: conflict-free for the stores of a warp and the loads of the sums).
+  // Split-K plans store the tile's sums to the partial-sum workspace, cluster plans to s_part
+  // [MT][TC] (over s_x, free now) for the cluster to add.
+  float* s_red = reinterpret_cast<float*>(s_dyn);
   float* s_part = &s_x[0][0];
   __syncthreads();  // every thread is done with s_w and s_x
 #pragma unroll
@@ -538,20 +541,22 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
     if (m >= a.M) break;
     if (m > 0) __syncthreads();  // s_red is free again
 #pragma unroll
-    for (int v = 0; v < kColsPerThread; ++v) s_red[rg * 33 * CT + v * CT + ct] = tot[m][v];
+    for (int v = 0; v < kColsPerThread; ++v) s_red[(rg * CT + ct) * 33 + v] = tot[m][v];
     __syncthreads();
     for (int i = tid; i < TC; i += kThreads) {
-      const int ci = i % CT;
-      const int vi = i / CT;
       float s = 0.0f;
 #pragma unroll 8
-      for (int g = 0; g < RG; ++g) s += s_red[g * 33 * CT + vi * CT + ci];
-      s_part[m * TC + ci * kColsPerThread + vi] = s;
+      for (int g = 0; g < RG; ++g) s += s_red[(g * CT + (i >> 5)) * 33 + (i & 31)];
+      if (kClusterable && a.cluster > 0) {
+        s_part[m * TC + i] = s;
+      } else if (col0 + i < a.N) {
+        a.partial[(static_cast<int64_t>(split) * a.M + m) * a.N + col0 + i] = s;
+      }
     }
   }
-  __syncthreads();
 
-  if (a.cluster > 0) {
+  if (kClusterable && a.cluster > 0) {
+    __syncthreads();
     // The cluster is this tile's slabs; block rank r adds columns [r, r + 1) x ceil(TC / cluster)
     // of every slab, in slab order, adds the bias and writes Y.
     cluster_barrier();
@@ -577,13 +582,6 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
       }
     }
     cluster_barrier();  // no block leaves while another still reads its shared memory
-  } else {
-    for (int e = tid; e < a.M * TC; e += kThreads) {
-      const int m = e / TC;
-      const int c = e - m * TC;
-      if (col0 + c < a.N)
-        a.partial[(static_cast<int64_t>(split) * a.M + m) * a.N + col0 + c] = s_part[m * TC + c];
-    }
   }
 }
 
@@ -680,6 +678,21 @@ void stage_layout(const NbitsProblem& p, int col_threads, int64_t rows, int* sca
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 // Raises a decode kernel's shared-memory limit (and allows clusters of 16) once per device.
+// The shared-memory carveout of every kernel of the decode path: the largest, so that consecutive
+// decode and reduction kernels need no reconfiguration of the multiprocessors between them.
+template <typename Kernel>
+cudaError_t set_carveout_once(Kernel kernel, std::atomic<uint64_t>& done) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
+  if (bit != 0 && (done.load(std::memory_order_acquire) & bit)) return cudaSuccess;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             static_cast<int>(cudaSharedmemCarveoutMaxShared));
+  if (err == cudaSuccess && bit != 0) done.fetch_or(bit, std::memory_order_release);
+  return err;
+}
+
 template <typename Kernel>
 cudaError_t prepare_kernel(Kernel kernel, std::atomic<uint64_t>& done, bool big_cluster) {
   int device = 0;
@@ -699,8 +712,13 @@ cudaError_t launch_decode_kernel(const NbitsProblem& p, const NbitsPlan& plan, D
                                  int stage_bytes, Stream stream) {
   auto* kernel = nbits_decode_kernel<T, MT, CT, MODE, S>;
   static std::atomic<uint64_t> done{0};
-  const cudaError_t err = prepare_kernel(kernel, done, plan.cluster > 8);
+  cudaError_t err = prepare_kernel(kernel, done, plan.cluster > 8);
   if (err != cudaSuccess) return err;
+  if (plan.max_carveout) {
+    static std::atomic<uint64_t> carveout_done{0};
+    err = set_carveout_once(kernel, carveout_done);
+    if (err != cudaSuccess) return err;
+  }
   args.scale_offset += work_bytes(S);
   args.zero_offset += work_bytes(S);
   const size_t smem = static_cast<size_t>(work_bytes(S) + stage_bytes);
@@ -728,12 +746,20 @@ cudaError_t launch_decode_ct(const NbitsProblem& p, const NbitsPlan& plan, const
   switch (plan.col_threads) {
     case 8: return launch_decode_stages<T, MT, 8, MODE>(p, plan, args, gate, stage_bytes, stream);
     case 16: return launch_decode_stages<T, MT, 16, MODE>(p, plan, args, gate, stage_bytes, stream);
+    case 32: return launch_decode_stages<T, MT, 32, MODE>(p, plan, args, gate, stage_bytes, stream);
+    case 64: return launch_decode_stages<T, MT, 64, MODE>(p, plan, args, gate, stage_bytes, stream);
     default: return cudaErrorInvalidValue;
   }
 }
 
 template <typename T>
-cudaError_t launch_reduce(const NbitsProblem& p, const float* partial, int splits, bool pdl, Stream stream) {
+cudaError_t launch_reduce(const NbitsProblem& p, const float* partial, int splits, bool pdl, bool max_carveout,
+                          Stream stream) {
+  if (max_carveout) {
+    static std::atomic<uint64_t> carveout_done{0};
+    const cudaError_t err = set_carveout_once(nbits_reduce_kernel<T>, carveout_done);
+    if (err != cudaSuccess) return err;
+  }
   const dim3 grid(static_cast<unsigned>((p.N + kReduceCols - 1) / kReduceCols),
                   static_cast<unsigned>(std::min<int64_t>(p.M, 65535)));
   return launch_clustered(stream, nbits_reduce_kernel<T>, grid, dim3(kReduceCols, kReduceLanes), 0, pdl, 0u, partial,
@@ -747,9 +773,10 @@ bool bad_problem(const NbitsProblem& p) {
 }
 
 bool bad_plan(const NbitsPlan& plan, const NbitsProblem& p) {
-  const bool ct_ok = plan.col_threads == 8 || plan.col_threads == 16;
+  const bool ct_ok = plan.col_threads == 8 || plan.col_threads == 16 || plan.col_threads == 32 ||
+                     plan.col_threads == 64;
   const bool cluster_ok = plan.cluster == 0 || (plan.cluster >= 2 && plan.cluster <= kMaxCluster &&
-                                                plan.cluster == plan.splits);
+                                                plan.cluster == plan.splits && plan.col_threads <= 32);
   return !plan.decode || p.M > kNbitsMaxDecodeTokens || !ct_ok || !cluster_ok || plan.stages < 2 ||
          plan.stages > kMaxStages || plan.rows_per_split <= 0 ||
          plan.rows_per_split > kNbitsMaxSlabRows || plan.rows_per_split % 32 != 0 ||
@@ -765,17 +792,33 @@ NbitsPlan MakeNbitsPlan(const NbitsProblem& p, const DeviceInfo& device, int blo
   plan.decode = p.M <= kNbitsMaxDecodeTokens;
   plan.pdl = device.cc_major >= 9;
   if (!plan.decode || p.M == 0 || p.K == 0 || p.N == 0) return plan;
-  plan.col_threads = col_threads > 0 ? col_threads : 8;
-  const int64_t tile_bytes = static_cast<int64_t>(plan.col_threads) * kCodeBytes;
-  const int64_t tiles = (row_bytes_of(p) + tile_bytes - 1) / tile_bytes;
   // About two blocks per multiprocessor for one token (at most: a grid a little over that lands
   // unevenly); one for two tokens, whose kernel takes twice the registers.
   const int default_bpsm = p.M == 1 ? 2 : 1;
   const int64_t target =
       static_cast<int64_t>(blocks_per_sm > 0 ? blocks_per_sm : default_bpsm) * std::max(device.sm_count, 1);
-  const int64_t want_splits = std::max<int64_t>(1, target / tiles);
-  int64_t rows = (p.K + want_splits - 1) / want_splits;
-  rows = std::min<int64_t>(std::max<int64_t>((rows + 31) / 32 * 32, 32), kNbitsMaxSlabRows);
+  auto slab_rows = [&](int ct, int64_t* tiles_out) {
+    const int64_t tile_bytes = static_cast<int64_t>(ct) * kCodeBytes;
+    const int64_t tiles = (row_bytes_of(p) + tile_bytes - 1) / tile_bytes;
+    const int64_t want_splits = std::max<int64_t>(1, target / tiles);
+    const int64_t rows = (p.K + want_splits - 1) / want_splits;
+    *tiles_out = tiles;
+    return std::min<int64_t>(std::max<int64_t>((rows + 31) / 32 * 32, 32), kNbitsMaxSlabRows);
+  };
+  // The widest tile (32, 16 or 8 threads: 512, 256 or 128 bytes of a row) whose slabs keep at
+  // least 128 rows: on the H200 (launchers, docs/cuda-notes.md) 512-byte tiles were the fastest
+  // for 4096x14336 and 14336x4096 and 2-4 us slower where they cut 4096x4096 into 64-row slabs.
+  int64_t tiles = 0;
+  int64_t rows = 0;
+  plan.col_threads = col_threads;
+  if (plan.col_threads <= 0) {
+    for (const int ct : {32, 16, 8}) {
+      plan.col_threads = ct;
+      rows = slab_rows(ct, &tiles);
+      if (rows >= 128) break;
+    }
+  }
+  rows = slab_rows(plan.col_threads, &tiles);
   // The slab's block scales and zero points must fit their shared-memory stage.
   for (;;) {
     int scale_bytes = 0, zero_bytes = 0;
@@ -790,7 +833,7 @@ NbitsPlan MakeNbitsPlan(const NbitsProblem& p, const DeviceInfo& device, int blo
   // added in distributed shared memory and no reduction kernel follows.
   // Clusters of more than 8 blocks (non-portable) ran in several waves on the H200 (a cluster
   // of 16 with two blocks per SM, 4096x4096: 14.3 against 9.4 us split-K).
-  if (allow_cluster && device.cc_major >= 9 && plan.splits >= 2 && plan.splits <= 8)
+  if (allow_cluster && device.cc_major >= 9 && plan.splits >= 2 && plan.splits <= 8 && plan.col_threads <= 32)
     plan.cluster = static_cast<int>(plan.splits);
   // The decode kernel PDL-launched after the previous op where it is the op's only kernel, or
   // the grid is narrow (the float op's measurements, docs/cuda-notes.md).
@@ -810,7 +853,7 @@ cudaError_t LaunchNbitsDecode(const NbitsProblem& p, const NbitsPlan& plan, cons
   if (!stream.valid()) return cudaErrorInvalidResourceHandle;
   if (bad_problem(p) || p.M > kNbitsMaxDecodeTokens) return cudaErrorInvalidValue;
   if (p.M == 0 || p.N == 0) return cudaSuccess;
-  if (p.K == 0) return launch_reduce<T>(p, nullptr, 0, false, stream);  // Y = bias or 0
+  if (p.K == 0) return launch_reduce<T>(p, nullptr, 0, false, false, stream);  // Y = bias or 0
   if (bad_plan(plan, p)) return cudaErrorInvalidValue;
   if (p.gating == Gating::kThreshold ? gate.threshold == nullptr : (gate.keys == nullptr || gate.cuts == nullptr))
     return cudaErrorInvalidValue;
@@ -853,7 +896,7 @@ cudaError_t LaunchNbitsDecode(const NbitsProblem& p, const NbitsPlan& plan, cons
           : (p.gating == Gating::kTopK ? launch_decode_ct<T, 2, Gating::kTopK>(p, plan, a, gate, stage_bytes, stream)
                                        : launch_decode_ct<T, 2, Gating::kThreshold>(p, plan, a, gate, stage_bytes, stream));
   if (err != cudaSuccess || plan.cluster > 0) return err;  // a cluster plan writes Y itself
-  return launch_reduce<T>(p, a.partial, static_cast<int>(plan.splits), plan.pdl, stream);
+  return launch_reduce<T>(p, a.partial, static_cast<int>(plan.splits), plan.pdl, plan.max_carveout, stream);
 }
 
 template <typename T>

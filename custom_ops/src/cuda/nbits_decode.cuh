@@ -69,10 +69,10 @@ struct NbitsGate {
 
 struct NbitsPlan {
   bool decode = true;          // fused decode kernel (M <= kNbitsMaxDecodeTokens), else dequantize + GEMM
-  int col_threads = 8;         // threads across a column tile: 8 or 16 (128 or 256 bytes of a row)
+  int col_threads = 8;         // threads across a column tile: 8, 16, 32 or 64 (128 bytes to 1 KiB of a row)
   int64_t rows_per_split = 0;  // rows of a K slab (a multiple of 32, <= kNbitsMaxSlabRows)
   int64_t splits = 0;          // K slabs = ceil(K / rows_per_split)
-  int cluster = 0;             // sm_90: 0, or splits (2 to 16) as one cluster per column tile that
+  int cluster = 0;             // sm_90, col_threads <= 32: 0, or splits (2 to 16) as one cluster per column tile that
                                // adds its slabs in distributed shared memory and writes Y
   bool pdl = false;            // programmatic dependent launch (sm_90): kernels overlap the one before
   bool pdl_first = false;      // the decode kernel too, after the previous op's last kernel
@@ -80,13 +80,16 @@ struct NbitsPlan {
   int stages = 3;              // batches of 4 rows a thread in flight (2 to 4; 2 for two tokens)
   int prefetch_rows = 0;       // each block prefetches its slab's first kept rows into the L2 as it lists them
   int probe = 0;               // timing only (results wrong): 1 skips the product's arithmetic, 2 the product
+  bool max_carveout = false;   // the decode and reduction kernels ask for the largest shared-memory carveout
 };
 
 // The plan for a problem on a device. blocks_per_sm > 0 and col_threads > 0 override the built-in
-// choices (a benchmark's sweep); allow_cluster false forces split-K.
+// choices (a benchmark's sweep); allow_cluster lets slabs of 2 to 8 per column tile form one
+// cluster (sm_90; off by default: no faster than split-K on the H200 but for 4096x14336 with
+// 128-byte tiles, slower than the 512-byte split-K plan there).
 template <typename T>
 NbitsPlan MakeNbitsPlan(const NbitsProblem& p, const DeviceInfo& device, int blocks_per_sm = 0, int col_threads = 0,
-                        bool allow_cluster = true);
+                        bool allow_cluster = false);
 
 // Bytes of device scratch the decode plan needs (0 allowed: then workspace may be nullptr).
 template <typename T>

@@ -14,6 +14,8 @@
 #include <vector>
 
 #include "cuda/launchers.cuh"
+#include "cuda/nbits_decode.cuh"
+#include "cuda/topk_select.cuh"
 
 namespace wina {
 
@@ -181,6 +183,58 @@ void run(const cuda::Problem& problem, const cuda::DeviceInfo& device, OrtKernel
   check_cuda(cuda::LaunchWinaSparseMatMul<T>(problem, plan, scratch.get(), stream), "kernel launch");
 }
 
+// WinaSparseMatMulNBits on the device: the fused 4-bit decode (after the top-k select for the
+// top-k rule), or for more tokens the weight dequantized into scratch and the float path.
+template <typename T>
+void run_nbits(const cuda::NbitsProblem& p, const cuda::DeviceInfo& device, OrtKernelContext* context,
+               const OrtMemoryInfo* info, OrtAllocator* allocator, cuda::Stream stream) {
+  cuda::NbitsPlan plan = cuda::MakeNbitsPlan<T>(p, device);
+  if (no_pdl()) plan.pdl = false;
+  cuda::Problem fp;  // the same call with a float weight (top-k select, prefill)
+  fp.x = p.x;
+  fp.score_scale = p.score_scale;
+  fp.threshold = p.threshold;
+  fp.k = p.k;
+  fp.bias = p.bias;
+  fp.y = p.y;
+  fp.M = p.M;
+  fp.K = p.K;
+  fp.N = p.N;
+  fp.gating = p.gating;
+  if (plan.decode) {
+    const bool topk = p.gating == Gating::kTopK && p.M > 0 && p.K > 0 && p.N > 0;
+    const size_t gate = topk ? cuda::gate_bytes(fp) : 0;
+    Scratch scratch(context, info, allocator, gate + cuda::NbitsDecodeWorkspaceBytes<T>(p, plan));
+    cuda::NbitsGate g;
+    g.threshold = p.threshold;
+    if (topk) {
+      char* ws = static_cast<char*>(scratch.get());
+      auto* keys = reinterpret_cast<uint32_t*>(ws);
+      auto* cuts = reinterpret_cast<int32_t*>(ws + cuda::align_up(static_cast<size_t>(p.M) * 4));
+      check_cuda(cuda::launch_select<T>(fp, keys, cuts, plan.pdl, stream), "kernel launch");
+      g.keys = keys;
+      g.cuts = cuts;
+    }
+    void* ws = gate > 0 ? static_cast<char*>(scratch.get()) + gate : scratch.get();
+    check_cuda(cuda::LaunchNbitsDecode<T>(p, plan, g, ws, stream), "kernel launch");
+    return;
+  }
+  // Prefill: the whole weight is read anyway (many tokens keep every row between them), so it
+  // is dequantized once into scratch (stream-ordered: freed after the GEMM below has run).
+  Scratch weight(context, info, allocator, static_cast<size_t>(p.K) * static_cast<size_t>(p.N) * sizeof(T));
+  check_cuda(cuda::LaunchNbitsDequantize<T>(p, weight.get(), stream), "kernel launch");
+  fp.b = weight.get();
+  run<T>(fp, device, context, info, allocator, stream);
+}
+
+cuda::ZeroPointKind zero_point_kind(NbitsZeroPoints kind) {
+  switch (kind) {
+    case kZeroPointsPacked: return cuda::ZeroPointKind::kPacked;
+    case kZeroPointsFloat: return cuda::ZeroPointKind::kTyped;
+    default: return cuda::ZeroPointKind::kNone;
+  }
+}
+
 }  // namespace
 
 CudaKernelBase::CudaKernelBase(const OrtKernelInfo* info, std::string node, ONNXTensorElementDataType type)
@@ -277,6 +331,39 @@ void WinaSparseMatMulGroupCudaKernel::Compute(OrtKernelContext* context) {
     // Prefill: each weight's masked X and GEMM in turn (the GEMMs dominate; grouping saves nothing there).
     for (int s = 0; s < group.count; ++s)
       run<T>(cuda::SegmentProblem(group, s), device, context, memory_info_, allocator_, stream);
+  });
+}
+
+WinaSparseMatMulNBitsCudaKernel::WinaSparseMatMulNBitsCudaKernel(const OrtKernelInfo* info,
+                                                                 ONNXTensorElementDataType type)
+    : CudaKernelBase(info, node_label(info, kNBitsOpType), type), attrs_(read_nbits_attributes(info, node_)) {}
+
+void WinaSparseMatMulNBitsCudaKernel::Compute(OrtKernelContext* context) {
+  Ort::KernelContext ctx(context);
+  const NBitsInputs in = read_nbits_inputs(ctx, type_, attrs_);
+  auto y = ctx.GetOutput(0, in.out_shape);
+  const cuda::Stream stream = compute_stream(ctx);
+  const cuda::DeviceInfo device = this->device();
+
+  cuda::NbitsProblem problem;
+  problem.x = in.x;
+  problem.b = in.b;
+  problem.scales = in.scales;
+  problem.zero_points = in.zero_points;
+  problem.zero_kind = zero_point_kind(in.zero_kind);
+  problem.score_scale = in.score_scale;
+  problem.threshold = in.threshold;
+  problem.k = in.k;
+  problem.bias = in.bias;
+  problem.y = y.GetTensorMutableRawData();
+  problem.M = in.M;
+  problem.K = attrs_.K;
+  problem.N = attrs_.N;
+  problem.block_size = attrs_.block_size;
+  problem.gating = attrs_.gating;
+  dispatch_type(type_, [&](auto tag) {
+    using T = decltype(tag);
+    run_nbits<T>(problem, device, context, memory_info_, allocator_, stream);
   });
 }
 

@@ -1,4 +1,5 @@
-// The WinaSparseMatMul custom op for the CUDA execution provider.
+// The WinaSparseMatMul, WinaSparseMatMulGroup and WinaSparseMatMulNBits custom ops for the CUDA
+// execution provider.
 //
 // Same schema (op_schema.h), validation and error messages as the CPU op (wina_sparse_matmul.h);
 // every input, threshold and k included, stays in device memory, so top-k never
@@ -13,6 +14,7 @@
 #include "cuda/plan.h"
 #include "wina_sparse_matmul.h"
 #include "wina_sparse_matmul_group.h"
+#include "wina_sparse_matmul_nbits.h"
 
 namespace wina {
 
@@ -57,6 +59,19 @@ class WinaSparseMatMulGroupCudaKernel : public CudaKernelBase {
 
  private:
   void Compute(OrtKernelContext* context) override;
+};
+
+// WinaSparseMatMulNBits (4-bit weights): up to kNbitsMaxDecodeTokens tokens through the fused
+// 4-bit decode kernel (nbits_decode.cuh) after the float op's top-k select where the rule is
+// top-k; more tokens dequantize the weight into scratch and take the float op's prefill path.
+class WinaSparseMatMulNBitsCudaKernel : public CudaKernelBase {
+ public:
+  WinaSparseMatMulNBitsCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
+
+ private:
+  void Compute(OrtKernelContext* context) override;
+
+  NBitsAttributes attrs_;
 };
 
 // Oldest ORT API the CUDA kernels need (KernelContext_GetScratchBuffer, KernelInfoGetAllocator).

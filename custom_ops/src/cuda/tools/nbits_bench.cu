@@ -7,7 +7,7 @@
 //                                        through the per-token rule the float op's select kernel
 //                                        writes, here computed on the host), every dtype, one and
 //                                        two tokens, block sizes 16-256, zero points none / uint8 /
-//                                        typed, odd shapes, every plan kind (column threads 8/16,
+//                                        typed, odd shapes, every plan kind (column threads 8-64,
 //                                        clusters and split-K, 2-4 batches in flight, L2 prefetch);
 //                                        and the dequantization kernel
 //                                        against the host, bit for bit
@@ -221,7 +221,7 @@ struct CheckCase {
   float sparsity;
   bool bias;
   int special;        // 0 random, 1 ties (few magnitudes), 2 NaN in x, 3 NaN threshold / k < 0
-  int col_threads;    // 8, 16
+  int col_threads;    // 8, 16, 32, 64
   int blocks_per_sm;  // plan sizing
   bool cluster;       // cluster plan allowed
 };
@@ -300,6 +300,7 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
   NbitsPlan plan = wina::cuda::MakeNbitsPlan<T>(p, dev, c.blocks_per_sm, c.col_threads, c.cluster);
   plan.stages = 2 + static_cast<int>(seed % 3);           // 2, 3, 4 batches in flight (2 for two tokens)
   plan.prefetch_rows = (seed / 3) % 2 == 0 ? 0 : 24;      // the L2 prefetch while gating
+  plan.max_carveout = (seed / 6) % 2 == 1;
   if (M > 0 && K > 0 && N > 0 && !plan.decode) {
     ++*skipped;
     return true;
@@ -396,7 +397,7 @@ int check_all(bool quick) {
                                {640, 4096}, {2048, 512}, {5000, 264}, {4096, 2048}, {1536, 4128}};
   const int64_t blocks[] = {16, 32, 64, 128, 256};
   const float sparsities[] = {0.0f, 0.5f, 0.9f};
-  const int cts[] = {8, 16};
+  const int cts[] = {8, 16, 32, 64};
   int total = 0, failed = 0, skipped = 0;
   uint64_t seed = 1;
   Rng pick(12345);
@@ -413,7 +414,7 @@ int check_all(bool quick) {
       c.sparsity = sparsities[pick.below(3)];
       c.bias = pick.below(2) != 0;
       c.special = pick.below(6) < 4 ? 0 : 1 + pick.below(3);
-      c.col_threads = cts[pick.below(2)];
+      c.col_threads = cts[pick.below(4)];
       c.blocks_per_sm = 1 + pick.below(4);
       c.cluster = pick.below(2) != 0;
       const int type = pick.below(3);
@@ -539,20 +540,22 @@ int bench_all(bool quick) {
   // the host, the float op's select kernel is not part of this tool).
   const int64_t G = env_ints("WINA_NB_G", {32})[0];
   const auto zk = static_cast<ZeroPointKind>(env_ints("WINA_NB_ZP", {0})[0]);
-  const std::vector<int> cts = env_ints("WINA_NB_CT", {8, 16});
+  const std::vector<int> cts = env_ints("WINA_NB_CT", {8, 16, 32, 64});
   const std::vector<int> clusters = env_ints("WINA_NB_CLUSTER", {1, 0});
   const std::vector<int> bpsms = env_ints("WINA_NB_BPSM", {0});
   const std::vector<int> pdl_firsts = env_ints("WINA_NB_PDLFIRST", {-1});
   // WINA_NB_STAGES (batches in flight), WINA_NB_PREFETCH (rows prefetched while gating),
-  // WINA_NB_PROBE (timing only: 1 no arithmetic in the product, 2 no product).
+  // WINA_NB_PROBE (timing only: 1 no arithmetic in the product, 2 no product), WINA_NB_CARVEOUT
+  // (1: the largest shared-memory carveout for the decode and reduction kernels).
   const std::vector<int> stage_list = env_ints("WINA_NB_STAGES", {3});
   const std::vector<int> prefetches = env_ints("WINA_NB_PREFETCH", {0});
   const std::vector<int> probes = env_ints("WINA_NB_PROBE", {0});
+  const std::vector<int> carveouts = env_ints("WINA_NB_CARVEOUT", {0});
   const char* modes_env = std::getenv("WINA_NB_MODES");
   const std::string modes = modes_env != nullptr ? modes_env : "threshold";
   std::printf("block size %lld, zero points %d\n", (long long)G, static_cast<int>(zk));
   std::printf("%-12s %-9s %5s %3s %4s %3s %5s %5s %3s %3s %3s %3s %9s %9s %9s %6s %7s\n", "shape", "gating", "s", "ct",
-              "bpsm", "cl", "split", "rows", "pf", "stg", "pre", "prb", "us/call", "MB read", "GB/s", "%peak", "kept");
+              "bpsm", "cl", "split", "rows", "pf", "stg", "pre", "prb/co", "us/call", "MB read", "GB/s", "%peak", "kept");
   for (const auto& shape : shapes) {
     const int64_t K = shape[0], N = shape[1];
     Rng rng(K * 31 + N);
@@ -609,6 +612,7 @@ int bench_all(bool quick) {
                for (int stages : stage_list) {
                 for (int prefetch : prefetches) {
                  for (int probe : probes) {
+                  for (int carveout : carveouts) {
                 if (quick && ct != cts[0]) continue;
                 NbitsProblem p = probs[0];
                 p.x = dx;
@@ -623,6 +627,7 @@ int bench_all(bool quick) {
                 plan.stages = stages;
                 plan.prefetch_rows = prefetch;
                 plan.probe = probe;
+                plan.max_carveout = carveout != 0;
                 if (cl != 0 && plan.cluster == 0) continue;  // the same plan as split-K
                 NbitsGate gate{dthr, dkeys, dcuts};
                 const size_t ws_bytes = wina::cuda::NbitsDecodeWorkspaceBytes<__half>(p, plan);
@@ -672,13 +677,14 @@ int bench_all(bool quick) {
                 std::printf("%-12s %-9s %5.2f %3d %4d %3d %5lld %5lld %3d %3d %3d %3d %9.2f %9.2f %9.0f %6.1f %7lld\n",
                             shape_name, gating == Gating::kTopK ? "topk" : "threshold", s, plan.col_threads, bpsm,
                             plan.cluster, (long long)plan.splits, (long long)plan.rows_per_split, plan.pdl_first ? 1 : 0,
-                            plan.stages, plan.prefetch_rows, plan.probe, us,
+                            plan.stages, plan.prefetch_rows, plan.probe * 10 + (plan.max_carveout ? 1 : 0), us,
                             bytes / 1e6, bytes / us / 1e3, 100.0 * bytes / us / 1e3 / peak, (long long)kept);
                 std::fflush(stdout);
                 CHECK(cudaEventDestroy(e0));
                 CHECK(cudaEventDestroy(e1));
                 CHECK(cudaGraphExecDestroy(exec));
                 CHECK(cudaGraphDestroy(graph));
+                  }
                  }
                 }
                }
