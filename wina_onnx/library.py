@@ -19,18 +19,23 @@ class LibraryNotFoundError(FileNotFoundError, WinaError):
     """The op library is not where the package expects it (the CLI prints one line)."""
 
 
-# Where a source checkout's builds put the library: the standalone CMake build
-# (`cmake -S custom_ops -B build/ops && cmake --build build/ops`) and the wheel builds.
-_CHECKOUT_BUILDS = ("build/ops", "build/*")
+# Where a source checkout's builds put the library, in order of preference: the standalone
+# CMake build (`cmake -S custom_ops -B build/ops && cmake --build build/ops`), then the wheel
+# build (scikit-build-core's build/{wheel_tag}). Other folders under build/ (sanitizer or
+# experimental builds) are never picked up implicitly: name them with WINA_ONNX_LIBRARY.
+_CHECKOUT_BUILDS = ("build/ops", "build/py3-*")
 
 
 def _checkout_library() -> Path | None:
-    """The library built inside a source checkout, if this package is one (newest first)."""
+    """The library built inside a source checkout, if this package is one."""
     root = Path(__file__).resolve().parent.parent
     if not (root / "custom_ops" / "CMakeLists.txt").is_file():
         return None
-    found = [p for pattern in _CHECKOUT_BUILDS for p in root.glob(f"{pattern}/{LIBRARY_NAME}")]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    for pattern in _CHECKOUT_BUILDS:
+        found = sorted(root.glob(f"{pattern}/{LIBRARY_NAME}"))
+        if found:
+            return found[0]
+    return None
 
 
 def get_library_path() -> str:
