@@ -88,11 +88,12 @@ void finish_decode_row(const SparseMatMulArgs& a, const float* partials, int64_t
       bias = bf;
     }
   }
-  for (int64_t n = 0; n < N; ++n) {
-    float v = partials[n];
-    for (int64_t t = 1; t < tasks; ++t) v += partials[t * N + n];
-    out[n] = bias ? bias[n] + v : v;
-  }
+  // Row by row (vectorizes), the same additions in the same order as per column.
+  if (out != partials) std::memcpy(out, partials, static_cast<size_t>(N) * sizeof(float));
+  for (int64_t t = 1; t < tasks; ++t)
+    for (int64_t n = 0; n < N; ++n) out[n] += partials[t * N + n];
+  if (bias)
+    for (int64_t n = 0; n < N; ++n) out[n] = bias[n] + out[n];
   if (a.dtype != kFloat32) narrow_row(a.dtype, out, N, a.y);
 }
 

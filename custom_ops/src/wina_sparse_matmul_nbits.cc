@@ -15,11 +15,13 @@ std::string input_label(size_t index) {
 
 InputView input_at(Ort::KernelContext& ctx, size_t index) { return read_input(ctx, index, input_label(index)); }
 
-// Throws unless `in` has exactly the shape `want`; `what` says where the shape comes from.
-void expect_shape(const InputView& in, size_t index, const std::vector<int64_t>& want, const std::string& what) {
+// Throws unless `in` has exactly the shape `want`, `layout` in terms of the attributes.
+void expect_shape(const InputView& in, size_t index, const std::vector<int64_t>& want, const char* layout,
+                  const NBitsAttributes& attrs) {
   if (in.shape != want) {
     throw InvalidArgument("shape mismatch: " + input_label(index) + " must have shape " + shape_str(want) + " (" +
-                          what + "), got " + shape_str(in.shape));
+                          layout + " with K=" + std::to_string(attrs.K) + ", N=" + std::to_string(attrs.N) +
+                          ", block_size=" + std::to_string(attrs.block_size) + "), got " + shape_str(in.shape));
   }
 }
 
@@ -39,25 +41,23 @@ NBitsInputs read_nbits_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType
 
   const int64_t K = attrs.K, N = attrs.N, G = attrs.block_size;
   const int64_t blocks = (K + G - 1) / G, ldb = (N + 1) / 2;
-  const std::string sizes = "K=" + std::to_string(K) + ", N=" + std::to_string(N) + ", block_size=" + std::to_string(G);
   if (x.shape.empty() || x.shape.back() != K) {
     throw InvalidArgument("shape mismatch: " + input_label(kNBitsInputX) + " has shape " + shape_str(x.shape) +
                           " but its last dimension must be the attribute K=" + std::to_string(K));
   }
-  expect_shape(b, kNBitsInputB, {K, ldb}, "[K, ceil(N/2)] with " + sizes);
-  expect_shape(scales, kNBitsInputScales, {blocks, N}, "[ceil(K/block_size), N] with " + sizes);
-  expect_shape(score, kNBitsInputScoreScale, {K}, "[K] with " + sizes);
+  expect_shape(b, kNBitsInputB, {K, ldb}, "[K, ceil(N/2)]", attrs);
+  expect_shape(scales, kNBitsInputScales, {blocks, N}, "[ceil(K/block_size), N]", attrs);
+  expect_shape(score, kNBitsInputScoreScale, {K}, "[K]", attrs);
 
   NBitsInputs in;
   const InputView zeros = input_at(ctx, kNBitsInputZeroPoints);
   if (zeros.present()) {
     if (zeros.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) {
-      expect_shape(zeros, kNBitsInputZeroPoints, {blocks, ldb},
-                   "uint8 zero points are [ceil(K/block_size), ceil(N/2)] with " + sizes);
+      expect_shape(zeros, kNBitsInputZeroPoints, {blocks, ldb}, "uint8 zero points are [ceil(K/block_size), ceil(N/2)]",
+                   attrs);
       in.zero_kind = kZeroPointsPacked;
     } else if (zeros.type == t) {
-      expect_shape(zeros, kNBitsInputZeroPoints, {blocks, N},
-                   std::string(type_name(t)) + " zero points are [ceil(K/block_size), N] with " + sizes);
+      expect_shape(zeros, kNBitsInputZeroPoints, {blocks, N}, "float zero points are [ceil(K/block_size), N]", attrs);
       in.zero_kind = kZeroPointsFloat;
     } else {
       throw InvalidArgument(input_label(kNBitsInputZeroPoints) + " has element type " + type_name(zeros.type) +
@@ -87,7 +87,7 @@ NBitsInputs read_nbits_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType
   const InputView bias = input_at(ctx, kNBitsInputBias);
   if (bias.present()) {
     expect_type(bias, input_label(kNBitsInputBias), t, " (the type of input 'X')");
-    expect_shape(bias, kNBitsInputBias, {N}, "[N] with N=" + std::to_string(N));
+    expect_shape(bias, kNBitsInputBias, {N}, "[N]", attrs);
     in.bias = bias.value.GetTensorRawData();
   }
 

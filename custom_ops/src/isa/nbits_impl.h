@@ -167,9 +167,35 @@ static inline void nb_merge_row(const float* work, int64_t N, float* out) {
   }
 }
 
-// Cache lines ahead of the current one to prefetch in each kept row: the rows are read
-// a chunk at a time, block by block, too many streams for the hardware prefetchers.
-constexpr int kNbitsPrefetchLines = 8;
+// The kept rows of the next block with any, prefetched a chunk at a time while this block
+// is computed: a block's rows are read a chunk at a time side by side, too many short
+// streams for the hardware prefetchers, and the next rows' addresses are known.
+struct NbNext {
+  const int32_t* idx;
+  int64_t count;
+  int64_t block;
+};
+
+// Prefetches (into L2) the next block's kept rows and scales for the chunk of bytes
+// [byte0, byte0 + bytes) of a row, i.e. columns [2 byte0, 2 (byte0 + bytes)).
+template <int DT>
+static inline void nb_prefetch_next(const NbitsWeight& w, const NbNext& next, int64_t byte0, int64_t bytes) {
+  if ((byte0 & 63) >= bytes || next.count == 0) return;  // one prefetch per row and 64 bytes
+  for (int64_t i = 0; i < next.count; ++i)
+    __builtin_prefetch(w.codes + static_cast<int64_t>(next.idx[i]) * w.ldb + byte0, 0, 2);
+  const int64_t esize = DT == kFloat32 ? 4 : 2;
+  const int64_t c0 = 2 * (byte0 & ~int64_t{63});
+  const char* scales = static_cast<const char*>(w.scales) + (next.block * w.N + c0) * esize;
+  const int64_t end = (c0 + 128 < w.N ? 128 : w.N - c0) * esize;
+  for (int64_t off = 0; off < end; off += 64) __builtin_prefetch(scales + off, 0, 2);
+}
+
+// The next block after b in [b, b1) with kept rows (none: count 0).
+static inline NbNext nb_next_block(const int64_t* first, const int32_t* idx, int64_t b, int64_t b1) {
+  for (int64_t n = b + 1; n < b1; ++n)
+    if (first[n + 1] > first[n]) return NbNext{idx + first[n], first[n + 1] - first[n], n};
+  return NbNext{idx, 0, 0};
+}
 
 // ---------------------------------------------------------------------------
 // Float decode.
@@ -177,9 +203,10 @@ constexpr int kNbitsPrefetchLines = 8;
 // Q nibble groups from g0 over the block's cnt kept rows; the last group may be partial.
 template <int DT, int Q>
 static inline void nb_float_chunk(const NbitsWeight& w, int64_t b, int64_t g0, const int32_t* idx, const float* val,
-                                  int64_t cnt, float sumx, float* work) {
+                                  int64_t cnt, float sumx, const NbNext& next, float* work) {
   const int64_t ldb = w.ldb;
   const bool whole = (g0 + Q) * VW <= ldb;
+  nb_prefetch_next<DT>(w, next, g0 * VW, Q * VW);
   vf ae[Q], ao[Q];
 #pragma GCC unroll 8
   for (int q = 0; q < Q; ++q) ae[q] = ao[q] = v_zero();
@@ -188,7 +215,6 @@ static inline void nb_float_chunk(const NbitsWeight& w, int64_t b, int64_t g0, c
     const vf xb = v_bcast(val[r]);
     if (whole) {
       const uint8_t* p = row + g0 * VW;
-      if (Q * VW >= 64) __builtin_prefetch(p + 64 * kNbitsPrefetchLines);
 #pragma GCC unroll 8
       for (int q = 0; q < Q; ++q) {
         vf e, o;
@@ -221,13 +247,14 @@ static inline void nb_float_chunk(const NbitsWeight& w, int64_t b, int64_t g0, c
 // Adds block b's kept rows (cnt of them) to work, in float.
 template <int DT>
 static inline void nb_float_block(const NbitsWeight& w, int64_t b, const int32_t* idx, const float* val, int64_t cnt,
-                                  float* work) {
+                                  const NbNext& next, float* work) {
   float sumx = 0.0f;
   for (int64_t r = 0; r < cnt; ++r) sumx += val[r];
   const int64_t groups = (w.ldb + VW - 1) / VW;
   int64_t g = 0;
-  for (; g + kNbitsChunk <= groups; g += kNbitsChunk) nb_float_chunk<DT, kNbitsChunk>(w, b, g, idx, val, cnt, sumx, work);
-  for (; g < groups; ++g) nb_float_chunk<DT, 1>(w, b, g, idx, val, cnt, sumx, work);
+  for (; g + kNbitsChunk <= groups; g += kNbitsChunk)
+    nb_float_chunk<DT, kNbitsChunk>(w, b, g, idx, val, cnt, sumx, next, work);
+  for (; g < groups; ++g) nb_float_chunk<DT, 1>(w, b, g, idx, val, cnt, sumx, next, work);
 }
 
 template <int DT>
@@ -237,7 +264,7 @@ static void nbits_decode_float_impl(const NbitsWeight& w, int64_t b0, int64_t b1
   for (int64_t c = 0; c < groups * NBG; ++c) work[c] = 0.0f;
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t f = first[b], cnt = first[b + 1] - f;
-    if (cnt > 0) nb_float_block<DT>(w, b, idx + f, val + f, cnt, work);
+    if (cnt > 0) nb_float_block<DT>(w, b, idx + f, val + f, cnt, nb_next_block(first, idx, b, b1), work);
   }
   nb_merge_row(work, w.N, out);
 }
@@ -268,36 +295,43 @@ WINA_NBITS_INT8_TARGET static inline __m512i nb_quad_index(int base) {
 
 // Q nibble groups (Q * 16 bytes) from byte `byte0` of four kept rows per step. Lane j of
 // quad vector q holds byte 16 q + j of the four rows: its low nibbles are column
-// 32 q + 2 j of the four rows, its high nibbles column 32 q + 2 j + 1, so vpdpbusd of the
-// masked vector with the four rows' int8 x (broadcast) sums that column over the rows.
-// The high nibbles are not shifted down: their sums are 16 times too large.
+// 32 q + 2 j of the four rows, its high nibbles column 32 q + 2 j + 1, so vpdpbusd of
+// such a vector with the four rows' int8 x (broadcast) sums over the rows. `full` sums
+// whole bytes (low + 16 high), `high` the bytes masked to their high nibbles (16 high):
+// the low sum is their difference, without masking the low nibbles.
 template <int DT, int Q>
 WINA_NBITS_INT8_TARGET static inline void nb_int8_chunk(const NbitsWeight& w, int64_t b, int64_t g0,
-                                                        const int32_t* qidx, const int32_t* xq4, int64_t quads,
-                                                        float sx, int32_t sumxq, float* work) {
-  const int64_t ldb = w.ldb;
+                                                        const uint8_t* const* rows, const int32_t* xq4,
+                                                        int64_t quads, float sx, int32_t sumxq, const NbNext& next,
+                                                        float* work) {
   const int64_t byte0 = g0 * 16;
-  const int64_t avail = ldb - byte0;
-  const __mmask64 mask = avail >= Q * 16 ? (Q == 4 ? ~0ull : (1ull << (Q * 16)) - 1) : (1ull << avail) - 1;
+  nb_prefetch_next<DT>(w, next, byte0, Q * 16);
+  const int64_t avail = w.ldb - byte0;
+  const bool whole = avail >= 64;
+  const __mmask64 mask = whole ? ~0ull : (1ull << avail) - 1;
   const __m512i pair0 = nb_pair_index(0), pair1 = nb_pair_index(32);
   const __m512i quad0 = nb_quad_index(0), quad1 = nb_quad_index(16);
-  const __m512i lo = _mm512_set1_epi8(0x0F), hi = _mm512_set1_epi8(static_cast<char>(0xF0));
-  __m512i al[Q], ah[Q];
+  const __m512i hi = _mm512_set1_epi8(static_cast<char>(0xF0));
+  __m512i af[Q], ah[Q];
 #pragma GCC unroll 4
-  for (int q = 0; q < Q; ++q) al[q] = ah[q] = _mm512_setzero_si512();
+  for (int q = 0; q < Q; ++q) af[q] = ah[q] = _mm512_setzero_si512();
   for (int64_t u = 0; u < quads; ++u) {
-    const uint8_t* p0 = w.codes + static_cast<int64_t>(qidx[4 * u]) * ldb + byte0;
-    const uint8_t* p1 = w.codes + static_cast<int64_t>(qidx[4 * u + 1]) * ldb + byte0;
-    const uint8_t* p2 = w.codes + static_cast<int64_t>(qidx[4 * u + 2]) * ldb + byte0;
-    const uint8_t* p3 = w.codes + static_cast<int64_t>(qidx[4 * u + 3]) * ldb + byte0;
-    if (Q == 4) {
-      __builtin_prefetch(p0 + 64 * kNbitsPrefetchLines);
-      __builtin_prefetch(p1 + 64 * kNbitsPrefetchLines);
-      __builtin_prefetch(p2 + 64 * kNbitsPrefetchLines);
-      __builtin_prefetch(p3 + 64 * kNbitsPrefetchLines);
+    const uint8_t* p0 = rows[4 * u] + byte0;
+    const uint8_t* p1 = rows[4 * u + 1] + byte0;
+    const uint8_t* p2 = rows[4 * u + 2] + byte0;
+    const uint8_t* p3 = rows[4 * u + 3] + byte0;
+    __m512i r0, r1, r2, r3;
+    if (whole) {
+      r0 = _mm512_loadu_si512(p0);
+      r1 = _mm512_loadu_si512(p1);
+      r2 = _mm512_loadu_si512(p2);
+      r3 = _mm512_loadu_si512(p3);
+    } else {
+      r0 = _mm512_maskz_loadu_epi8(mask, p0);
+      r1 = _mm512_maskz_loadu_epi8(mask, p1);
+      r2 = _mm512_maskz_loadu_epi8(mask, p2);
+      r3 = _mm512_maskz_loadu_epi8(mask, p3);
     }
-    const __m512i r0 = _mm512_maskz_loadu_epi8(mask, p0), r1 = _mm512_maskz_loadu_epi8(mask, p1);
-    const __m512i r2 = _mm512_maskz_loadu_epi8(mask, p2), r3 = _mm512_maskz_loadu_epi8(mask, p3);
     const __m512i xb = _mm512_set1_epi32(xq4[u]);
     __m512i qv[4];
     const __m512i t01a = _mm512_permutex2var_epi8(r0, pair0, r1);
@@ -312,7 +346,7 @@ WINA_NBITS_INT8_TARGET static inline void nb_int8_chunk(const NbitsWeight& w, in
     }
 #pragma GCC unroll 4
     for (int q = 0; q < Q; ++q) {
-      al[q] = _mm512_dpbusd_epi32(al[q], _mm512_and_si512(qv[q], lo), xb);
+      af[q] = _mm512_dpbusd_epi32(af[q], qv[q], xb);
       ah[q] = _mm512_dpbusd_epi32(ah[q], _mm512_and_si512(qv[q], hi), xb);
     }
   }
@@ -324,7 +358,8 @@ WINA_NBITS_INT8_TARGET static inline void nb_int8_chunk(const NbitsWeight& w, in
     if (c >= w.N) break;
     vf se, so, ze, zo;
     nb_group_affine<DT>(w, b, c, se, so, ze, zo);
-    const __m512 te = _mm512_fnmadd_ps(ze, offset, _mm512_mul_ps(_mm512_cvtepi32_ps(al[q]), vsx));
+    const __m512i lo_sum = _mm512_sub_epi32(af[q], ah[q]);
+    const __m512 te = _mm512_fnmadd_ps(ze, offset, _mm512_mul_ps(_mm512_cvtepi32_ps(lo_sum), vsx));
     const __m512 to = _mm512_fnmadd_ps(zo, offset, _mm512_mul_ps(_mm512_cvtepi32_ps(ah[q]), vsx16));
     _mm512_storeu_ps(work + c, _mm512_fmadd_ps(se, te, _mm512_loadu_ps(work + c)));
     _mm512_storeu_ps(work + c + 16, _mm512_fmadd_ps(so, to, _mm512_loadu_ps(work + c + 16)));
@@ -332,7 +367,7 @@ WINA_NBITS_INT8_TARGET static inline void nb_int8_chunk(const NbitsWeight& w, in
 }
 
 // Largest block the int8 path quantizes (larger ones take the float path): bounds the
-// stack lists and keeps the int32 sums exact in float (4-bit x int8 x 256 < 2^24 / 16).
+// stack lists and keeps the int32 sums exact in float (255 x 127 x 256 < 2^24).
 constexpr int64_t kNbitsInt8MaxBlock = 256;
 
 template <int DT>
@@ -341,7 +376,7 @@ WINA_NBITS_INT8_TARGET static void nbits_decode_int8_impl(const NbitsWeight& w, 
                                                           const float* val, float* work, float* out) {
   const int64_t groups = (w.ldb + 15) / 16;
   for (int64_t c = 0; c < groups * NBG; ++c) work[c] = 0.0f;
-  int32_t qidx[kNbitsInt8MaxBlock + 4];
+  const uint8_t* rows[kNbitsInt8MaxBlock + 4];
   int32_t xq4[kNbitsInt8MaxBlock / 4 + 1];
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t f = first[b], cnt = first[b + 1] - f;
@@ -353,8 +388,9 @@ WINA_NBITS_INT8_TARGET static void nbits_decode_int8_impl(const NbitsWeight& w, 
     }
     bool finite = true;
     for (int64_t r = 0; r < cnt; ++r) finite = finite && (val[f + r] - val[f + r] == 0.0f);
+    const NbNext next = nb_next_block(first, idx, b, b1);
     if (!finite || cnt > kNbitsInt8MaxBlock) {  // NaN / inf propagate as in float
-      nb_float_block<DT>(w, b, idx + f, val + f, cnt, work);
+      nb_float_block<DT>(w, b, idx + f, val + f, cnt, next, work);
       continue;
     }
     if (amax == 0.0f) continue;
@@ -370,11 +406,11 @@ WINA_NBITS_INT8_TARGET static void nbits_decode_int8_impl(const NbitsWeight& w, 
         const int64_t r = 4 * u + j;
         int32_t q = 0;
         if (r < cnt) {
-          q = static_cast<int32_t>(__builtin_lrintf(val[f + r] * inv));
+          q = _mm_cvtss_si32(_mm_set_ss(val[f + r] * inv));  // nearest, ties to even
           q = q > 127 ? 127 : (q < -127 ? -127 : q);
-          qidx[r] = idx[f + r];
+          rows[r] = w.codes + static_cast<int64_t>(idx[f + r]) * w.ldb;
         } else {
-          qidx[r] = idx[f + cnt - 1];
+          rows[r] = w.codes + static_cast<int64_t>(idx[f + cnt - 1]) * w.ldb;
         }
         sumxq += q;
         word |= static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(q))) << (8 * j);
@@ -382,12 +418,12 @@ WINA_NBITS_INT8_TARGET static void nbits_decode_int8_impl(const NbitsWeight& w, 
       xq4[u] = static_cast<int32_t>(word);
     }
     int64_t g = 0;
-    for (; g + 4 <= groups; g += 4) nb_int8_chunk<DT, 4>(w, b, g, qidx, xq4, quads, sx, sumxq, work);
+    for (; g + 4 <= groups; g += 4) nb_int8_chunk<DT, 4>(w, b, g, rows, xq4, quads, sx, sumxq, next, work);
     if (g + 2 <= groups) {
-      nb_int8_chunk<DT, 2>(w, b, g, qidx, xq4, quads, sx, sumxq, work);
+      nb_int8_chunk<DT, 2>(w, b, g, rows, xq4, quads, sx, sumxq, next, work);
       g += 2;
     }
-    if (g < groups) nb_int8_chunk<DT, 1>(w, b, g, qidx, xq4, quads, sx, sumxq, work);
+    if (g < groups) nb_int8_chunk<DT, 1>(w, b, g, rows, xq4, quads, sx, sumxq, next, work);
   }
   nb_merge_row(work, w.N, out);
 }
