@@ -35,8 +35,9 @@ struct Gate {
   const int32_t* cuts;
 };
 
-template <Gating GATING>
-__device__ __forceinline__ void token_gate(const Gate& gate, int m, uint32_t& key, int& cut) {
+// Token m's (key, cut) under rule GATING; GateT is Gate or another struct with its fields.
+template <Gating GATING, typename GateT>
+__device__ __forceinline__ void token_gate(const GateT& gate, int m, uint32_t& key, int& cut) {
   if (GATING == Gating::kThreshold) {
     const float t = *gate.threshold;
     key = (t != t) ? 0xffffffffu : order_key(t);  // a NaN threshold keeps nothing

@@ -1,8 +1,8 @@
 // CUDA kernels of WinaSparseMatMulNBits and their launchers (declared in nbits_decode.cuh, which
 // describes the algorithm). One explicit instantiation per element type at the end.
 //
-// Kernels are launched only through launch_clustered() below, which takes a Stream and refuses
-// the default streams; cmake/cuda.cmake rejects the triple-chevron syntax in this folder.
+// Kernels are launched only through launch_clustered() (cuda/common.cuh), which takes a Stream and
+// refuses the default streams; cmake/cuda.cmake rejects the triple-chevron syntax in this folder.
 #include "cuda/nbits_decode.cuh"
 
 #include <cuda_bf16.h>
@@ -15,127 +15,22 @@
 #include <cstdint>
 #include <utility>
 
+#include "cuda/common.cuh"
+#include "cuda/gating.cuh"
+
 namespace wina {
 namespace cuda {
 namespace {
 
-constexpr unsigned kFullMask = 0xffffffffu;
-
 // ---------------------------------------------------------------------------------
-// Launching and device helpers
+// Device helpers of this op only (the shared ones: cuda/common.cuh, cuda/gating.cuh)
 
-template <typename... KernelArgs, typename... Args>
-cudaError_t launch_clustered(Stream stream, void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
-                             bool pdl, unsigned cluster_y, Args&&... args) {
-  if (!stream.valid()) return cudaErrorInvalidResourceHandle;
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = smem;
-  config.stream = stream.get();
-  cudaLaunchAttribute attribute[2];
-  unsigned count = 0;
-  if (pdl) {
-    attribute[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute[count].val.programmaticStreamSerializationAllowed = 1;
-    ++count;
-  }
-  if (cluster_y > 0) {
-    attribute[count].id = cudaLaunchAttributeClusterDimension;
-    attribute[count].val.clusterDim.x = 1;
-    attribute[count].val.clusterDim.y = cluster_y;
-    attribute[count].val.clusterDim.z = 1;
-    ++count;
-  }
-  config.attrs = count > 0 ? attribute : nullptr;
-  config.numAttrs = count;
-  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
-}
-
-__device__ __forceinline__ void grid_dependency_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void allow_dependent_launch() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void cluster_barrier() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-#endif
-}
-
-// The float at the address of `local` in the shared memory of the cluster's block `rank`.
-__device__ __forceinline__ float load_cluster_shared(const float* local, unsigned rank) {
-  float v = 0.0f;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(local));
-  unsigned remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(addr), "r"(rank));
-  asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
-#endif
-  return v;
-}
-
-template <typename T>
-struct Elem;
-
-template <>
-struct Elem<float> {
-  static __device__ __forceinline__ float to_float(float v) { return v; }
-  static __device__ __forceinline__ float from_float(float v) { return v; }
-};
-
-template <>
-struct Elem<__half> {
-  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
-};
-
-template <>
-struct Elem<__nv_bfloat16> {
-  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
-};
-
-// L2 eviction policies (sm_80+): codes and block scales are read once a call and should leave
-// the L2 first; the score scales stay for the next call's gating.
-__device__ __forceinline__ uint64_t l2_policy(bool evict_first) {
-  uint64_t policy;
-  if (evict_first) {
-    asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-  } else {
-    asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
-  }
-  return policy;
-}
-
-__device__ __forceinline__ uint64_t l2_policy_keep() {
-  uint64_t policy;
-  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
-  return policy;
-}
-
-__device__ __forceinline__ void copy16_async(void* smem, const void* gmem, uint64_t policy) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "l"(policy)
-               : "memory");
-}
-
-// The same without a cache hint. ptxas 13.0 assembled the hinted form inside stage_bytes() below
-// into an instruction the H200 rejected ("illegal instruction"); the zero points are few bytes.
+// The same as copy16_async without a cache hint. ptxas 13.0 assembled the hinted form inside
+// stage_bytes() below into an instruction the H200 rejected ("illegal instruction"); the zero
+// points are few bytes.
 __device__ __forceinline__ void copy16_async_plain(void* smem, const void* gmem) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
-}
-
-__device__ __forceinline__ void prefetch_line_l2(const void* gmem) {
-  asm volatile("prefetch.global.L2::evict_normal [%0];" ::"l"(gmem));
 }
 
 // (a & mask) | bits in one instruction (the compiler splits it in two when both are constants).
@@ -143,46 +38,6 @@ __device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t mask, uint32_t b
   uint32_t d;
   asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(mask), "r"(bits));
   return d;
-}
-
-__device__ __forceinline__ float load_float(const float* p, uint64_t policy) {
-  float v;
-  asm volatile("ld.global.nc.L2::cache_hint.f32 %0, [%1], %2;" : "=f"(v) : "l"(p), "l"(policy));
-  return v;
-}
-
-__device__ __forceinline__ void commit_async_copies() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-
-template <int N>
-__device__ __forceinline__ void wait_async_groups() {
-  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
-// An unsigned key with the order of the float scores: NaN ranks as +inf and -0 ties +0 (the
-// float op's rule, docs/op-schema.md).
-__device__ __forceinline__ uint32_t order_key(float s) {
-  uint32_t u = __float_as_uint(s);
-  if (s != s) u = 0x7f800000u;
-  if (u == 0x80000000u) u = 0u;
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-__device__ __forceinline__ uint32_t score_key(float x, float scale) { return order_key(fabsf(x) * scale); }
-
-template <Gating MODE>
-__device__ __forceinline__ void token_gate(const NbitsGate& gate, int m, uint32_t& key, int& cut) {
-  if (MODE == Gating::kThreshold) {
-    const float t = *gate.threshold;
-    key = (t != t) ? 0xffffffffu : order_key(t);  // a NaN threshold keeps nothing
-    cut = -1;
-  } else {
-    key = gate.keys[m];
-    cut = gate.cuts[m];
-  }
-}
-
-__device__ __forceinline__ bool keep(uint32_t key, int i, uint32_t gate_key, int gate_cut) {
-  return key > gate_key || (key == gate_key && i <= gate_cut);
 }
 
 // ---------------------------------------------------------------------------------
@@ -285,7 +140,7 @@ __device__ __forceinline__ constexpr float code_factor(int v) { return v % 8 == 
 // CT threads across the tile (16 bytes of codes each) x kThreads / CT row groups; row group g takes
 // the g-th contiguous share of the slab's kept rows, in row order, so a thread crosses few block
 // boundaries.
-template <typename T, int MT, int CT, Gating MODE, int S>
+template <typename T, int MT, int CT, Gating GATING, int S>
 __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
     nbits_decode_kernel(const T* __restrict__ x, const __grid_constant__ DecodeArgs a, NbitsGate gate) {
   constexpr int RG = kThreads / CT;
@@ -344,7 +199,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
     if (m < a.M) {
-      token_gate<MODE>(gate, m, gate_key[m], gate_cut[m]);
+      token_gate<GATING>(gate, m, gate_key[m], gate_cut[m]);
     } else {
       gate_key[m] = 0xffffffffu;
       gate_cut[m] = -1;
@@ -707,10 +562,10 @@ cudaError_t prepare_kernel(Kernel kernel, std::atomic<uint64_t>& done, bool big_
   return err;
 }
 
-template <typename T, int MT, int CT, Gating MODE, int S>
+template <typename T, int MT, int CT, Gating GATING, int S>
 cudaError_t launch_decode_kernel(const NbitsProblem& p, const NbitsPlan& plan, DecodeArgs args, const NbitsGate& gate,
                                  int stage_bytes, Stream stream) {
-  auto* kernel = nbits_decode_kernel<T, MT, CT, MODE, S>;
+  auto* kernel = nbits_decode_kernel<T, MT, CT, GATING, S>;
   static std::atomic<uint64_t> done{0};
   cudaError_t err = prepare_kernel(kernel, done, plan.cluster > 8);
   if (err != cudaSuccess) return err;
@@ -724,30 +579,30 @@ cudaError_t launch_decode_kernel(const NbitsProblem& p, const NbitsPlan& plan, D
   const size_t smem = static_cast<size_t>(work_bytes(S) + stage_bytes);
   const int64_t tiles = (row_bytes_of(p) + CT * kCodeBytes - 1) / (CT * kCodeBytes);
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(plan.splits));
-  const bool pdl = plan.pdl && (MODE == Gating::kTopK || plan.pdl_first);
+  const bool pdl = plan.pdl && (GATING == Gating::kTopK || plan.pdl_first);
   return launch_clustered(stream, kernel, grid, dim3(kThreads), smem, pdl, static_cast<unsigned>(plan.cluster),
                           static_cast<const T*>(p.x), args, gate);
 }
 
 // One token: 2, 3 or 4 batches in flight; two tokens (twice the registers, one block per SM): 2.
-template <typename T, int MT, int CT, Gating MODE>
+template <typename T, int MT, int CT, Gating GATING>
 cudaError_t launch_decode_stages(const NbitsProblem& p, const NbitsPlan& plan, const DecodeArgs& args,
                                  const NbitsGate& gate, int stage_bytes, Stream stream) {
   if constexpr (MT == 1) {
-    if (plan.stages >= 4) return launch_decode_kernel<T, MT, CT, MODE, 4>(p, plan, args, gate, stage_bytes, stream);
-    if (plan.stages == 3) return launch_decode_kernel<T, MT, CT, MODE, 3>(p, plan, args, gate, stage_bytes, stream);
+    if (plan.stages >= 4) return launch_decode_kernel<T, MT, CT, GATING, 4>(p, plan, args, gate, stage_bytes, stream);
+    if (plan.stages == 3) return launch_decode_kernel<T, MT, CT, GATING, 3>(p, plan, args, gate, stage_bytes, stream);
   }
-  return launch_decode_kernel<T, MT, CT, MODE, 2>(p, plan, args, gate, stage_bytes, stream);
+  return launch_decode_kernel<T, MT, CT, GATING, 2>(p, plan, args, gate, stage_bytes, stream);
 }
 
-template <typename T, int MT, Gating MODE>
+template <typename T, int MT, Gating GATING>
 cudaError_t launch_decode_ct(const NbitsProblem& p, const NbitsPlan& plan, const DecodeArgs& args,
                              const NbitsGate& gate, int stage_bytes, Stream stream) {
   switch (plan.col_threads) {
-    case 8: return launch_decode_stages<T, MT, 8, MODE>(p, plan, args, gate, stage_bytes, stream);
-    case 16: return launch_decode_stages<T, MT, 16, MODE>(p, plan, args, gate, stage_bytes, stream);
-    case 32: return launch_decode_stages<T, MT, 32, MODE>(p, plan, args, gate, stage_bytes, stream);
-    case 64: return launch_decode_stages<T, MT, 64, MODE>(p, plan, args, gate, stage_bytes, stream);
+    case 8: return launch_decode_stages<T, MT, 8, GATING>(p, plan, args, gate, stage_bytes, stream);
+    case 16: return launch_decode_stages<T, MT, 16, GATING>(p, plan, args, gate, stage_bytes, stream);
+    case 32: return launch_decode_stages<T, MT, 32, GATING>(p, plan, args, gate, stage_bytes, stream);
+    case 64: return launch_decode_stages<T, MT, 64, GATING>(p, plan, args, gate, stage_bytes, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -889,12 +744,11 @@ cudaError_t LaunchNbitsDecode(const NbitsProblem& p, const NbitsPlan& plan, cons
   a.zero_offset = scale_bytes;
   const int stage_bytes = scale_bytes + zero_bytes;
 
-  const cudaError_t err =
-      p.M == 1
-          ? (p.gating == Gating::kTopK ? launch_decode_ct<T, 1, Gating::kTopK>(p, plan, a, gate, stage_bytes, stream)
-                                       : launch_decode_ct<T, 1, Gating::kThreshold>(p, plan, a, gate, stage_bytes, stream))
-          : (p.gating == Gating::kTopK ? launch_decode_ct<T, 2, Gating::kTopK>(p, plan, a, gate, stage_bytes, stream)
-                                       : launch_decode_ct<T, 2, Gating::kThreshold>(p, plan, a, gate, stage_bytes, stream));
+  const cudaError_t err = with_gating(p.gating, [&](auto rule) {
+    constexpr Gating G = decltype(rule)::value;
+    return p.M == 1 ? launch_decode_ct<T, 1, G>(p, plan, a, gate, stage_bytes, stream)
+                    : launch_decode_ct<T, 2, G>(p, plan, a, gate, stage_bytes, stream);
+  });
   if (err != cudaSuccess || plan.cluster > 0) return err;  // a cluster plan writes Y itself
   return launch_reduce<T>(p, a.partial, static_cast<int>(plan.splits), plan.pdl, plan.max_carveout, stream);
 }
