@@ -155,6 +155,8 @@ void decode(const SparseMatMulArgs& a, const IsaKernels& kernels, const Parallel
 // numbers of kept rows; each sums into its own float32 partial row.
 
 constexpr int64_t kNbitsDecodeBytesPerTask = 24 * 1024;
+// Up to this many tokens, a 4-bit product runs the decode once per token.
+constexpr int64_t kNbitsDecodeTokens = 8;
 
 struct NbitsDecodeJob {
   const NbitsWeight* weight;
@@ -426,8 +428,17 @@ void sparse_matmul(const SparseMatMulArgs& args, const IsaKernels& kernels,
   if (args.M == 0 || args.N == 0) return;
   if (args.K == 0) {
     fill_bias_only(args);
-  } else if (args.M == 1 && args.nbits != nullptr) {
-    decode_nbits(args, kernels, parallel);
+  } else if (args.nbits != nullptr && args.M <= kNbitsDecodeTokens) {
+    // A few tokens: each reads only its own kept rows (the tiles would dequantize the
+    // union of their rows, for too few tokens to pay for it).
+    const size_t esize = element_size(args.dtype);
+    SparseMatMulArgs token = args;
+    token.M = 1;
+    for (int64_t m = 0; m < args.M; ++m) {
+      token.x = static_cast<const char*>(args.x) + static_cast<size_t>(m * args.K) * esize;
+      token.y = static_cast<char*>(args.y) + static_cast<size_t>(m * args.N) * esize;
+      decode_nbits(token, kernels, parallel);
+    }
   } else if (args.M == 1) {
     decode(args, kernels, parallel);
   } else {
