@@ -2,7 +2,7 @@
 
 Steps, each skipped when its output is already in --work (so a second call can resume):
 
-  1. build   the fused dense model (wina_onnx.fused_llama: ONNX Runtime's fused graph,
+  1. build   the fused dense model (wina_onnx.testing.fused_llama: ONNX Runtime's fused graph,
              GroupQueryAttention with rotary, (Skip)SimplifiedLayerNormalization, float16,
              random weights drawn on the GPU, or on the CPU with --generator torch-cpu);
   2. calibrate  the WINA score histograms over --calib-windows windows of
@@ -18,7 +18,7 @@ Steps, each skipped when its output is already in --work (so a second call can r
              steps, models interleaved in every repetition, median and IQR.
 
 With --cuda-graph, step 5 runs instead on the static-cache variant of every model
-(wina_onnx.fused_llama.write_static_cache_model, written beside each model, weights
+(wina_onnx.testing.fused_llama.write_static_cache_model, written beside each model, weights
 shared): GroupQueryAttention with seqlens_k / total_seq_len inputs and one KV buffer
 of fixed length bound as past and present, one session per model with the CUDA
 provider's CUDA graphs (wina_onnx.bench.bench_static_models): prefill without a graph,
@@ -196,7 +196,7 @@ def prepare(family: Family, args, shape, work: Path) -> dict[str, Path] | None:
     from wina_onnx import schema
     from wina_onnx.allocation import Allocation
     from wina_onnx.calibration import Calibration, calibrate_model
-    from wina_onnx.fused_llama import (build_fused_llama, numpy_code_generator, numpy_generator,
+    from wina_onnx.testing.fused_llama import (build_fused_llama, numpy_code_generator, numpy_generator,
                                        torch_code_generator, torch_generator)
     from wina_onnx.optimize import optimize_model
     from wina_onnx.passes import GateConfig
@@ -296,7 +296,7 @@ def main(argv=None) -> int:
     if args.device == "cuda":
         import torch  # noqa: F401  (first: its CUDA 13 libraries are the ones ONNX Runtime's provider loads)
     from wina_onnx.bench import bench_models, bench_static_models
-    from wina_onnx.fused_llama import LlamaShape, node_counts, write_static_cache_model
+    from wina_onnx.testing.fused_llama import LlamaShape, node_counts, write_static_cache_model
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

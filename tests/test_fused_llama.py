@@ -10,7 +10,7 @@ import pytest
 from wina_onnx import schema
 from wina_onnx.allocation import Allocation
 from wina_onnx.calibration import calibrate_model
-from wina_onnx.fused_llama import LlamaShape, build_fused_llama, node_counts
+from wina_onnx.testing.fused_llama import LlamaShape, build_fused_llama, node_counts
 from wina_onnx.optimize import optimize_model
 from wina_onnx.passes import GateConfig
 from wina_onnx.runtime import CausalLM, CudaCausalLM

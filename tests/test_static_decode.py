@@ -16,7 +16,7 @@ import pytest
 from wina_onnx import schema
 from wina_onnx.allocation import Allocation
 from wina_onnx.calibration import calibrate_model
-from wina_onnx.fused_llama import (SEQLENS_K, TOTAL_SEQ_LEN, LlamaShape, build_fused_llama, node_counts,
+from wina_onnx.testing.fused_llama import (SEQLENS_K, TOTAL_SEQ_LEN, LlamaShape, build_fused_llama, node_counts,
                                    write_static_cache_model)
 from wina_onnx.optimize import optimize_model
 from wina_onnx.passes import GateConfig

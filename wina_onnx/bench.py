@@ -204,7 +204,7 @@ def bench_static_models(
     nograph: bool = True,
     progress: bool = True,
 ) -> BenchResult:
-    """Benchmark static-cache models (wina_onnx.fused_llama.write_static_cache_model) with CUDA graphs.
+    """Benchmark static-cache models (wina_onnx.testing.fused_llama.write_static_cache_model) with CUDA graphs.
 
     Each model gets one session on the CUDA provider with `enable_cuda_graph` and its
     buffers bound once (wina_onnx.static_decode.StaticCacheLM, KV buffer of prompt +

@@ -1,6 +1,6 @@
 """Decode with a fixed-length KV buffer, bound once, replayed as CUDA graphs.
 
-For the static-cache graphs of wina_onnx.fused_llama (GroupQueryAttention with
+For the static-cache graphs of wina_onnx.testing.fused_llama (GroupQueryAttention with
 seqlens_k / total_seq_len inputs, past and present bound to one buffer of
 `max_length` positions). Everything a decode step touches is allocated once and bound
 once: input_ids [b, 1], seqlens_k [b] and the logits [b, 1, vocab] on the device,
@@ -32,9 +32,11 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelLoadError
-from .fused_llama import SEQLENS_K, TOTAL_SEQ_LEN
 from .runtime import CausalLM, load_session, require_cuda_provider
 
+# The static-cache graph's length inputs (as ONNX Runtime GenAI's builder names them).
+SEQLENS_K = "seqlens_k"
+TOTAL_SEQ_LEN = "total_seq_len"
 GRAPH_ANNOTATION = "gpu_graph_id"  # ORT run option: -1 = no CUDA graph for this run
 
 
@@ -46,7 +48,7 @@ class StaticCacheLM:
         names = {i.name for i in session.get_inputs()}
         if SEQLENS_K not in names or TOTAL_SEQ_LEN not in names:
             raise ModelLoadError("not a static-cache model (no seqlens_k / total_seq_len inputs): "
-                                 "see wina_onnx.fused_llama.write_static_cache_model")
+                                 "see wina_onnx.testing.fused_llama.write_static_cache_model")
         self.lm = CausalLM(session, model_dir)  # layers, heads, dtype, vocab from the session and its folder
         if not isinstance(self.lm.vocab_size, int):
             raise ModelLoadError("the vocabulary size is unknown (keep config.json or genai_config.json beside "

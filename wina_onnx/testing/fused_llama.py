@@ -67,6 +67,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
+from ..static_decode import SEQLENS_K, TOTAL_SEQ_LEN  # the length inputs the static-cache runner binds
+
 IR_VERSION = 10  # ONNX Runtime 1.2x-1.3x; onnx 1.23 would write 14 by default
 OPSET = 17  # SimplifiedLayerNormalization is an ORT op in the default domain from opset 1
 MS_DOMAIN = "com.microsoft"
@@ -395,8 +397,6 @@ def node_counts(model_path: str | Path) -> dict[str, int]:
 
 # The static-cache variant ---------------------------------------------------------------
 
-SEQLENS_K = "seqlens_k"
-TOTAL_SEQ_LEN = "total_seq_len"
 _MASK_PREFIX = "/model/attn_mask_reformat/"
 _MAX_LEN = "max_sequence_length"
 
@@ -414,7 +414,7 @@ def make_static_cache(model: onnx.ModelProto) -> onnx.ModelProto:
         return model  # already static
     gqa = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
     if not gqa:
-        raise ValueError("no GroupQueryAttention node: not a graph of wina_onnx.fused_llama")
+        raise ValueError("no GroupQueryAttention node: not a graph of wina_onnx.testing.fused_llama")
     dropped = {n.name for n in graph.node if n.name.startswith(_MASK_PREFIX)}
     kept = [n for n in graph.node if n.name not in dropped]
     for n in gqa:
