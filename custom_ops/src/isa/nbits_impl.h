@@ -440,44 +440,63 @@ static bool nbits_cpu_has_int8() {
 #endif  // __AVX512F__
 
 // ---------------------------------------------------------------------------
-// Prefill: dequantize a nibble group of the used rows into pack, then the float tiles.
+// Prefill: dequantize a column block of the used rows into pack, then the float tiles.
+// The block is a whole number of nibble groups and of the float tiles' micro-blocks
+// (NV vectors): their least common multiple.
 
-static inline void nb_tile_tail(const float* pack, int64_t c0, int64_t cols, const TileDesc& tile,
+constexpr int64_t nb_gcd(int64_t a, int64_t b) { return b == 0 ? a : nb_gcd(b, a % b); }
+constexpr int64_t NBP = NBG / nb_gcd(NBG, NV * VW) * (NV * VW);  // columns per pack row
+
+// Columns [c0, c0 + cols) of y, cols < VW, from pack columns [bc0, bc0 + cols).
+static inline void nb_tile_tail(const float* pack, int64_t bc0, int64_t c0, int64_t cols, const TileDesc& tile,
                                 const float* bias, float* y, int64_t ldy) {
   for (int t = 0; t < tile.tokens; ++t) {
     for (int64_t c = 0; c < cols; ++c) {
       float acc = bias ? bias[c0 + c] : 0.0f;
       for (int64_t u = 0; u < tile.count; ++u)
-        acc += tile.xs[u * TS + t] * pack[static_cast<int64_t>(tile.idx[u]) * NBG + c];
+        acc += tile.xs[u * TS + t] * pack[static_cast<int64_t>(tile.idx[u]) * NBP + bc0 + c];
       y[(tile.y_row + t) * ldy + c0 + c] = acc;
     }
   }
+}
+
+// The float tiles over pack columns [0, n1 - c) (y columns [c, n1)). Not inlined into the
+// dequantization loop, whose constants would otherwise take the tiles' registers.
+__attribute__((noinline)) static void nb_pack_tiles(const float* pack, int64_t c, int64_t n1, const TileDesc* tiles,
+                                                    int64_t num_tiles, const float* bias, float* y, int64_t ldy) {
+  constexpr int64_t NB = NV * VW;
+  const int64_t end = c + NBP < n1 ? c + NBP : n1;
+  int64_t s = c;
+  for (; s + NB <= end; s += NB)
+    for (int64_t i = 0; i < num_tiles; ++i) tile_dispatch<kFloat32, NV, TS>(pack, NBP, s - c, s, tiles[i], bias, y, ldy);
+  for (; s + VW <= end; s += VW)
+    for (int64_t i = 0; i < num_tiles; ++i) tile_dispatch<kFloat32, 1, TS>(pack, NBP, s - c, s, tiles[i], bias, y, ldy);
+  if (s < end)
+    for (int64_t i = 0; i < num_tiles; ++i) nb_tile_tail(pack, s - c, s, end - s, tiles[i], bias, y, ldy);
 }
 
 template <int DT>
 static void nbits_tiles_impl(const NbitsWeight& w, int64_t n0, int64_t n1, const TileDesc* tiles, int64_t num_tiles,
                              const int32_t* used_rows, int64_t num_used, float* pack, const float* bias, float* y,
                              int64_t ldy) {
-  for (int64_t c = n0; c < n1; c += NBG) {
-    const int64_t g = c / NBG;
-    int64_t block = -1;
-    vf se = v_zero(), so = v_zero(), ze = v_zero(), zo = v_zero();
-    uint8_t buf[VW];
-    for (int64_t r = 0; r < num_used; ++r) {
-      const int64_t row = used_rows[r];
-      if (row / w.block_size != block) {
-        block = row / w.block_size;
-        nb_group_affine<DT>(w, block, c, se, so, ze, zo);
+  for (int64_t c = n0; c < n1; c += NBP) {
+    for (int64_t gc = c; gc < c + NBP && gc < n1; gc += NBG) {  // nibble groups of the block
+      const int64_t g = gc / NBG;
+      int64_t block = -1;
+      vf se = v_zero(), so = v_zero(), ze = v_zero(), zo = v_zero();
+      uint8_t buf[VW];
+      for (int64_t r = 0; r < num_used; ++r) {
+        const int64_t row = used_rows[r];
+        if (row / w.block_size != block) {
+          block = row / w.block_size;
+          nb_group_affine<DT>(w, block, gc, se, so, ze, zo);
+        }
+        vf e, o;
+        nb_codes(nb_group_bytes(w.codes + row * w.ldb, w.ldb, g, buf), e, o);
+        nb_merge_store(pack + row * NBP + (gc - c), nb_mul(nb_sub(e, ze), se), nb_mul(nb_sub(o, zo), so));
       }
-      vf e, o;
-      nb_codes(nb_group_bytes(w.codes + row * w.ldb, w.ldb, g, buf), e, o);
-      nb_merge_store(pack + row * NBG, nb_mul(nb_sub(e, ze), se), nb_mul(nb_sub(o, zo), so));
     }
-    if (c + NBG <= n1) {
-      for (int64_t i = 0; i < num_tiles; ++i) tile_dispatch<kFloat32, 2, TS>(pack, NBG, 0, c, tiles[i], bias, y, ldy);
-    } else {
-      for (int64_t i = 0; i < num_tiles; ++i) nb_tile_tail(pack, c, n1 - c, tiles[i], bias, y, ldy);
-    }
+    nb_pack_tiles(pack, c, n1, tiles, num_tiles, bias, y, ldy);
   }
 }
 
@@ -488,14 +507,14 @@ static const NbitsKernels& nbits_table() {
 #if defined(WINA_NBITS_HAVE_INT8)
   static const bool int8 = nbits_cpu_has_int8();
   static const NbitsKernels table = {
-      NBG,
+      static_cast<int32_t>(NBP),
       {nbits_decode_float_impl<kFloat32>, nbits_decode_float_impl<kFloat16>, nbits_decode_float_impl<kBFloat16>},
       {int8 ? nbits_decode_int8_impl<kFloat32> : nullptr, int8 ? nbits_decode_int8_impl<kFloat16> : nullptr,
        int8 ? nbits_decode_int8_impl<kBFloat16> : nullptr},
       {nbits_tiles_impl<kFloat32>, nbits_tiles_impl<kFloat16>, nbits_tiles_impl<kBFloat16>}};
 #else
   static const NbitsKernels table = {
-      NBG,
+      static_cast<int32_t>(NBP),
       {nbits_decode_float_impl<kFloat32>, nbits_decode_float_impl<kFloat16>, nbits_decode_float_impl<kBFloat16>},
       {nullptr, nullptr, nullptr},
       {nbits_tiles_impl<kFloat32>, nbits_tiles_impl<kFloat16>, nbits_tiles_impl<kBFloat16>}};
