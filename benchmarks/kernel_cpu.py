@@ -17,6 +17,10 @@ spin on after its Run while another session runs; the table gives the median and
 matmul, the bandwidth counting only the weight rows read, and the speedup against
 the dense median of the same run.
 
+With --ab-library, the topk and threshold sessions are built a second time with that
+op library (variants topk@B, threshold@B) and interleaved with the others in the same
+repetitions: an A/B comparison of two builds of the library in one run.
+
   python benchmarks/kernel_cpu.py --out benchmarks/results/kernel_cpu.txt
 """
 
@@ -58,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--shapes", default=",".join(f"{k}x{n}" for k, n in SHAPES), help="KxN,KxN,...")
     p.add_argument("--sparsities", default=",".join(str(s) for s in SPARSITIES))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ab-library", default=None,
+                   help="a second build of the op library: its topk/threshold sessions (topk@B, threshold@B) "
+                   "run interleaved with the first's")
     return p.parse_args(argv)
 
 
@@ -88,7 +95,7 @@ def build_model(variant, weights, scales, k_features):
     return finish(helper.make_graph(nodes, variant, inputs, outputs, initializer=inits))
 
 
-def make_session(model, threads):
+def make_session(model, threads, library=None):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -98,7 +105,7 @@ def make_session(model, threads):
     # Three sessions take turns: a session's pool threads must not go on spinning after
     # its Run and steal the cores from the next session's (spinning within a Run stays).
     opts.add_session_config_entry("session.force_spinning_stop", "1")
-    opts.register_custom_ops_library(wina_onnx.get_library_path())
+    opts.register_custom_ops_library(library or wina_onnx.get_library_path())
     data = model.SerializeToString()
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
@@ -152,11 +159,16 @@ def bench_shape(k_features, n, args, rng, log):
         kept = np.mean([reference.keep_mask(x[0], sc, threshold=float(thr)).sum() for sc in scales])
         rows_read[("threshold", s)] = float(kept)
 
+    # With a second library, its sessions are the same cases under the name "<variant>@B".
+    if args.ab_library:  # each case of the first library right before the same case of the second
+        cases = [c for v, s, extra in cases for c in [(v, s, extra)] + ([(f"{v}@B", s, extra)] if v != "dense" else [])]
+        rows_read.update({(f"{v}@B", s): r for (v, s), r in list(rows_read.items()) if v != "dense"})
     sessions = {}
-    for variant in ("dense", "topk", "threshold"):
+    for variant in ("dense", "topk", "threshold") + (("topk@B", "threshold@B") if args.ab_library else ()):
         t0 = time.perf_counter()
-        model = build_model(variant, weights, scales, k_features)
-        sessions[variant] = make_session(model, args.threads)
+        base, _, tag = variant.partition("@")
+        model = build_model(base, weights, scales, k_features)
+        sessions[variant] = make_session(model, args.threads, args.ab_library if tag else None)
         del model
         gc.collect()
         log(f"#   {variant} session ready in {time.perf_counter() - t0:.1f} s")
@@ -199,11 +211,11 @@ def bench_shape(k_features, n, args, rng, log):
 
 
 def format_table(rows):
-    head = f"{'shape':>10} {'variant':>10} {'sparsity':>8} {'rows':>7} {'median us':>10} {'IQR us':>8} {'GB/s':>7} {'speedup':>8}"
+    head = f"{'shape':>10} {'variant':>11} {'sparsity':>8} {'rows':>7} {'median us':>10} {'IQR us':>8} {'GB/s':>7} {'speedup':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['shape']:>10} {r['variant']:>10} {r['sparsity']:>8.2f} {r['rows_read']:>7.0f} "
+            f"{r['shape']:>10} {r['variant']:>11} {r['sparsity']:>8.2f} {r['rows_read']:>7.0f} "
             f"{r['median_us']:>10.1f} {r['iqr_us']:>8.1f} {r['gb_per_s']:>7.1f} {r['speedup_vs_dense']:>7.2f}x"
         )
     return "\n".join(lines)
@@ -222,6 +234,8 @@ def main(argv=None):
     log(f"# date: {datetime.datetime.now().isoformat(timespec='seconds')}")
     info = machine_info()
     info["library"] = os.path.basename(info["library"])
+    if args.ab_library:
+        info["library_b"] = os.path.basename(args.ab_library)
     log(f"# machine: {json.dumps(info)}")
     rng = np.random.default_rng(args.seed)
     rows = []
