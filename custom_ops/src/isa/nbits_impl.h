@@ -167,28 +167,16 @@ static inline void nb_merge_row(const float* work, int64_t N, float* out) {
   }
 }
 
-// The kept rows of the next block with any, prefetched a chunk at a time while this block
-// is computed: a block's rows are read a chunk at a time side by side, too many short
-// streams for the hardware prefetchers, and the next rows' addresses are known.
+// The kept rows of the next block that has any, prefetched into L2 while this block is
+// computed: the block's rows are read a chunk at a time side by side, too many short
+// streams for the hardware prefetchers, while the next rows' addresses are known. The
+// prefetches of a chunk are spread over its steps (rows or row quads): issued all at
+// once they fill the miss buffers and stall the loop that should hide them.
 struct NbNext {
   const int32_t* idx;
   int64_t count;
   int64_t block;
 };
-
-// Prefetches (into L2) the next block's kept rows and scales for the chunk of bytes
-// [byte0, byte0 + bytes) of a row, i.e. columns [2 byte0, 2 (byte0 + bytes)).
-template <int DT>
-static inline void nb_prefetch_next(const NbitsWeight& w, const NbNext& next, int64_t byte0, int64_t bytes) {
-  if ((byte0 & 63) >= bytes || next.count == 0) return;  // one prefetch per row and 64 bytes
-  for (int64_t i = 0; i < next.count; ++i)
-    __builtin_prefetch(w.codes + static_cast<int64_t>(next.idx[i]) * w.ldb + byte0, 0, 2);
-  const int64_t esize = DT == kFloat32 ? 4 : 2;
-  const int64_t c0 = 2 * (byte0 & ~int64_t{63});
-  const char* scales = static_cast<const char*>(w.scales) + (next.block * w.N + c0) * esize;
-  const int64_t end = (c0 + 128 < w.N ? 128 : w.N - c0) * esize;
-  for (int64_t off = 0; off < end; off += 64) __builtin_prefetch(scales + off, 0, 2);
-}
 
 // The next block after b in [b, b1) with kept rows (none: count 0).
 static inline NbNext nb_next_block(const int64_t* first, const int32_t* idx, int64_t b, int64_t b1) {
@@ -196,6 +184,49 @@ static inline NbNext nb_next_block(const int64_t* first, const int32_t* idx, int
     if (first[n + 1] > first[n]) return NbNext{idx + first[n], first[n + 1] - first[n], n};
   return NbNext{idx, 0, 0};
 }
+
+// The prefetches for one chunk of bytes [byte0, byte0 + bytes) of the rows (columns from
+// 2 byte0): one line of each of the next block's rows, then its scale lines for those
+// columns, a few per step.
+template <int DT>
+struct NbPrefetch {
+  const uint8_t* codes = nullptr;
+  int64_t ldb = 0;
+  const int32_t* idx = nullptr;
+  int64_t rows = 0;         // row prefetches, then scale lines
+  const char* scales = nullptr;
+  int64_t items = 0;
+  int64_t done = 0;
+  int64_t per_step = 0;
+
+  NbPrefetch(const NbitsWeight& w, const NbNext& next, int64_t byte0, int64_t bytes, int64_t steps) {
+    if (next.count == 0 || (byte0 & 63) >= bytes) return;  // one prefetch per row and 64 bytes
+    constexpr int64_t esize = DT == kFloat32 ? 4 : 2;
+    const int64_t c0 = 2 * (byte0 & ~int64_t{63});
+    const int64_t cols = c0 + 128 < w.N ? 128 : w.N - c0;
+    codes = w.codes + byte0;
+    ldb = w.ldb;
+    idx = next.idx;
+    rows = next.count;
+    scales = static_cast<const char*>(w.scales) + (next.block * w.N + c0) * esize;
+    items = rows + (cols * esize + 63) / 64;
+    per_step = steps > 0 ? (items + steps - 1) / steps : items;
+  }
+  inline void step() {
+    const int64_t end = done + per_step < items ? done + per_step : items;
+    for (; done < end; ++done) {
+      if (done < rows) {
+        __builtin_prefetch(codes + static_cast<int64_t>(idx[done]) * ldb, 0, 2);
+      } else {
+        __builtin_prefetch(scales + (done - rows) * 64, 0, 2);
+      }
+    }
+  }
+  inline void finish() {
+    per_step = items;
+    step();
+  }
+};
 
 // ---------------------------------------------------------------------------
 // Float decode.
@@ -206,13 +237,14 @@ static inline void nb_float_chunk(const NbitsWeight& w, int64_t b, int64_t g0, c
                                   int64_t cnt, float sumx, const NbNext& next, float* work) {
   const int64_t ldb = w.ldb;
   const bool whole = (g0 + Q) * VW <= ldb;
-  nb_prefetch_next<DT>(w, next, g0 * VW, Q * VW);
+  NbPrefetch<DT> prefetch(w, next, g0 * VW, Q * VW, cnt);
   vf ae[Q], ao[Q];
 #pragma GCC unroll 8
   for (int q = 0; q < Q; ++q) ae[q] = ao[q] = v_zero();
   for (int64_t r = 0; r < cnt; ++r) {
     const uint8_t* row = w.codes + static_cast<int64_t>(idx[r]) * ldb;
     const vf xb = v_bcast(val[r]);
+    prefetch.step();
     if (whole) {
       const uint8_t* p = row + g0 * VW;
 #pragma GCC unroll 8
@@ -233,6 +265,7 @@ static inline void nb_float_chunk(const NbitsWeight& w, int64_t b, int64_t g0, c
       }
     }
   }
+  prefetch.finish();
   const vf vsum = v_bcast(sumx);
 #pragma GCC unroll 8
   for (int q = 0; q < Q; ++q) {
@@ -305,7 +338,7 @@ WINA_NBITS_INT8_TARGET static inline void nb_int8_chunk(const NbitsWeight& w, in
                                                         int64_t quads, float sx, int32_t sumxq, const NbNext& next,
                                                         float* work) {
   const int64_t byte0 = g0 * 16;
-  nb_prefetch_next<DT>(w, next, byte0, Q * 16);
+  NbPrefetch<DT> prefetch(w, next, byte0, Q * 16, quads);
   const int64_t avail = w.ldb - byte0;
   const bool whole = avail >= 64;
   const __mmask64 mask = whole ? ~0ull : (1ull << avail) - 1;
@@ -332,6 +365,7 @@ WINA_NBITS_INT8_TARGET static inline void nb_int8_chunk(const NbitsWeight& w, in
       r2 = _mm512_maskz_loadu_epi8(mask, p2);
       r3 = _mm512_maskz_loadu_epi8(mask, p3);
     }
+    prefetch.step();
     const __m512i xb = _mm512_set1_epi32(xq4[u]);
     __m512i qv[4];
     const __m512i t01a = _mm512_permutex2var_epi8(r0, pair0, r1);
@@ -350,6 +384,7 @@ WINA_NBITS_INT8_TARGET static inline void nb_int8_chunk(const NbitsWeight& w, in
       ah[q] = _mm512_dpbusd_epi32(ah[q], _mm512_and_si512(qv[q], hi), xb);
     }
   }
+  prefetch.finish();
   const __m512 vsx = _mm512_set1_ps(sx), vsx16 = _mm512_set1_ps(sx * 0.0625f);
   const __m512 offset = _mm512_set1_ps(sx * static_cast<float>(sumxq));
 #pragma GCC unroll 4
