@@ -1,5 +1,7 @@
 #include "wina_sparse_matmul_nbits.h"
 
+#include <algorithm>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -13,31 +15,77 @@ std::string input_label(size_t index) {
   return std::string("input '") + kNBitsInputNames[index] + "' (index " + std::to_string(index) + ")";
 }
 
-InputView input_at(Ort::KernelContext& ctx, size_t index) { return read_input(ctx, index, input_label(index)); }
+// read_input with the label built only for an error (this runs for every token).
+InputView fetch_input(Ort::KernelContext& ctx, size_t index) {
+  InputView in;
+  if (index >= ctx.GetInputCount()) return in;
+  in.value = ctx.GetInput(index);
+  if (!in.present()) return in;
+  if (!in.value.IsTensor()) throw InvalidArgument(input_label(index) + " must be a tensor");
+  auto info = in.value.GetTensorTypeAndShapeInfo();
+  in.type = info.GetElementType();
+  in.shape = info.GetShape();
+  in.elements = static_cast<int64_t>(info.GetElementCount());
+  return in;
+}
+
+void check_type(const InputView& in, size_t index, ONNXTensorElementDataType want, const char* why) {
+  if (in.type != want) expect_type(in, input_label(index), want, why);  // throws
+}
 
 // Throws unless `in` has exactly the shape `want`, `layout` in terms of the attributes.
-void expect_shape(const InputView& in, size_t index, const std::vector<int64_t>& want, const char* layout,
-                  const NBitsAttributes& attrs) {
-  if (in.shape != want) {
-    throw InvalidArgument("shape mismatch: " + input_label(index) + " must have shape " + shape_str(want) + " (" +
-                          layout + " with K=" + std::to_string(attrs.K) + ", N=" + std::to_string(attrs.N) +
-                          ", block_size=" + std::to_string(attrs.block_size) + "), got " + shape_str(in.shape));
-  }
+void check_shape(const InputView& in, size_t index, std::initializer_list<int64_t> want, const char* layout,
+                 const NBitsAttributes& attrs) {
+  if (in.shape.size() == want.size() && std::equal(want.begin(), want.end(), in.shape.begin())) return;
+  throw InvalidArgument("shape mismatch: " + input_label(index) + " must have shape " +
+                        shape_str(std::vector<int64_t>(want)) + " (" + layout + " with K=" + std::to_string(attrs.K) +
+                        ", N=" + std::to_string(attrs.N) + ", block_size=" + std::to_string(attrs.block_size) +
+                        "), got " + shape_str(in.shape));
 }
 
 }  // namespace
 
-NBitsInputs read_nbits_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType t, const NBitsAttributes& attrs) {
-  const InputView x = input_at(ctx, kNBitsInputX);
-  const InputView b = input_at(ctx, kNBitsInputB);
-  const InputView scales = input_at(ctx, kNBitsInputScales);
-  const InputView score = input_at(ctx, kNBitsInputScoreScale);
+NBitsConstantInputs read_nbits_constant_inputs(const OrtKernelInfo* info) {
+  NBitsConstantInputs constants;
+  Ort::ConstKernelInfo kinfo(info);
+  const size_t count = kinfo.GetInputCount();
+  for (size_t i = kNBitsInputB; i < kNBitsNumInputs && i < count; ++i) {
+    int is_constant = 0;
+    Ort::ConstValue value{nullptr};
+    try {
+      value = kinfo.GetTensorConstantInput(i, &is_constant);
+    } catch (const Ort::Exception&) {
+      continue;  // an absent optional input
+    }
+    if (!is_constant || static_cast<const OrtValue*>(value) == nullptr || !value.IsTensor()) continue;
+    InputView& in = constants[i];
+    in.value = value;
+    auto type_shape = value.GetTensorTypeAndShapeInfo();
+    in.type = type_shape.GetElementType();
+    in.shape = type_shape.GetShape();
+    in.elements = static_cast<int64_t>(type_shape.GetElementCount());
+  }
+  return constants;
+}
+
+NBitsInputs read_nbits_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType t, const NBitsAttributes& attrs,
+                              const NBitsConstantInputs* constants) {
+  NBitsConstantInputs fetched;
+  auto view = [&](size_t index) -> const InputView& {
+    if (constants != nullptr && (*constants)[index].present()) return (*constants)[index];
+    fetched[index] = fetch_input(ctx, index);
+    return fetched[index];
+  };
+  const InputView& x = view(kNBitsInputX);
+  const InputView& b = view(kNBitsInputB);
+  const InputView& scales = view(kNBitsInputScales);
+  const InputView& score = view(kNBitsInputScoreScale);
   if (!x.present() || !b.present() || !scales.present() || !score.present())
     throw InvalidArgument("inputs 'X', 'B', 'scales' and 'score_scale' are required");
-  expect_type(x, input_label(kNBitsInputX), t, "");
-  expect_type(b, input_label(kNBitsInputB), ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, "");
-  expect_type(scales, input_label(kNBitsInputScales), t, " (the type of input 'X')");
-  expect_type(score, input_label(kNBitsInputScoreScale), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "");
+  check_type(x, kNBitsInputX, t, "");
+  check_type(b, kNBitsInputB, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, "");
+  check_type(scales, kNBitsInputScales, t, " (the type of input 'X')");
+  check_type(score, kNBitsInputScoreScale, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "");
 
   const int64_t K = attrs.K, N = attrs.N, G = attrs.block_size;
   const int64_t blocks = (K + G - 1) / G, ldb = (N + 1) / 2;
@@ -45,19 +93,19 @@ NBitsInputs read_nbits_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType
     throw InvalidArgument("shape mismatch: " + input_label(kNBitsInputX) + " has shape " + shape_str(x.shape) +
                           " but its last dimension must be the attribute K=" + std::to_string(K));
   }
-  expect_shape(b, kNBitsInputB, {K, ldb}, "[K, ceil(N/2)]", attrs);
-  expect_shape(scales, kNBitsInputScales, {blocks, N}, "[ceil(K/block_size), N]", attrs);
-  expect_shape(score, kNBitsInputScoreScale, {K}, "[K]", attrs);
+  check_shape(b, kNBitsInputB, {K, ldb}, "[K, ceil(N/2)]", attrs);
+  check_shape(scales, kNBitsInputScales, {blocks, N}, "[ceil(K/block_size), N]", attrs);
+  check_shape(score, kNBitsInputScoreScale, {K}, "[K]", attrs);
 
   NBitsInputs in;
-  const InputView zeros = input_at(ctx, kNBitsInputZeroPoints);
+  const InputView& zeros = view(kNBitsInputZeroPoints);
   if (zeros.present()) {
     if (zeros.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) {
-      expect_shape(zeros, kNBitsInputZeroPoints, {blocks, ldb}, "uint8 zero points are [ceil(K/block_size), ceil(N/2)]",
-                   attrs);
+      check_shape(zeros, kNBitsInputZeroPoints, {blocks, ldb}, "uint8 zero points are [ceil(K/block_size), ceil(N/2)]",
+                  attrs);
       in.zero_kind = kZeroPointsPacked;
     } else if (zeros.type == t) {
-      expect_shape(zeros, kNBitsInputZeroPoints, {blocks, N}, "float zero points are [ceil(K/block_size), N]", attrs);
+      check_shape(zeros, kNBitsInputZeroPoints, {blocks, N}, "float zero points are [ceil(K/block_size), N]", attrs);
       in.zero_kind = kZeroPointsFloat;
     } else {
       throw InvalidArgument(input_label(kNBitsInputZeroPoints) + " has element type " + type_name(zeros.type) +
@@ -69,25 +117,24 @@ NBitsInputs read_nbits_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType
   // The rule's scalar parameter.
   const GatingRule& rule = gating_rule(attrs.gating);
   const size_t param_index = nbits_gating_param_input(rule.param);
-  const InputView param = input_at(ctx, param_index);
+  const InputView& param = view(param_index);
   if (!param.present()) {
     throw InvalidArgument(std::string("gating='") + rule.name + "' needs " + input_label(param_index) +
                           ", which is missing");
   }
+  if (param.shape.size() > 1 || param.elements != 1) expect_scalar(param, input_label(param_index));  // throws
   if (rule.param == GatingParam::kK) {
-    expect_type(param, input_label(param_index), ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, "");
-    expect_scalar(param, input_label(param_index));
+    check_type(param, param_index, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64, "");
     in.k = param.value.GetTensorData<int64_t>();
   } else {
-    expect_type(param, input_label(param_index), ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "");
-    expect_scalar(param, input_label(param_index));
+    check_type(param, param_index, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "");
     in.threshold = param.value.GetTensorData<float>();
   }
 
-  const InputView bias = input_at(ctx, kNBitsInputBias);
+  const InputView& bias = view(kNBitsInputBias);
   if (bias.present()) {
-    expect_type(bias, input_label(kNBitsInputBias), t, " (the type of input 'X')");
-    expect_shape(bias, kNBitsInputBias, {N}, "[N]", attrs);
+    check_type(bias, kNBitsInputBias, t, " (the type of input 'X')");
+    check_shape(bias, kNBitsInputBias, {N}, "[N]", attrs);
     in.bias = bias.value.GetTensorRawData();
   }
 
@@ -121,6 +168,7 @@ WinaSparseMatMulNBitsKernel::WinaSparseMatMulNBitsKernel(const OrtKernelInfo* in
     : dtype_(dtype_of(type)),
       node_(node_label(info, kNBitsOpType)),
       attrs_(read_nbits_attributes(info, node_)),
+      constants_(read_nbits_constant_inputs(info)),
       kernels_(&select_isa_kernels()) {}
 
 OrtStatusPtr WinaSparseMatMulNBitsKernel::ComputeV2(OrtKernelContext* context) {
@@ -129,7 +177,7 @@ OrtStatusPtr WinaSparseMatMulNBitsKernel::ComputeV2(OrtKernelContext* context) {
 
 void WinaSparseMatMulNBitsKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
-  const NBitsInputs in = read_nbits_inputs(ctx, onnx_type(dtype_), attrs_);
+  const NBitsInputs in = read_nbits_inputs(ctx, onnx_type(dtype_), attrs_, &constants_);
   auto y = ctx.GetOutput(0, in.out_shape);
   const NbitsWeight weight = nbits_weight(in, attrs_, dtype_);
 

@@ -6,6 +6,7 @@
 // per type, all with the same name.
 #pragma once
 
+#include <array>
 #include <string>
 #include <vector>
 
@@ -37,8 +38,15 @@ struct NBitsInputs {
   int64_t M = 0;
   int device_id = 0;                     // of X's memory
 };
-// Throws InvalidArgument naming the offending input.
-NBitsInputs read_nbits_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType type, const NBitsAttributes& attrs);
+// The inputs that are constant initializers (the weights, usually also k or threshold and
+// bias), by input index, read once when a kernel is created; the others are absent here.
+using NBitsConstantInputs = std::array<InputView, kNBitsNumInputs>;
+NBitsConstantInputs read_nbits_constant_inputs(const OrtKernelInfo* info);
+
+// Throws InvalidArgument naming the offending input. `constants` (or nullptr): inputs taken
+// from there instead of the context; they are checked on every call all the same.
+NBitsInputs read_nbits_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType type, const NBitsAttributes& attrs,
+                              const NBitsConstantInputs* constants = nullptr);
 
 // The weight as the CPU loops see it.
 NbitsWeight nbits_weight(const NBitsInputs& in, const NBitsAttributes& attrs, DType dtype);
@@ -55,6 +63,7 @@ class WinaSparseMatMulNBitsKernel {
   DType dtype_;
   std::string node_;  // "WinaSparseMatMulNBits node 'name'" for error messages
   NBitsAttributes attrs_;
+  NBitsConstantInputs constants_;
   const IsaKernels* kernels_;
 };
 
