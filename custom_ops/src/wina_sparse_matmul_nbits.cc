@@ -165,15 +165,9 @@ NbitsWeight nbits_weight(const NBitsInputs& in, const NBitsAttributes& attrs, DT
 }
 
 WinaSparseMatMulNBitsKernel::WinaSparseMatMulNBitsKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type)
-    : dtype_(dtype_of(type)),
-      node_(node_label(info, kNBitsOpType)),
+    : CpuKernelBase(node_label(info, kNBitsOpType), type),
       attrs_(read_nbits_attributes(info, node_)),
-      constants_(read_nbits_constant_inputs(info)),
-      kernels_(&select_isa_kernels()) {}
-
-OrtStatusPtr WinaSparseMatMulNBitsKernel::ComputeV2(OrtKernelContext* context) {
-  return compute_status(node_, [&] { Compute(context); });
-}
+      constants_(read_nbits_constant_inputs(info)) {}
 
 void WinaSparseMatMulNBitsKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);

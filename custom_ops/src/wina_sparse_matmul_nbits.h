@@ -51,20 +51,15 @@ NBitsInputs read_nbits_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType
 // The weight as the CPU loops see it.
 NbitsWeight nbits_weight(const NBitsInputs& in, const NBitsAttributes& attrs, DType dtype);
 
-class WinaSparseMatMulNBitsKernel {
+class WinaSparseMatMulNBitsKernel : public CpuKernelBase {
  public:
-  static constexpr const char* kProvider = "CPUExecutionProvider";
   WinaSparseMatMulNBitsKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
-  OrtStatusPtr ComputeV2(OrtKernelContext* context);
 
  private:
-  void Compute(OrtKernelContext* context);
+  void Compute(OrtKernelContext* context) override;
 
-  DType dtype_;
-  std::string node_;  // "WinaSparseMatMulNBits node 'name'" for error messages
   NBitsAttributes attrs_;
   NBitsConstantInputs constants_;
-  const IsaKernels* kernels_;
 };
 
 template <typename Kernel>
