@@ -166,7 +166,8 @@ def main() -> int:
 
     def save() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(raw, indent=1) + "\n")
+        ordered = {**{k: v for k, v in raw.items() if k != "results"}, "results": raw["results"]}  # command on top
+        out.write_text(json.dumps(ordered, indent=1) + "\n")
 
     reference = quality.CachedReference(CausalLM.from_path(dense, threads=args.threads))
 
