@@ -267,6 +267,24 @@ def test_sparsity_zero_equals_matmul_nbits(isa: str, k: int, n: int, block: int,
         np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * max(1.0, float(np.abs(want).max())))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_sparsity_zero_equals_matmul_nbits_in_float16(isa: str) -> None:
+    """float16 activations and scales (a GPU-style model on the CPU): the same, within float16 rounding."""
+    k, n, block = 160, 21, 32
+    model = quantized_matmul(k, n, block_size=block, dtype=np.float16, seed=5)
+    source = nbits.read_source(nbits_node(model), initializers(model), set())
+    assert not isinstance(source, str), source
+    weight = nbits.load_feature_major(source, initializers(model))
+    assert weight.scales.dtype == np.float16
+    ref_sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = nbits_session(nbits_model(weight, weight.row_norms(), gating="threshold", dtype=np.float16), isa)
+    for lead in ((1,), (4,), (3, 11)):
+        x = np.random.default_rng(len(lead)).standard_normal((*lead, k)).astype(np.float16)
+        want = ref_sess.run(None, {"x": x})[0].astype(np.float32)
+        got = run_op(sess, x, "threshold", -1.0).astype(np.float32)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-2 * float(np.abs(want).max()))
+
+
 # --- one clear line for bad nodes and inputs ----------------------------------------------
 
 
