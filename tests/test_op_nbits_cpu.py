@@ -154,9 +154,10 @@ def gating_param(gating: str, sparsity: float, x: np.ndarray, score_scale: np.nd
 
 # --- the oracle over shapes, layouts, dtypes and paths ----------------------------------
 
-# (K, N, block): odd N, K not a multiple of the block, K smaller than the block, one block.
+# (K, N, block): odd N, K not a multiple of the block, K smaller than the block, one block,
+# a block larger than the int8 path takes (512).
 SHAPES = ((1, 1, 16), (5, 3, 16), (17, 33, 16), (31, 65, 32), (64, 128, 32), (96, 257, 64), (40, 96, 128),
-          (300, 129, 256), (576, 1536, 32), (200, 31, 16))
+          (300, 129, 256), (576, 1536, 32), (200, 31, 16), (1100, 20, 512))
 TOKENS = ((0,), (1,), (1, 1), (5,), (2, 4), (2, 19), (40,))
 
 
