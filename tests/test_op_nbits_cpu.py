@@ -4,8 +4,8 @@ wina_onnx.reference.wina_sparse_matmul_nbits and against ONNX Runtime's MatMulNB
 Every instruction-set path (WINA_ONNX_ISA), block sizes 16 to 256, zero points absent /
 packed uint8 / float, float32 / float16 / bfloat16, both gatings, 0, 1 and many tokens,
 and accuracy_level 0 (float arithmetic) and 4 (the decode, which also runs up to 8 tokens
-one by one, may quantize x to int8 per block; its error is checked against the bound that
-quantization allows).
+one by one, quantizes x to int8 per block with AVX2 or AVX-512 VNNI; its error is checked
+against the bound that quantization allows).
 """
 
 from __future__ import annotations
@@ -188,19 +188,23 @@ def test_matches_oracle(isa: str, dtype_name: str, accuracy_level: int) -> None:
                                  f"s={sparsity} lead={lead} acc={accuracy_level}", extra)
 
 
-def test_int8_path_is_not_the_float_path() -> None:
-    """On a CPU with AVX-512 VNNI the one-token path at accuracy_level 4 quantizes x: its
-    result differs from level 0's (so the test above exercises it) yet stays in the bound."""
+@pytest.mark.parametrize("isa", ["avx2", "avx512"])
+def test_int8_path_is_not_the_float_path(isa: str) -> None:
+    """With AVX2, or AVX-512 with VNNI and VBMI, the one-token path at accuracy_level 4
+    quantizes x: its result differs from level 0's (so the tests above exercise it) yet
+    stays in the bound."""
+    with open("/proc/cpuinfo") as f:
+        flags = f.read().split()
+    needs = {"avx2": ["avx2", "fma", "f16c"], "avx512": ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
+                                                        "avx512vbmi"]}[isa]
+    if not all(flag in flags for flag in needs):
+        pytest.skip(f"this CPU lacks one of {needs}: accuracy_level 4 runs another path")
     rng = np.random.default_rng(5)
     weight = random_weight(rng, 256, 512, 32, "none", np.float32)
     score_scale = weight.row_norms()
     x = rng.standard_normal((1, 256)).astype(np.float32)
     ys = [run_op(nbits_session(nbits_model(weight, score_scale, gating="topk", dtype=np.float32,
-                                           accuracy_level=level), "avx512"), x, "topk", 128) for level in (0, 4)]
-    with open("/proc/cpuinfo") as f:
-        flags = f.read()
-    if "avx512_vnni" not in flags or "avx512vbmi" not in flags:
-        pytest.skip("this CPU has no AVX-512 VNNI and VBMI: accuracy_level 4 runs the float path")
+                                           accuracy_level=level), isa), x, "topk", 128) for level in (0, 4)]
     assert not np.array_equal(ys[0], ys[1])
     assert_close(ys[1], ys[0], "float32", "int8 vs float", int8_error_bound(x, weight, score_scale, "topk", 128))
 

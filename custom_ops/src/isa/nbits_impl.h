@@ -13,9 +13,10 @@
 // even columns and high nibbles the odd ones. Accumulators keep that split (VW even
 // columns, then VW odd ones); the last step interleaves them into column order.
 //
-// The int8 decode (AVX-512 VNNI, accuracy_level 4) quantizes the block's kept x to int8
-// (one scale per block, as MatMulNBits does) and sums code * x with vpdpbusd over groups
-// of four kept rows, whose bytes are interleaved with two-source byte permutes.
+// The int8 decode (accuracy_level 4) quantizes the block's kept x to int8 (one scale per
+// block, as MatMulNBits does) and sums code * x over groups of four kept rows, whose bytes
+// are interleaved: with vpdpbusd after two-source byte permutes (AVX-512 VNNI + VBMI), or
+// with vpmaddubsw + vpmaddwd after in-lane unpacks (AVX2).
 #pragma once
 
 #include <cstdint>
@@ -401,15 +402,123 @@ WINA_NBITS_INT8_TARGET static inline void nb_int8_chunk(const NbitsWeight& w, in
   }
 }
 
+static bool nbits_cpu_has_int8() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
+}
+#define WINA_NBITS_HAVE_INT8 1
+#endif  // __AVX512F__
+
+// ---------------------------------------------------------------------------
+// Int8 decode with AVX2 (no VNNI): vpmaddubsw multiplies the codes (u8, one nibble per
+// byte, shifted down: 15 x 127 x 2 fits int16) by the four rows' x and adds pairs,
+// vpmaddwd with ones adds the two pairs into int32. The four rows' bytes are interleaved
+// within 128-bit lanes: dword d of lane h of quad vector k holds byte 16 h + 4 k + d.
+#if defined(__AVX2__) && !defined(__AVX512F__)
+#define WINA_NBITS_INT8_TARGET
+#define WINA_NBITS_HAVE_INT8 1
+
+// The four rows' 32 bytes at byte0; the last chunk of a row (Whole false) zero-padded.
+template <bool Whole>
+static inline __m256i nb_avx2_row_bytes(const uint8_t* row, int64_t byte0, int64_t avail) {
+  if (Whole) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + byte0));
+  alignas(32) uint8_t pad[32];
+  for (int j = 0; j < 32; ++j) pad[j] = j < avail ? row[byte0 + j] : 0;
+  return _mm256_load_si256(reinterpret_cast<const __m256i*>(pad));
+}
+
+static inline void nb_avx2_quad_dot(__m256i q, __m256i xb, __m256i& al, __m256i& ah) {
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const __m256i lo = _mm256_and_si256(q, low);
+  const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), low);
+  al = _mm256_add_epi32(al, _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xb), ones));
+  ah = _mm256_add_epi32(ah, _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xb), ones));
+}
+
+template <int DT, bool Whole>
+static inline void nb_int8_chunk_avx2(const NbitsWeight& w, int64_t b, int64_t byte0, const uint8_t* const* rows,
+                                      const int32_t* xq4, int64_t quads, float sx, int32_t sumxq, const NbNext& next,
+                                      float* work) {
+  const int64_t avail = w.ldb - byte0;
+  NbPrefetch<DT> prefetch(w, next, byte0, 32, quads);
+  __m256i al0 = _mm256_setzero_si256(), al1 = al0, al2 = al0, al3 = al0;
+  __m256i ah0 = al0, ah1 = al0, ah2 = al0, ah3 = al0;
+  for (int64_t u = 0; u < quads; ++u) {
+    prefetch.step();
+    const __m256i r0 = nb_avx2_row_bytes<Whole>(rows[4 * u], byte0, avail);
+    const __m256i r1 = nb_avx2_row_bytes<Whole>(rows[4 * u + 1], byte0, avail);
+    const __m256i r2 = nb_avx2_row_bytes<Whole>(rows[4 * u + 2], byte0, avail);
+    const __m256i r3 = nb_avx2_row_bytes<Whole>(rows[4 * u + 3], byte0, avail);
+    const __m256i xb = _mm256_set1_epi32(xq4[u]);
+    const __m256i t01l = _mm256_unpacklo_epi8(r0, r1), t01h = _mm256_unpackhi_epi8(r0, r1);
+    const __m256i t23l = _mm256_unpacklo_epi8(r2, r3), t23h = _mm256_unpackhi_epi8(r2, r3);
+    nb_avx2_quad_dot(_mm256_unpacklo_epi16(t01l, t23l), xb, al0, ah0);
+    nb_avx2_quad_dot(_mm256_unpackhi_epi16(t01l, t23l), xb, al1, ah1);
+    nb_avx2_quad_dot(_mm256_unpacklo_epi16(t01h, t23h), xb, al2, ah2);
+    nb_avx2_quad_dot(_mm256_unpackhi_epi16(t01h, t23h), xb, al3, ah3);
+  }
+  const __m256i al[4] = {al0, al1, al2, al3}, ah[4] = {ah0, ah1, ah2, ah3};
+  prefetch.finish();
+  const __m256 vsx = _mm256_set1_ps(sx), offset = _mm256_set1_ps(sx * static_cast<float>(sumxq));
+  // Nibble group g of the chunk (bytes 8 g .. 8 g + 7): lane g / 2 of quad vectors
+  // 2 (g % 2) and 2 (g % 2) + 1.
+  for (int g = 0; g < 4; ++g) {
+    const int64_t c = 2 * byte0 + NBG * g;
+    if (c >= w.N) break;
+    const int k0 = 2 * (g & 1);
+    const __m256i even = (g >> 1) ? _mm256_permute2x128_si256(al[k0], al[k0 + 1], 0x31)
+                                  : _mm256_permute2x128_si256(al[k0], al[k0 + 1], 0x20);
+    const __m256i odd = (g >> 1) ? _mm256_permute2x128_si256(ah[k0], ah[k0 + 1], 0x31)
+                                 : _mm256_permute2x128_si256(ah[k0], ah[k0 + 1], 0x20);
+    vf se, so, ze, zo;
+    nb_group_affine<DT>(w, b, c, se, so, ze, zo);
+    const __m256 te = _mm256_fnmadd_ps(ze, offset, _mm256_mul_ps(_mm256_cvtepi32_ps(even), vsx));
+    const __m256 to = _mm256_fnmadd_ps(zo, offset, _mm256_mul_ps(_mm256_cvtepi32_ps(odd), vsx));
+    _mm256_storeu_ps(work + c, _mm256_fmadd_ps(se, te, _mm256_loadu_ps(work + c)));
+    _mm256_storeu_ps(work + c + VW, _mm256_fmadd_ps(so, to, _mm256_loadu_ps(work + c + VW)));
+  }
+}
+#endif  // AVX2 without AVX-512
+
+#if defined(WINA_NBITS_HAVE_INT8)
 // Largest block the int8 path quantizes (larger ones take the float path): bounds the
 // stack lists and keeps the int32 sums exact in float (255 x 127 x 256 < 2^24).
 constexpr int64_t kNbitsInt8MaxBlock = 256;
+
+// Symmetric int8 x of a block's kept rows (scale max|x| / 127, rounded to nearest even),
+// four rows per 32-bit word; the padding rows repeat the last kept row with x = 0.
+// Returns the number of quads; sx and sumxq are the scale and the sum of the int8 x.
+static inline int64_t nb_quantize_block(const NbitsWeight& w, const int32_t* idx, const float* val, int64_t cnt,
+                                        float amax, const uint8_t** rows, int32_t* xq4, float& sx, int32_t& sumxq) {
+  const float inv = 127.0f / amax;
+  sx = amax / 127.0f;
+  sumxq = 0;
+  const int64_t quads = (cnt + 3) / 4;
+  for (int64_t u = 0; u < quads; ++u) {
+    uint32_t word = 0;
+    for (int j = 0; j < 4; ++j) {
+      const int64_t r = 4 * u + j;
+      int32_t q = 0;
+      if (r < cnt) {
+        q = _mm_cvtss_si32(_mm_set_ss(val[r] * inv));  // nearest, ties to even
+        q = q > 127 ? 127 : (q < -127 ? -127 : q);
+        rows[r] = w.codes + static_cast<int64_t>(idx[r]) * w.ldb;
+      } else {
+        rows[r] = w.codes + static_cast<int64_t>(idx[cnt - 1]) * w.ldb;
+      }
+      sumxq += q;
+      word |= static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(q))) << (8 * j);
+    }
+    xq4[u] = static_cast<int32_t>(word);
+  }
+  return quads;
+}
 
 template <int DT>
 WINA_NBITS_INT8_TARGET static void nbits_decode_int8_impl(const NbitsWeight& w, int64_t b0, int64_t b1,
                                                           const int64_t* first, const int32_t* idx,
                                                           const float* val, float* work, float* out) {
-  const int64_t groups = (w.ldb + 15) / 16;
+  const int64_t groups = (w.ldb + VW - 1) / VW;
   for (int64_t c = 0; c < groups * NBG; ++c) work[c] = 0.0f;
   const uint8_t* rows[kNbitsInt8MaxBlock + 4];
   int32_t xq4[kNbitsInt8MaxBlock / 4 + 1];
@@ -417,41 +526,22 @@ WINA_NBITS_INT8_TARGET static void nbits_decode_int8_impl(const NbitsWeight& w, 
     const int64_t f = first[b], cnt = first[b + 1] - f;
     if (cnt == 0) continue;
     float amax = 0.0f;
+    bool finite = true;
     for (int64_t r = 0; r < cnt; ++r) {
       const float a = __builtin_fabsf(val[f + r]);
       amax = a > amax ? a : amax;
+      finite = finite && (val[f + r] - val[f + r] == 0.0f);
     }
-    bool finite = true;
-    for (int64_t r = 0; r < cnt; ++r) finite = finite && (val[f + r] - val[f + r] == 0.0f);
     const NbNext next = nb_next_block(first, idx, b, b1);
     if (!finite || cnt > kNbitsInt8MaxBlock) {  // NaN / inf propagate as in float
       nb_float_block<DT>(w, b, idx + f, val + f, cnt, next, work);
       continue;
     }
     if (amax == 0.0f) continue;
-    // Symmetric int8 per block, rounded to nearest even; padding rows repeat the last
-    // kept row with x = 0.
-    const float inv = 127.0f / amax;
-    const float sx = amax / 127.0f;
-    const int64_t quads = (cnt + 3) / 4;
-    int32_t sumxq = 0;
-    for (int64_t u = 0; u < quads; ++u) {
-      uint32_t word = 0;
-      for (int j = 0; j < 4; ++j) {
-        const int64_t r = 4 * u + j;
-        int32_t q = 0;
-        if (r < cnt) {
-          q = _mm_cvtss_si32(_mm_set_ss(val[f + r] * inv));  // nearest, ties to even
-          q = q > 127 ? 127 : (q < -127 ? -127 : q);
-          rows[r] = w.codes + static_cast<int64_t>(idx[f + r]) * w.ldb;
-        } else {
-          rows[r] = w.codes + static_cast<int64_t>(idx[f + cnt - 1]) * w.ldb;
-        }
-        sumxq += q;
-        word |= static_cast<uint32_t>(static_cast<uint8_t>(static_cast<int8_t>(q))) << (8 * j);
-      }
-      xq4[u] = static_cast<int32_t>(word);
-    }
+    float sx;
+    int32_t sumxq;
+    const int64_t quads = nb_quantize_block(w, idx + f, val + f, cnt, amax, rows, xq4, sx, sumxq);
+#if defined(__AVX512F__)
     int64_t g = 0;
     for (; g + 4 <= groups; g += 4) nb_int8_chunk<DT, 4>(w, b, g, rows, xq4, quads, sx, sumxq, next, work);
     if (g + 2 <= groups) {
@@ -459,20 +549,16 @@ WINA_NBITS_INT8_TARGET static void nbits_decode_int8_impl(const NbitsWeight& w, 
       g += 2;
     }
     if (g < groups) nb_int8_chunk<DT, 1>(w, b, g, rows, xq4, quads, sx, sumxq, next, work);
+#else
+    int64_t byte0 = 0;
+    for (; byte0 + 32 <= w.ldb; byte0 += 32)
+      nb_int8_chunk_avx2<DT, true>(w, b, byte0, rows, xq4, quads, sx, sumxq, next, work);
+    if (byte0 < w.ldb) nb_int8_chunk_avx2<DT, false>(w, b, byte0, rows, xq4, quads, sx, sumxq, next, work);
+#endif
   }
   nb_merge_row(work, w.N, out);
 }
-
-static bool nbits_cpu_has_int8() {
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi");
-#else
-  return false;
-#endif
-}
-#define WINA_NBITS_HAVE_INT8 1
-#endif  // __AVX512F__
+#endif  // WINA_NBITS_HAVE_INT8
 
 // ---------------------------------------------------------------------------
 // Prefill: dequantize a column block of the used rows into pack, then the float tiles.
@@ -540,7 +626,11 @@ static void nbits_tiles_impl(const NbitsWeight& w, int64_t n0, int64_t n1, const
 // CPU has them.
 static const NbitsKernels& nbits_table() {
 #if defined(WINA_NBITS_HAVE_INT8)
+#if defined(__AVX512F__)
   static const bool int8 = nbits_cpu_has_int8();
+#else
+  constexpr bool int8 = true;  // the AVX2 table's own instructions
+#endif
   static const NbitsKernels table = {
       static_cast<int32_t>(NBP),
       {nbits_decode_float_impl<kFloat32>, nbits_decode_float_impl<kFloat16>, nbits_decode_float_impl<kBFloat16>},
