@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -44,6 +45,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 SPARSITIES = (0.5, 0.4)
+ROLE = re.compile(r"(lm_head|qkv_proj|q_proj|k_proj|v_proj|o_proj|gate_up_proj|gate_proj|up_proj|down_proj)")
 
 
 class Log:
@@ -157,22 +159,43 @@ def profile_decode(path: Path, prompt: np.ndarray, decode_ids: np.ndarray, threa
     decode_runs = runs[1:]  # the first run is the prefill
     first = decode_runs[0]["ts"]
     ms: dict[str, float] = {}
+    roles: dict[str, float] = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first:
             kind = kind_of(e["name"], e.get("args", {}).get("op_name", ""))
             ms[kind] = ms.get(kind, 0.0) + e["dur"] / 1000
+            role = ROLE.search(e["name"]) if kind.startswith(("projections", "LM head")) else None
+            if role:
+                roles[role.group(1)] = roles.get(role.group(1), 0.0) + e["dur"] / 1000
     total = sum(e["dur"] for e in decode_runs) / 1000
     steps = len(decode_runs)
     per_token = {k: v / steps for k, v in sorted(ms.items(), key=lambda kv: -kv[1])}
     per_token["outside nodes (session, KV cache copies, threads)"] = total / steps - sum(per_token.values())
-    return {"total": total / steps, "kinds": per_token}
+    return {"total": total / steps, "kinds": per_token, "roles": {k: v / steps for k, v in roles.items()}}
+
+
+def projection_bytes(path: Path) -> dict[str, int]:
+    """Bytes of the 4-bit codes, scales and zero points of each projection role's MatMulNBits."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    sizes = {i.name: int(np.prod(i.dims)) * onnx.helper.tensor_dtype_to_np_dtype(i.data_type).itemsize
+             for i in model.graph.initializer}
+    found: dict[str, int] = {}
+    for node in model.graph.node:
+        role = ROLE.search(node.name) if node.op_type == "MatMulNBits" else None
+        if role:
+            found[role.group(1)] = found.get(role.group(1), 0) + sum(sizes.get(x, 0) for x in node.input[1:4])
+    return found
 
 
 def median_profile(profiles: list[dict]) -> dict:
     """The median over runs of each kind's ms per token and of the total."""
     kinds = dict.fromkeys(k for p in profiles for k in p["kinds"])
+    roles = dict.fromkeys(k for p in profiles for k in p["roles"])
     return {"total": statistics.median(p["total"] for p in profiles),
-            "kinds": {k: statistics.median(p["kinds"].get(k, 0.0) for p in profiles) for k in kinds}}
+            "kinds": {k: statistics.median(p["kinds"].get(k, 0.0) for p in profiles) for k in kinds},
+            "roles": {k: statistics.median(p["roles"].get(k, 0.0) for p in profiles) for k in roles}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,6 +311,16 @@ def main(argv: list[str] | None = None) -> int:
         gated = p["kinds"].get("projections, WinaSparseMatMulNBits", 0.0)
         log(f"{label}: gated projections {gated:.3f} ms/token against dense {projections:.3f} "
             f"({projections / gated:.2f}x); the rest {p['total'] - gated:.3f} against {dense_profile['total'] - projections:.3f}")
+    weights = projection_bytes(dense / "model.onnx")
+    log("\nprojections by role, ms per token: dense with the rate at which it reads its 4-bit codes, scales "
+        "and zero points; WINA with its speed-up over dense")
+    log(f"{'role':<14}{'MiB':>6}" + "".join(f"{label:>22}" for label in profiles))
+    for role, size in weights.items():
+        base_ms = dense_profile["roles"].get(role, float("nan"))
+        cells = [f"{base_ms:.3f} ({size / base_ms / 1e6:.1f} GB/s)"]
+        cells += [f"{p['roles'].get(role, float('nan')):.3f} ({base_ms / p['roles'].get(role, float('nan')):.2f}x)"
+                  for p in list(profiles.values())[1:]]
+        log(f"{role:<14}{size / 2**20:6.1f}" + "".join(f"{c:>22}" for c in cells))
     sparsity = 0.5
     bound = dense_profile["total"] / (dense_profile["total"] - sparsity * projections)
     log(f"bound at 50%: if the gated projections took exactly half the dense projections' time and all else "
