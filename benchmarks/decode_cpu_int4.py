@@ -139,7 +139,7 @@ def profile_decode(path: Path, prompt: np.ndarray, decode_ids: np.ndarray, threa
     """Per decoded token: ms of each kind of node, ms outside nodes, and ms in all, from
     ONNX Runtime's profiler (the prefill's events left out)."""
     from wina_onnx.library import register_library
-    from wina_onnx.runtime import CausalLM, session_options, uses_wina_domain
+    from wina_onnx.runtime.session import CausalLM, session_options, uses_wina_domain
 
     import onnxruntime as ort
 
@@ -217,10 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime_genai as og
 
     from wina_onnx.data import read_text
-    from wina_onnx.evaluate import tokenize_text
+    from wina_onnx.evaluation.perplexity import tokenize_text
     from wina_onnx.library import get_library_path
-    from wina_onnx.runtime import load_tokenizer
-    from wina_onnx.sparsity_probe import measure_sparsity
+    from wina_onnx.runtime.session import load_tokenizer
+    from wina_onnx.evaluation.sparsity_probe import measure_sparsity
 
     log = Log()
     library = Path(get_library_path())

@@ -6,7 +6,7 @@ Steps, each skipped when its output is already in --work (so a second call can r
              GroupQueryAttention with rotary, (Skip)SimplifiedLayerNormalization, float16,
              random weights drawn on the GPU, or on the CPU with --generator torch-cpu);
   2. calibrate  the WINA score histograms over --calib-windows windows of
-             --calib-window random token ids (wina_onnx.calibration.calibrate_model), on
+             --calib-window random token ids (wina_onnx.calibrate.calibration.calibrate_model), on
              the GPU, or with --calib-device cpu on ONNX Runtime's CPU provider;
   3. optimize   the WINA pass on the fused dense graph, threshold gating, at the first
              sparsity of --sparsities (wina_onnx.optimize.optimize_model);
@@ -21,7 +21,7 @@ With --cuda-graph, step 5 runs instead on the static-cache variant of every mode
 (wina_onnx.testing.fused_llama.write_static_cache_model, written beside each model, weights
 shared): GroupQueryAttention with seqlens_k / total_seq_len inputs and one KV buffer
 of fixed length bound as past and present, one session per model with the CUDA
-provider's CUDA graphs (wina_onnx.bench.bench_static_models): prefill without a graph,
+provider's CUDA graphs (wina_onnx.evaluation.bench.bench_static_models): prefill without a graph,
 decode steps as graph replays, the same steps node by node in the same session for
 comparison, and the greedy tokens of both ways, which must be equal.
 
@@ -194,13 +194,13 @@ def prepare(family: Family, args, shape, work: Path) -> dict[str, Path] | None:
     None when --stop-after ends the run first.
     """
     from wina_onnx import schema
-    from wina_onnx.allocation import Allocation
-    from wina_onnx.calibration import Calibration, calibrate_model
+    from wina_onnx.calibrate.allocation import Allocation
+    from wina_onnx.calibrate.calibration import Calibration, calibrate_model
     from wina_onnx.testing.fused_llama import (build_fused_llama, numpy_code_generator, numpy_generator,
                                        torch_code_generator, torch_generator)
     from wina_onnx.optimize import optimize_model
     from wina_onnx.passes import GateConfig
-    from wina_onnx.runtime import CUDA_PROVIDERS
+    from wina_onnx.runtime.session import CUDA_PROVIDERS
 
     steps_file = family.steps_file(work)
     timings = json.loads(steps_file.read_text()) if steps_file.is_file() else {}
@@ -295,7 +295,7 @@ def main(argv=None) -> int:
     command = "python3 benchmarks/e2e_cuda.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.device == "cuda":
         import torch  # noqa: F401  (first: its CUDA 13 libraries are the ones ONNX Runtime's provider loads)
-    from wina_onnx.bench import bench_models, bench_static_models
+    from wina_onnx.evaluation.bench import bench_models, bench_static_models
     from wina_onnx.testing.fused_llama import LlamaShape, node_counts, write_static_cache_model
 
     work = Path(args.work)

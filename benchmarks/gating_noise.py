@@ -22,7 +22,7 @@ import run_pairs
 
 def main(argv=None) -> int:
     args = run_pairs.parse_args(__doc__.splitlines()[0], argv)
-    from wina_onnx.runtime import CausalLM
+    from wina_onnx.runtime.session import CausalLM
 
     def optimizations(level):
         return lambda path: (CausalLM.from_path(path, threads=args.threads, optimization_level=level), None)

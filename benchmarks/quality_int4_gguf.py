@@ -83,10 +83,10 @@ def main() -> int:
 
     import wina_onnx
     from wina_onnx.data import read_text
-    from wina_onnx.evaluate import tokenize_text
-    from wina_onnx.export import DEFAULT_GGUF_FILE, export_model
-    from wina_onnx.metrics import compare_to_reference
-    from wina_onnx.runtime import CausalLM, load_tokenizer
+    from wina_onnx.evaluation.perplexity import tokenize_text
+    from wina_onnx.export.optimum_export import DEFAULT_GGUF_FILE, export_model
+    from wina_onnx.evaluation.metrics import compare_to_reference
+    from wina_onnx.runtime.session import CausalLM, load_tokenizer
 
     work = Path(args.work_dir)
     dense = work / "smollm2" / "model.onnx"

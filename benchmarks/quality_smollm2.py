@@ -49,13 +49,13 @@ def main() -> int:
     import onnxruntime
 
     import wina_onnx
-    from wina_onnx.allocation import Allocation
+    from wina_onnx.calibrate.allocation import Allocation
     from wina_onnx.data import read_text
-    from wina_onnx.evaluate import perplexity, tokenize_text
-    from wina_onnx.export import export_model
+    from wina_onnx.evaluation.perplexity import perplexity, tokenize_text
+    from wina_onnx.export.optimum_export import export_model
     from wina_onnx.optimize import optimize_model
     from wina_onnx.passes import GateConfig
-    from wina_onnx.runtime import CausalLM, load_tokenizer
+    from wina_onnx.runtime.session import CausalLM, load_tokenizer
 
     work = Path(args.work_dir)
     dense = work / "smollm2" / "model.onnx"

@@ -2,7 +2,7 @@
 
 Each script names its two ways of running a model (a reference and another) and how to
 load each; compare() runs them over the same windows with
-wina_onnx.metrics.compare_to_reference and writes, per model, both perplexities, their
+wina_onnx.evaluation.metrics.compare_to_reference and writes, per model, both perplexities, their
 relative difference, KL(reference || other) and the top-1 agreement.
 """
 
@@ -43,9 +43,9 @@ def compare(args: argparse.Namespace, names: tuple[str, str], reference: Loader,
     import onnxruntime as ort
 
     from wina_onnx.data import read_text
-    from wina_onnx.evaluate import tokenize_text
-    from wina_onnx.metrics import compare_to_reference
-    from wina_onnx.runtime import load_tokenizer
+    from wina_onnx.evaluation.perplexity import tokenize_text
+    from wina_onnx.evaluation.metrics import compare_to_reference
+    from wina_onnx.runtime.session import load_tokenizer
 
     ref_name, other_name = names
     results = {

@@ -41,7 +41,7 @@ def main() -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from wina_onnx.export import DEFAULT_GGUF_FILE, default_gguf_path
+    from wina_onnx.export.optimum_export import DEFAULT_GGUF_FILE, default_gguf_path
 
     torch.set_num_threads(2)
     folder = default_gguf_path().parent

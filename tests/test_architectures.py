@@ -1,4 +1,4 @@
-"""The architectures people run, exported as they export them (tests/architectures.py).
+"""The architectures people run, exported as they export them (tests/helpers/architectures.py).
 
 For each tiny random model and each exporter (Optimum; GenAI's model builder where it
 takes the architecture):
@@ -27,17 +27,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from architectures import (BY_KEY, LAYERS, VOCAB, Architecture, cases, export_optimum, made_from, make_checkpoint,
+from helpers.architectures import (BY_KEY, LAYERS, VOCAB, Architecture, cases, export_optimum, made_from, make_checkpoint,
                            readme_section, readme_table)
 from conftest import REPO_ROOT, _build_atomically, _key
-from pipeline_helpers import logits
+from helpers.pipeline_helpers import logits
 
 from wina_onnx import cli
 from wina_onnx.data import default_text
-from wina_onnx.generate import generate
+from wina_onnx.runtime.generate import generate
 from wina_onnx.passes.candidates import find_candidates, node_display_name
-from wina_onnx.runtime import CausalLM, load_tokenizer
-from wina_onnx.sparsity_probe import measure_sparsity
+from wina_onnx.runtime.session import CausalLM, load_tokenizer
+from wina_onnx.evaluation.sparsity_probe import measure_sparsity
 
 PROMPT = "def main(argv):\n    "
 MAX_NEW = 8
@@ -74,7 +74,7 @@ class Matrix:
         made_by = {**made_from(), "transformers": version("transformers"), "optimum": version("optimum-onnx")}
         self.root = work_dir / f"architectures-{_key(made_by)}"
         scripts = REPO_ROOT / "scripts"
-        self.builder_key = _digest(here / "genai_builder_run.py", scripts / "genai_builder_env.sh",
+        self.builder_key = _digest(here / "helpers" / "genai_builder_run.py", scripts / "genai_builder_env.sh",
                                    scripts / "genai_builder_requirements.txt")
         self.scratch = scratch
         self._optimized: dict[tuple[str, str], Path] = {}
@@ -112,7 +112,7 @@ class Matrix:
             pairs = []
             for key, _ in todo:
                 pairs += [str(self.hf(key)), str(tmp / key)]
-            run = subprocess.run([str(python), str(Path(__file__).with_name("genai_builder_run.py")), "fp32", "cpu",
+            run = subprocess.run([str(python), str(Path(__file__).parent / "helpers" / "genai_builder_run.py"), "fp32", "cpu",
                                   str(tmp / "cache"), *pairs], capture_output=True, text=True)
             if run.returncode != 0:
                 self._no_builder = f"the model builder failed: {run.stderr.strip()[-3000:]}"
@@ -286,4 +286,4 @@ def _og_tokens(folder: Path, prompt: list[int]) -> list[int]:
 
 def test_readme_table_is_generated_from_the_matrix() -> None:
     text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    assert readme_section(text) == readme_table(), "run: python tests/architectures.py"
+    assert readme_section(text) == readme_table(), "run: python tests/helpers/architectures.py"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from graphs import mixed_model, projection_model
+from helpers.graphs import mixed_model, projection_model
 from onnx import TensorProto, helper, numpy_helper
 from test_cli import assert_one_line_error, wina
 
@@ -253,7 +253,7 @@ def test_options_checked_before_calibrating(tiny_llama_dir: Path, tmp_path: Path
 
 def _matmul_nbits_file(tmp_path: Path, *, bits: int = 4, g_idx: bool = False) -> Path:
     """A one-projection MatMulNBits model made by ONNX Runtime's quantizer, with typed shapes."""
-    from nbits_models import nbits_node, quantized_matmul
+    from helpers.nbits_models import nbits_node, quantized_matmul
 
     model = quantized_matmul(64, 32, block_size=32, bits=bits)
     for value, size in ((model.graph.input[0], 64), (model.graph.output[0], 32)):

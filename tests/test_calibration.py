@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wina_onnx.calibration import NUM_BINS, Calibration, histogram_of, quantile
+from wina_onnx.calibrate.calibration import NUM_BINS, Calibration, histogram_of, quantile
 from wina_onnx.errors import ConfigError
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from graphs import mixed_model, projection_model
+from helpers.graphs import mixed_model, projection_model
 from onnx import TensorProto, helper
 
 

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import onnx
 import pytest
-from graphs import projection_model
+from helpers.graphs import projection_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wina_onnx import cli
-from wina_onnx.calibration import calibrate_model
+from wina_onnx.calibrate.calibration import calibrate_model
 
 COMMANDS = ("optimize", "calibrate", "eval", "generate", "bench", "inspect", "package", "report")
 GOOD_MODELS = ("in/model.onnx", "llama/model.onnx", "llama")

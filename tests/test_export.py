@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from wina_onnx.export import DEFAULT_GGUF_FILE, ExportError, default_gguf_path, export_model
+from wina_onnx.export.optimum_export import DEFAULT_GGUF_FILE, ExportError, default_gguf_path, export_model
 
 
 def _check_export(folder: Path, layers: int) -> None:

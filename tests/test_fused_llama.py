@@ -8,12 +8,12 @@ import onnx
 import pytest
 
 from wina_onnx import schema
-from wina_onnx.allocation import Allocation
-from wina_onnx.calibration import calibrate_model
+from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.calibrate.calibration import calibrate_model
 from wina_onnx.testing.fused_llama import LlamaShape, build_fused_llama, node_counts
 from wina_onnx.optimize import optimize_model
 from wina_onnx.passes import GateConfig
-from wina_onnx.runtime import CausalLM, CudaCausalLM
+from wina_onnx.runtime.session import CausalLM, CudaCausalLM
 
 TINY = LlamaShape(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=256, max_position_embeddings=128)

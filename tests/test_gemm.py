@@ -11,11 +11,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from graphs import IR_VERSION
+from helpers.graphs import IR_VERSION
 from onnx import TensorProto, helper, numpy_helper
 
 from wina_onnx import get_library_path, reference, schema
-from wina_onnx.allocation import Allocation
+from wina_onnx.calibrate.allocation import Allocation
 from wina_onnx.passes import GateConfig, apply_wina_gates, find_candidates
 
 K, N = 48, 24

@@ -11,12 +11,12 @@ import pytest
 
 og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed (pip install 'wina-onnx[genai]')")
 
-from pipeline_helpers import optimized_copy  # noqa: E402
+from helpers.pipeline_helpers import optimized_copy  # noqa: E402
 
 from wina_onnx import cli  # noqa: E402
-from wina_onnx.generate import generate  # noqa: E402
+from wina_onnx.runtime.generate import generate  # noqa: E402
 from wina_onnx.library import LIBRARY_NAME  # noqa: E402
-from wina_onnx.runtime import CausalLM, uses_wina_domain  # noqa: E402
+from wina_onnx.runtime.session import CausalLM, uses_wina_domain  # noqa: E402
 
 MAX_NEW = 8
 PROMPT = "The quick brown fox jumps over"
@@ -101,10 +101,10 @@ def test_package_genai_errors(wina_dir: Path, tmp_path: Path, capsys):
 def test_genai_runs_the_default_grouped_model(tiny_llama_dir: Path, tmp_path: Path, monkeypatch):
     """What `optimize` writes by default (threshold gates, q/k/v and gate/up as
     WinaSparseMatMulGroup nodes with variadic inputs and outputs) decodes in GenAI as in wina-onnx."""
-    from wina_onnx.calibration import calibrate_model
+    from wina_onnx.calibrate.calibration import calibrate_model
     from wina_onnx.data import default_text
-    from wina_onnx.evaluate import tokenize_text
-    from wina_onnx.runtime import load_tokenizer
+    from wina_onnx.evaluation.perplexity import tokenize_text
+    from wina_onnx.runtime.session import load_tokenizer
 
     ids = tokenize_text(load_tokenizer(tiny_llama_dir), default_text())[:512]
     calibration = calibrate_model(tiny_llama_dir / "model.onnx", token_ids=ids, windows=4, window=128, progress=False)

@@ -20,10 +20,10 @@ import pytest
 og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed (pip install 'wina-onnx[genai]')")
 
 from wina_onnx import cli  # noqa: E402
-from wina_onnx.generate import generate  # noqa: E402
+from wina_onnx.runtime.generate import generate  # noqa: E402
 from wina_onnx.library import LIBRARY_NAME  # noqa: E402
-from wina_onnx.model_facts import kv_dims_from_graph  # noqa: E402
-from wina_onnx.runtime import CausalLM, load_tokenizer, uses_wina_domain  # noqa: E402
+from wina_onnx.runtime.model_facts import kv_dims_from_graph  # noqa: E402
+from wina_onnx.runtime.session import CausalLM, load_tokenizer, uses_wina_domain  # noqa: E402
 
 PROMPT = "The quick brown fox jumps over"
 MAX_NEW = 12

@@ -19,12 +19,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from gguf_models import FOUR_BIT_COUNT, LAYER_TYPES, OUTPUT_TYPE, write_tiny_gguf
-from nbits_models import float_matmul
+from helpers.gguf_models import FOUR_BIT_COUNT, LAYER_TYPES, OUTPUT_TYPE, write_tiny_gguf
+from helpers.nbits_models import float_matmul
 from onnx import TensorProto, helper, numpy_helper
 
-from wina_onnx import gguf_int4
-from wina_onnx.export import ExportError, default_gguf_path, export_model
+from wina_onnx.export import gguf_int4
+from wina_onnx.export.optimum_export import ExportError, default_gguf_path, export_model
 from wina_onnx.passes import nbits
 from wina_onnx.passes.roles import classify
 
@@ -56,7 +56,7 @@ def _random_weight(kind: str, n: int = 24, k: int = 512, seed: int = 0) -> tuple
     """A random GGUF tensor of `kind` (with scale-0 blocks) decoded, and gguf's own float32 [N, K]."""
     import gguf
     from gguf.quants import dequantize
-    from gguf_models import _blocks
+    from helpers.gguf_models import _blocks
 
     data = _blocks(np.random.default_rng(seed), kind, n, k, 0.2)
     qtype = gguf.GGMLQuantizationType[kind]
@@ -130,10 +130,10 @@ def test_module_path() -> None:
 
 # ----------------------------------------------------------------------------- tiny GGUF Llama
 def _tiny_gguf(work_dir: Path, name: str, with_tokenizer: bool) -> Path:
-    """The tiny GGUF Llama of tests/gguf_models.py, written once per version of that file."""
+    """The tiny GGUF Llama of tests/helpers/gguf_models.py, written once per version of that file."""
     from importlib.metadata import version
 
-    source = Path(__file__).with_name("gguf_models.py").read_bytes()
+    source = (Path(__file__).parent / "helpers" / "gguf_models.py").read_bytes()
     key = hashlib.sha256(source + version("gguf").encode()).hexdigest()[:12]
     folder = work_dir / f"tiny-gguf-{key}"
     path = folder / name
@@ -214,7 +214,7 @@ def test_tiny_gguf_export_int4_matches_transformers(tiny_gguf: Path, tmp_path: P
 
     # Logits: the int4 ONNX model in ONNX Runtime against the PyTorch model.
     ids = np.random.default_rng(5).integers(0, 49152, size=(1, 24))
-    from wina_onnx.runtime import CausalLM
+    from wina_onnx.runtime.session import CausalLM
 
     logits = CausalLM.from_path(out, threads=2).forward(ids)[0]
     with torch.no_grad():
@@ -262,8 +262,8 @@ def test_int4_refuses_float_sources(tiny_llama_hf_dir: Path, tmp_path: Path) -> 
 # ----------------------------------------------------------------------------- SmolLM2 (Q4_1)
 @pytest.mark.slow
 def test_smollm2_int4_equals_float_export(smollm2_dir: Path, tmp_path: Path) -> None:
-    from wina_onnx.evaluate import tokenize_text
-    from wina_onnx.runtime import CausalLM, load_tokenizer
+    from wina_onnx.evaluation.perplexity import tokenize_text
+    from wina_onnx.runtime.session import CausalLM, load_tokenizer
 
     float_model = onnx.load(str(smollm2_dir / "model.onnx"))
     float_weights = {n.name: n.input[1] for n in float_model.graph.node if n.op_type == "MatMul"}

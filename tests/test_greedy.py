@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wina_onnx.allocation import Allocation
+from wina_onnx.calibrate.allocation import Allocation
 from wina_onnx.cli import main as cli_main
 from wina_onnx.errors import ConfigError
-from wina_onnx.greedy import Target, error_curve, greedy_allocation, sparsity_levels
-from wina_onnx.sparsity_probe import measure_sparsity
+from wina_onnx.calibrate.greedy import Target, error_curve, greedy_allocation, sparsity_levels
+from wina_onnx.evaluation.sparsity_probe import measure_sparsity
 
 
 def test_error_curve_starts_at_zero_grows_and_reaches_one() -> None:
@@ -100,8 +100,8 @@ def test_allocation_out_needs_a_target(tiny_llama_dir: Path, tmp_path: Path, cap
 
 def test_error_curves_survive_the_calibration_file_and_match_the_search(tiny_llama_dir: Path,
                                                                         tmp_path: Path) -> None:
-    from wina_onnx.calibration import Calibration, calibrate_model
-    from wina_onnx.greedy import ActivationSample, Target, error_curve, greedy_allocation, sparsity_levels
+    from wina_onnx.calibrate.calibration import Calibration, calibrate_model
+    from wina_onnx.calibrate.greedy import ActivationSample, Target, error_curve, greedy_allocation, sparsity_levels
     from wina_onnx.passes import uses_norm
 
     sample = ActivationSample(rows=64)
@@ -177,12 +177,12 @@ def test_optimize_with_a_calibration_file_uses_its_curves(tiny_llama_dir: Path, 
 
 
 def test_probe_measures_threshold_sparsity_near_the_calibrated_target(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    from wina_onnx.calibration import calibrate_model
-    from wina_onnx.evaluate import tokenize_text
+    from wina_onnx.calibrate.calibration import calibrate_model
+    from wina_onnx.evaluation.perplexity import tokenize_text
     from wina_onnx.data import read_text
-    from wina_onnx.runtime import load_tokenizer
+    from wina_onnx.runtime.session import load_tokenizer
 
-    from pipeline_helpers import optimized_copy
+    from helpers.pipeline_helpers import optimized_copy
 
     ids = tokenize_text(load_tokenizer(tiny_llama_dir), read_text(None))[:1024]
     calibration = calibrate_model(tiny_llama_dir / "model.onnx", token_ids=ids, windows=4, window=256,
@@ -195,13 +195,13 @@ def test_probe_measures_threshold_sparsity_near_the_calibrated_target(tiny_llama
 
 
 def test_refined_thresholds_hit_the_target_inside_the_gated_model(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    from wina_onnx.calibration import calibrate_model
+    from wina_onnx.calibrate.calibration import calibrate_model
     from wina_onnx.data import read_text
-    from wina_onnx.evaluate import tokenize_text
+    from wina_onnx.evaluation.perplexity import tokenize_text
     from wina_onnx.optimize import optimize_model
     from wina_onnx.passes import GateConfig
-    from wina_onnx.refine import Refinement
-    from wina_onnx.runtime import load_tokenizer
+    from wina_onnx.calibrate.refine import Refinement
+    from wina_onnx.runtime.session import load_tokenizer
 
     ids = tokenize_text(load_tokenizer(tiny_llama_dir), read_text(None))[:1024]
     calibration = calibrate_model(tiny_llama_dir / "model.onnx", token_ids=ids, windows=4, window=256,

@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from pipeline_helpers import logits, optimized_copy
+from helpers.pipeline_helpers import logits, optimized_copy
 
 from wina_onnx import schema
-from wina_onnx.calibration import calibrate_model
+from wina_onnx.calibrate.calibration import calibrate_model
 from wina_onnx.data import default_text
 from wina_onnx.errors import ConfigError
-from wina_onnx.evaluate import tokenize_text
+from wina_onnx.evaluation.perplexity import tokenize_text
 from wina_onnx.optimize import read_metadata
 from wina_onnx.passes import GateConfig, group_shared_inputs
-from wina_onnx.runtime import load_tokenizer
+from wina_onnx.runtime.session import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_at_most_max_weights_per_group(tiny_llama_dir, tmp_path, calibration) ->
 
 
 def test_sparsity_probe_reads_group_nodes_per_member(tiny_llama_dir, tmp_path, text_ids, calibration) -> None:
-    from wina_onnx.sparsity_probe import measure_sparsity
+    from wina_onnx.evaluation.sparsity_probe import measure_sparsity
 
     plain = optimized_copy(tiny_llama_dir, tmp_path / "plain", gating="threshold", calibration=calibration)
     grouped = optimized_copy(tiny_llama_dir, tmp_path / "grouped", gating="threshold", calibration=calibration,
@@ -104,7 +104,7 @@ def test_sparsity_probe_reads_group_nodes_per_member(tiny_llama_dir, tmp_path, t
 
 
 def test_inspect_says_how_the_gates_are_grouped(tiny_llama_dir, tmp_path, calibration) -> None:
-    from wina_onnx.summary import summarize
+    from wina_onnx.evaluation.summary import summarize
 
     grouped = optimized_copy(tiny_llama_dir, tmp_path, gating="threshold", calibration=calibration, group=True)
     summary = summarize(onnx.load(grouped, load_external_data=False))

@@ -9,13 +9,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from pipeline_helpers import optimized_copy
+from helpers.pipeline_helpers import optimized_copy
 
 from wina_onnx import cli
-from wina_onnx.allocation import Allocation
+from wina_onnx.calibrate.allocation import Allocation
 from wina_onnx.optimize import optimize_model
 from wina_onnx.passes import GateConfig
-from wina_onnx.summary import summarize
+from wina_onnx.evaluation.summary import summarize
 
 ROLES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 

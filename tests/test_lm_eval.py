@@ -12,13 +12,13 @@ import pytest
 pytest.importorskip("lm_eval", reason="lm-eval is not installed (pip install 'wina-onnx[lm_eval]')")
 
 from lm_eval.api.instance import Instance  # noqa: E402
-from pipeline_helpers import optimized_copy  # noqa: E402
+from helpers.pipeline_helpers import optimized_copy  # noqa: E402
 
 from wina_onnx import cli  # noqa: E402
 from wina_onnx.errors import ConfigError  # noqa: E402
-from wina_onnx.generate import generate  # noqa: E402
+from wina_onnx.runtime.generate import generate  # noqa: E402
 from wina_onnx.integrations.lm_eval import TASKS_DIR, WinaOnnxLM, register  # noqa: E402
-from wina_onnx.runtime import CausalLM, uses_wina_domain  # noqa: E402
+from wina_onnx.runtime.session import CausalLM, uses_wina_domain  # noqa: E402
 
 TASK_DIR = TASKS_DIR  # the task wina_tiny_mc, shipped with the package
 TEXT = ("The committee met on Tuesday to discuss the budget. After a long debate, the members "

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pipeline_helpers import optimized_copy
+from helpers.pipeline_helpers import optimized_copy
 
 from wina_onnx.data import default_text
-from wina_onnx.evaluate import perplexity, tokenize_text
-from wina_onnx.metrics import compare_to_reference
-from wina_onnx.runtime import CausalLM, load_session, load_tokenizer
+from wina_onnx.evaluation.perplexity import perplexity, tokenize_text
+from wina_onnx.evaluation.metrics import compare_to_reference
+from wina_onnx.runtime.session import CausalLM, load_session, load_tokenizer
 
 WINDOW = 64
 WINDOWS = 3
@@ -63,7 +63,7 @@ def test_kl_matches_direct_numpy_on_one_window(dense, sparse, text_ids) -> None:
     result = compare_to_reference(sparse, dense, ids, window=WINDOW, progress=False)
     p_logits = dense.forward(ids[None, :])[0][0][:-1].astype(np.float64)
     q_logits = sparse.forward(ids[None, :])[0][0][:-1].astype(np.float64)
-    # Written independently of wina_onnx.metrics: softmax probabilities, then sum p log(p / q).
+    # Written independently of wina_onnx.evaluation.metrics: softmax probabilities, then sum p log(p / q).
     p = np.exp(p_logits - p_logits.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     q = np.exp(q_logits - q_logits.max(-1, keepdims=True))

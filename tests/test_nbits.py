@@ -9,7 +9,7 @@ import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nbits_models import initializers, matmul_nbits_model, nbits_node, quantized_matmul, run
+from helpers.nbits_models import initializers, matmul_nbits_model, nbits_node, quantized_matmul, run
 from onnx import numpy_helper
 
 from wina_onnx import reference

@@ -21,15 +21,15 @@ import numpy as np
 import pytest
 
 from wina_onnx import schema
-from wina_onnx.allocation import Allocation
+from wina_onnx.calibrate.allocation import Allocation
 from wina_onnx.data import default_text
-from wina_onnx.evaluate import tokenize_text
+from wina_onnx.evaluation.perplexity import tokenize_text
 from wina_onnx.modelio import load_model
 from wina_onnx.optimize import optimize_model, read_metadata
 from wina_onnx.passes import GateConfig
-from wina_onnx.quantize import QuantizeConfig, quantize_model_file
-from wina_onnx.runtime import CausalLM, load_session, load_tokenizer
-from wina_onnx.sparsity_probe import measure_sparsity
+from wina_onnx.export.quantize import QuantizeConfig, quantize_model_file
+from wina_onnx.runtime.session import CausalLM, load_session, load_tokenizer
+from wina_onnx.evaluation.sparsity_probe import measure_sparsity
 
 INT4 = QuantizeConfig(block_size=32, symmetric=False, accuracy_level=0)
 
@@ -69,7 +69,7 @@ def _gate_count(path: Path) -> int:
 
 @pytest.mark.parametrize("gating", ["topk", "threshold"])
 def test_int4_at_sparsity_zero_reproduces_the_dense_int4_logits(int4_dir, tmp_path, text_ids, gating) -> None:
-    from wina_onnx.calibration import calibrate_model
+    from wina_onnx.calibrate.calibration import calibrate_model
 
     calibration = calibrate_model(int4_dir / "model.onnx", token_ids=text_ids, windows=1, window=64,
                                   progress=False) if gating == "threshold" else None

@@ -21,21 +21,21 @@ import ml_dtypes
 import numpy as np
 import onnx
 import pytest
-from nbits_models import initializers, nbits_node, quantized_matmul, run
+from helpers.nbits_models import initializers, nbits_node, quantized_matmul, run
 from onnx import numpy_helper
 
 from wina_onnx import reference, schema
-from wina_onnx.allocation import Allocation
-from wina_onnx.calibration import calibrate_model
+from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.calibrate.calibration import calibrate_model
 from wina_onnx.data import default_text
-from wina_onnx.evaluate import tokenize_text
-from wina_onnx.greedy import ActivationSample
+from wina_onnx.evaluation.perplexity import tokenize_text
+from wina_onnx.calibrate.greedy import ActivationSample
 from wina_onnx.modelio import load_model
 from wina_onnx.optimize import _check, optimize_model, read_metadata
 from wina_onnx.passes import GateConfig, apply_wina_gates, find_candidates
 from wina_onnx.passes import nbits
-from wina_onnx.quantize import QuantizeConfig, quantize_model_file
-from wina_onnx.runtime import CausalLM, load_session, load_tokenizer
+from wina_onnx.export.quantize import QuantizeConfig, quantize_model_file
+from wina_onnx.runtime.session import CausalLM, load_session, load_tokenizer
 
 ROLES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # accuracy_level 0 (float arithmetic) so that dense comparisons are within float rounding.
@@ -130,7 +130,7 @@ def test_bias_and_float_zero_points_are_kept() -> None:
 
 @pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16], ids=["float16", "bfloat16"])
 def test_half_precision_scales_keep_their_type(dtype) -> None:
-    from wina_onnx.calibration import instrument
+    from wina_onnx.calibrate.calibration import instrument
 
     model = quantized_matmul(96, 10, block_size=32, dtype=dtype)
     old_scales = numpy_helper.to_array(initializers(model)[nbits_node(model).input[2]])
@@ -162,7 +162,7 @@ def test_unsupported_nodes_are_left_alone_with_their_reason() -> None:
 @pytest.mark.parametrize("gating", ["topk", "threshold"])
 @pytest.mark.parametrize("hqq", [False, True], ids=["uint8-zero-points", "float-zero-points"])
 def test_standard_ops_lowering_of_a_4bit_gate_computes_the_oracle(gating: str, hqq: bool) -> None:
-    from wina_onnx.calibration import Calibration
+    from wina_onnx.calibrate.calibration import Calibration
 
     k, n, g = 160, 23, 32
     model = quantized_matmul(k, n, block_size=g, hqq=hqq, bias=True, seed=11)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from graphs import IR_VERSION
+from helpers.graphs import IR_VERSION
 from onnx import TensorProto, helper, numpy_helper
 
 from wina_onnx import schema

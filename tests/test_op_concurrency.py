@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
-from op_models import DTYPES, finish_model, onnx_type, run, session
+from helpers.op_models import DTYPES, finish_model, onnx_type, run, session
 
 from wina_onnx import reference, schema
 

@@ -1,6 +1,6 @@
 """The CPU kernels of `WinaSparseMatMul` (libwina_onnx_ops.so) against the NumPy oracle.
 
-Each test runs single-op models (tests/op_models.py) in ONNX Runtime with the
+Each test runs single-op models (tests/helpers/op_models.py) in ONNX Runtime with the
 installed library and compares with wina_onnx.reference.wina_sparse_matmul.
 """
 
@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 import wina_onnx  # noqa: E402
 from wina_onnx import reference  # noqa: E402
 
-from op_models import DTYPES, assert_close, run, session, wina_model  # noqa: E402
+from helpers.op_models import DTYPES, assert_close, run, session, wina_model  # noqa: E402
 
 SIZES = (1, 3, 17, 64, 192, 576, 1000)
 SPARSITIES = (0.0, 0.25, 0.5, 0.9, 1.0)

@@ -1,6 +1,6 @@
 """The CUDA kernels of `WinaSparseMatMul` against the NumPy oracle.
 
-Runs single-op models (tests/op_models.py) on ONNX Runtime's CUDAExecutionProvider
+Runs single-op models (tests/helpers/op_models.py) on ONNX Runtime's CUDAExecutionProvider
 with CPU fallback disabled, so a node that had no CUDA kernel would fail the session
 instead of silently running the CPU kernel. Skipped (with the reason) where
 onnxruntime has no CUDAExecutionProvider: CI and CPU-only machines.
@@ -26,7 +26,7 @@ if "CUDAExecutionProvider" not in ort.get_available_providers():
 
 from wina_onnx import reference  # noqa: E402
 
-from op_models import DTYPES, assert_close, run, session, wina_model  # noqa: E402
+from helpers.op_models import DTYPES, assert_close, run, session, wina_model  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 

@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from wina_onnx import reference  # noqa: E402
 
-from op_models import DTYPES, assert_close, group_model, run_group, session  # noqa: E402
+from helpers.op_models import DTYPES, assert_close, group_model, run_group, session  # noqa: E402
 
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 PROVIDERS = [

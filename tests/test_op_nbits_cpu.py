@@ -22,8 +22,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 ort = pytest.importorskip("onnxruntime")
 
-from nbits_models import matmul_nbits_model, nbits_node, initializers, quantized_matmul  # noqa: E402
-from op_models import DTYPES, TOLERANCE, finish_model, from_ort_value, onnx_type, session, to_ort_value  # noqa: E402
+from helpers.nbits_models import matmul_nbits_model, nbits_node, initializers, quantized_matmul  # noqa: E402
+from helpers.op_models import DTYPES, TOLERANCE, finish_model, from_ort_value, onnx_type, session, to_ort_value  # noqa: E402
 
 from wina_onnx import reference, schema  # noqa: E402
 from wina_onnx.passes import nbits  # noqa: E402

@@ -25,8 +25,8 @@ if "CUDAExecutionProvider" not in ort.get_available_providers():
         allow_module_level=True,
     )
 
-from nbits_models import matmul_nbits_model  # noqa: E402
-from op_models import DTYPES, TOLERANCE, assert_close, finish_model, onnx_type, run, session  # noqa: E402
+from helpers.nbits_models import matmul_nbits_model  # noqa: E402
+from helpers.op_models import DTYPES, TOLERANCE, assert_close, finish_model, onnx_type, run, session  # noqa: E402
 
 from wina_onnx import reference, schema  # noqa: E402
 from wina_onnx.passes import nbits  # noqa: E402

@@ -2,7 +2,7 @@
 
 Both implementations are attacked with random shapes (K or N of 1, empty batches),
 dtypes, sparsities, thresholds and hostile X (NaN, +-inf, subnormals, +-0, exact ties
-at the k-th score and at the threshold), see tests/op_cases.py:
+at the k-th score and at the threshold), see tests/helpers/op_cases.py:
 
 * the op library's CPU kernel (every instruction-set path);
 * the standard-ops lowering of `--backend onnx` (no library).
@@ -25,8 +25,8 @@ import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from onnx import TensorProto, helper, numpy_helper
-from op_cases import NUMPY_DTYPES, OpCase, assert_matches, op_cases
-from op_models import finish_model, onnx_type, run, session, wina_model
+from helpers.op_cases import NUMPY_DTYPES, OpCase, assert_matches, op_cases
+from helpers.op_models import finish_model, onnx_type, run, session, wina_model
 
 from wina_onnx import reference
 from wina_onnx.passes.lower_standard_ops import StandardOpsLowering

@@ -8,11 +8,11 @@ import pytest
 
 pytest.importorskip("optimum.onnxruntime")
 
-from pipeline_helpers import optimized_copy  # noqa: E402
+from helpers.pipeline_helpers import optimized_copy  # noqa: E402
 
 from wina_onnx import schema, session_options  # noqa: E402
-from wina_onnx.generate import generate  # noqa: E402
-from wina_onnx.runtime import CausalLM, uses_wina_domain  # noqa: E402
+from wina_onnx.runtime.generate import generate  # noqa: E402
+from wina_onnx.runtime.session import CausalLM, uses_wina_domain  # noqa: E402
 
 MAX_NEW = 8
 

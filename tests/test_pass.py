@@ -7,14 +7,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from graphs import mixed_model, projection_model
-from op_models import from_ort_value, to_ort_value
-from op_models import session as op_session
+from helpers.graphs import mixed_model, projection_model
+from helpers.op_models import from_ort_value, to_ort_value
+from helpers.op_models import session as op_session
 from onnx import TensorProto, numpy_helper
 
 from wina_onnx import get_library_path, reference, schema
-from wina_onnx.allocation import Allocation
-from wina_onnx.calibration import Calibration
+from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.calibrate.calibration import Calibration
 from wina_onnx.passes import GateConfig, apply_wina_gates, find_candidates
 from wina_onnx.passes.roles import classify
 

@@ -1,4 +1,4 @@
-"""The WINA pass on randomly generated graphs (tests/graph_fuzz.py).
+"""The WINA pass on randomly generated graphs (tests/helpers/graph_fuzz.py).
 
 For each graph: the pass at sparsity 0 (top-k, k = K) must give a model that passes
 onnx.checker (full check, shape inference) and computes the same outputs as the
@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from graph_fuzz import random_graph
+from helpers.graph_fuzz import random_graph
 from onnx import TensorProto
 
 from wina_onnx import get_library_path, schema
-from wina_onnx.allocation import Allocation
+from wina_onnx.calibrate.allocation import Allocation
 from wina_onnx.passes import GateConfig, apply_wina_gates
 from wina_onnx.passes.candidates import LOWERED_MATMUL
 

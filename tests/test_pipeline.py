@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from pipeline_helpers import logits, measured_sparsity, optimized_copy
+from helpers.pipeline_helpers import logits, measured_sparsity, optimized_copy
 
-from wina_onnx.calibration import calibrate_model
+from wina_onnx.calibrate.calibration import calibrate_model
 from wina_onnx.data import default_text
-from wina_onnx.evaluate import tokenize_text
-from wina_onnx.runtime import load_tokenizer
+from wina_onnx.evaluation.perplexity import tokenize_text
+from wina_onnx.runtime.session import load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -151,7 +151,7 @@ def _make(made: Path, name: str, env: dict[str, str]) -> Path:
     elif name == "int4":
         import onnx
 
-        from wina_onnx.quantize import QuantizeConfig, quantize_projections
+        from wina_onnx.export.quantize import QuantizeConfig, quantize_projections
 
         model = onnx.load(made / "dense" / "model.onnx")
         quantize_projections(model, QuantizeConfig())

@@ -14,12 +14,12 @@ import pytest
 from onnx import TensorProto, helper
 
 from wina_onnx import schema
-from wina_onnx.bench import bench_models
+from wina_onnx.evaluation.bench import bench_models
 from wina_onnx.data import default_text, read_text
-from wina_onnx.evaluate import perplexity, token_nll, tokenize_text, window_spans
-from wina_onnx.generate import generate, generate_text
+from wina_onnx.evaluation.perplexity import perplexity, token_nll, tokenize_text, window_spans
+from wina_onnx.runtime.generate import generate, generate_text
 from wina_onnx.library import LIBRARY_ENV, LibraryNotFoundError
-from wina_onnx.runtime import CausalLM, load_session, uses_wina_domain
+from wina_onnx.runtime.session import CausalLM, load_session, uses_wina_domain
 
 
 @pytest.fixture(scope="module")
@@ -200,8 +200,8 @@ def test_dense_model_needs_no_library(tiny_llama_dir: Path, monkeypatch: pytest.
 
 def test_deployment_modules_do_not_import_torch() -> None:
     code = (
-        "import sys; import wina_onnx.runtime, wina_onnx.evaluate, wina_onnx.generate, "
-        "wina_onnx.bench, wina_onnx.data, wina_onnx.progress; "
+        "import sys; import wina_onnx.runtime.session, wina_onnx.evaluation.perplexity, wina_onnx.runtime.generate, "
+        "wina_onnx.evaluation.bench, wina_onnx.data, wina_onnx.progress; "
         "bad = [m for m in ('torch', 'transformers', 'optimum') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from op_models import run, session, wina_model
+from helpers.op_models import run, session, wina_model
 
 import wina_onnx
 

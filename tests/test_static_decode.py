@@ -14,14 +14,14 @@ import onnxruntime as ort
 import pytest
 
 from wina_onnx import schema
-from wina_onnx.allocation import Allocation
-from wina_onnx.calibration import calibrate_model
+from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.calibrate.calibration import calibrate_model
 from wina_onnx.testing.fused_llama import (SEQLENS_K, TOTAL_SEQ_LEN, LlamaShape, build_fused_llama, node_counts,
                                    write_static_cache_model)
 from wina_onnx.optimize import optimize_model
 from wina_onnx.passes import GateConfig
-from wina_onnx.runtime import CausalLM
-from wina_onnx.static_decode import StaticCacheLM
+from wina_onnx.runtime.session import CausalLM
+from wina_onnx.runtime.static_decode import StaticCacheLM
 
 TINY = LlamaShape(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=256, max_position_embeddings=128)

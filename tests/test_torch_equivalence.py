@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pipeline_helpers import logits, optimized_copy
+from helpers.pipeline_helpers import logits, optimized_copy
 
 from wina_onnx.data import default_text
-from wina_onnx.evaluate import tokenize_text
-from wina_onnx.runtime import load_tokenizer
+from wina_onnx.evaluation.perplexity import tokenize_text
+from wina_onnx.runtime.session import load_tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -15,15 +15,15 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from wina_onnx.allocation import Allocation
-from wina_onnx.calibration import calibrate_model
+from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.calibrate.calibration import calibrate_model
 from wina_onnx.errors import ConfigError
 from wina_onnx.modelio import save_model_atomic
 from wina_onnx.optimize import optimize_model
 from wina_onnx.passes import GateConfig, TransformError, rotate_residual_stream
 from wina_onnx.passes.rotate import META_TRANSFORM, find_rms_norms
 
-from pipeline_helpers import logits
+from helpers.pipeline_helpers import logits
 
 
 def _distinct_norm_scales(model: onnx.ModelProto, seed: int = 0) -> None:

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 
-from pipeline_helpers import optimized_copy
+from helpers.pipeline_helpers import optimized_copy
 
 from wina_onnx import schema
 from wina_onnx.cli import main

@@ -129,8 +129,8 @@ def gate_config_from_args(args: argparse.Namespace):
     on --data when the model has a tokenizer beside it. A model that cannot be calibrated
     here (no tokenizer.json) falls back to uniform top-k, and says so.
     """
-    from .allocation import Allocation
-    from .calibration import Calibration, calibrate_model
+    from .calibrate.allocation import Allocation
+    from .calibrate.calibration import Calibration, calibrate_model
 
     if args.allocation and args.allocate:
         raise ConfigError("--allocation FILE and --allocate are exclusive")
@@ -204,9 +204,9 @@ def _refinement(args: argparse.Namespace, gating: str):
     if reason is not None:
         raise ConfigError(f"--refine-rounds runs the model on text: {reason}")
     from .data import read_text
-    from .evaluate import tokenize_text
-    from .refine import Refinement
-    from .runtime import load_tokenizer
+    from .evaluation.perplexity import tokenize_text
+    from .calibrate.refine import Refinement
+    from .runtime.session import load_tokenizer
 
     ids = tokenize_text(load_tokenizer(Path(args.model).parent), read_text(args.data))
     return Refinement(token_ids=ids, windows=args.calib_windows, window=args.calib_window,
@@ -230,8 +230,8 @@ def _check_before_work(args: argparse.Namespace, header) -> None:
 def _check_option_files(args: argparse.Namespace) -> None:
     """optimize's files and refinement options, checked before quantizing or calibrating
     (gate_config_from_args and _refinement read them again, after those steps)."""
-    from .allocation import Allocation
-    from .calibration import Calibration
+    from .calibrate.allocation import Allocation
+    from .calibrate.calibration import Calibration
 
     if args.allocation:
         Allocation.load(args.allocation)
@@ -279,7 +279,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     With --int4, a GGUF model keeps its own 4-bit weights (Q4_0, Q4_1, Q4_K) as ONNX
     Runtime's MatMulNBits, unchanged (no second quantization).
     """
-    from .export import export_model
+    from .export.optimum_export import export_model
 
     check_writable(args.output, folder=True)
     out = export_model(args.model, Path(args.output), dtype=args.dtype, int4=args.int4,
@@ -296,8 +296,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     sampled activations; each layer averages --sparsity weighted by weight bytes)
     to the allocation file that `optimize --allocation` reads.
     """
-    from .calibration import calibrate_model
-    from .greedy import ActivationSample
+    from .calibrate.calibration import calibrate_model
+    from .calibrate.greedy import ActivationSample
 
     greedy = args.allocate == "greedy"
     if (args.target_sparsity is None) != (args.allocation_out is None):
@@ -355,7 +355,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     del header
     _check_option_files(args)
     if getattr(args, "quantize", None):
-        from .quantize import QuantizedCopy, quantize_config_from_args
+        from .export.quantize import QuantizedCopy, quantize_config_from_args
 
         qconfig = quantize_config_from_args(args)
         # The 4-bit copy (beside the output, removed after) is calibrated and gated like any model.
@@ -389,8 +389,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     distributions and the top-1 agreement, over the same scored positions.
     """
     from .data import read_text
-    from .evaluate import perplexity, tokenize_text
-    from .runtime import CausalLM, load_session
+    from .evaluation.perplexity import perplexity, tokenize_text
+    from .runtime.session import CausalLM, load_session
 
     if args.stride is not None and args.stride > args.window:
         raise ConfigError(f"--stride {args.stride} is longer than --window {args.window}: tokens between "
@@ -401,7 +401,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if len(ids) < 2:
         raise ConfigError(f"{args.data or 'the text'} gives {len(ids)} token(s); perplexity needs at least 2")
     if args.reference:
-        from .metrics import compare_to_reference
+        from .evaluation.metrics import compare_to_reference
 
         reference = CausalLM(load_session(args.reference, threads=args.threads))
         cmp = compare_to_reference(lm, reference, ids, window=args.window, stride=args.stride,
@@ -425,8 +425,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Greedy decoding with the KV cache: prompt in, text out."""
-    from .generate import generate_text
-    from .runtime import CausalLM, load_session
+    from .runtime.generate import generate_text
+    from .runtime.session import CausalLM, load_session
 
     if not args.prompt:
         raise ConfigError('--prompt is empty; give the text to continue, e.g. --prompt "The capital of France is"')
@@ -440,7 +440,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     The first model is the baseline; runs are interleaved and use the same session options.
     """
-    from .bench import bench_models
+    from .evaluation.bench import bench_models
 
     paths = {str(p): Path(p) for p in args.models}
     result = bench_models(paths, prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens,
@@ -458,7 +458,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     gives the same rows with the settings and the totals. Reads no weights.
     """
     from .modelio import load_model
-    from .summary import summarize
+    from .evaluation.summary import summarize
 
     try:
         summary = summarize(load_model(args.model, load_weights=False))
@@ -525,7 +525,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     --allocation FILE: heatmap of the sparsity per layer (rows) and role (columns); with
     --model MODEL.onnx the file's patterns are applied to the model's projections.
     """
-    from .report import plot_allocation, plot_quality
+    from .evaluation.report import plot_allocation, plot_quality
 
     check_writable(args.output)
     if args.quality:
@@ -640,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model.onnx (or its folder), dense")
     p.add_argument("-o", "--output", required=True, help="optimized model file to write (its folder is made)")
     _add_gate_options(p)
-    from .quantize import add_quantize_options
+    from .export.quantize import add_quantize_options
 
     add_quantize_options(p)
     p.add_argument("--force", action="store_true", help="gate a model wina-onnx already optimized")

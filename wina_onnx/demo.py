@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import schema
-from .allocation import Allocation
+from .calibrate.allocation import Allocation
 from .progress import stage
 
 
@@ -46,19 +46,19 @@ def run_demo(
     progress: bool = True,
 ) -> dict:
     """Run the pipeline in `work_dir` (reusing an earlier export) and print the comparison."""
-    from .bench import bench_models
-    from .calibration import calibrate_model
+    from .evaluation.bench import bench_models
+    from .calibrate.calibration import calibrate_model
     from .data import read_text
-    from .evaluate import perplexity, tokenize_text
+    from .evaluation.perplexity import perplexity, tokenize_text
     from .optimize import optimize_model
     from .passes import GateConfig
-    from .refine import Refinement
-    from .runtime import CausalLM, load_tokenizer
+    from .calibrate.refine import Refinement
+    from .runtime.session import CausalLM, load_tokenizer
 
     work_dir.mkdir(parents=True, exist_ok=True)
     dense = work_dir / "dense" / "model.onnx"
     if not dense.is_file():
-        from .export import export_model
+        from .export.optimum_export import export_model
 
         export_model(None, dense.parent)
     else:

@@ -16,7 +16,7 @@ from .passes import GateConfig, GateReport, apply_wina_gates
 from .progress import stage
 
 if TYPE_CHECKING:
-    from .refine import Refinement
+    from .calibrate.refine import Refinement
 
 META_VERSION = schema.META_PREFIX + "version"
 META_CONFIG = schema.META_PREFIX + "config"
@@ -116,7 +116,7 @@ def optimize_model(
     external_data: where the output keeps its weights: "auto" (as the input: one file,
     a file per tensor, or inline when under 2 GiB), "single", "per-tensor" or "inline".
     The weights are loaded once; the rewritten model is written tensor by tensor.
-    refine: re-read the thresholds inside the gated model (wina_onnx.refine) before writing.
+    refine: re-read the thresholds inside the gated model (wina_onnx.calibrate.refine) before writing.
     quantized: the settings `optimize --quantize` quantized the input with (recorded in the
     metadata); the input is then that 4-bit model.
     """
@@ -148,7 +148,7 @@ def optimize_model(
     if refine is not None:
         from dataclasses import replace
 
-        from .refine import refine_thresholds
+        from .calibrate.refine import refine_thresholds
 
         stage("optimize", f"refining the thresholds inside the gated model ({refine.rounds} round(s))",
               enabled=progress)

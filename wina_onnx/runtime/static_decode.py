@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .errors import ModelLoadError
-from .runtime import CausalLM, load_session, require_cuda_provider
+from ..errors import ModelLoadError
+from .session import CausalLM, load_session, require_cuda_provider
 
 # The static-cache graph's length inputs (as ONNX Runtime GenAI's builder names them).
 SEQLENS_K = "seqlens_k"

@@ -17,8 +17,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import reference, schema
-from .modelio import load_model
+from .. import reference, schema
+from ..modelio import load_model
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,9 @@ def measure_sparsity(model_path: str | Path, token_ids: np.ndarray, *, windows: 
     """
     import onnxruntime as ort
 
-    from .library import register_library
-    from .passes.nbits import activation_type
-    from .runtime import CausalLM, session_options
+    from ..library import register_library
+    from ..passes.nbits import activation_type
+    from ..runtime.session import CausalLM, session_options
 
     model = load_model(Path(model_path))
     probes = _gates(model)

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 import onnx
 
-from . import schema
-from .errors import ConfigError
+from .. import schema
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from .greedy import ActivationSample, ErrorCurves
@@ -157,7 +157,7 @@ class Calibration:
 
 def instrument(model: onnx.ModelProto, node_names: list[str]) -> dict[str, str]:
     """Expose the input x of each named MatMul as a graph output; return node -> tensor name."""
-    from .passes.nbits import activation_type
+    from ..passes.nbits import activation_type
 
     wanted = set(node_names)
     exposed: dict[str, str] = {}
@@ -195,12 +195,12 @@ def _targets_and_norms(model: onnx.ModelProto, include: list[str], exclude: list
     base_dir: the model's folder, when its weights were not loaded (external data read
     here, one target weight at a time).
     """
-    from .passes import find_candidates
-    from .passes.candidates import load_weight
+    from ..passes import find_candidates
+    from ..passes.candidates import load_weight
 
     candidates, _ = find_candidates(model.graph, include=include, exclude=exclude)
     if not candidates:
-        from .errors import NothingToGateError
+        from ..errors import NothingToGateError
 
         raise NothingToGateError("no eligible MatMul in the model to calibrate")
     weights = {init.name: init for init in model.graph.initializer}
@@ -237,7 +237,7 @@ def calibrate_model(
     `source` names the text in the file (default: the data file's name).
     transform: calibrate the model as `optimize --transform` will rewrite it.
     sample: also keep rows of every target's input and its weight, for the greedy
-    allocation (wina_onnx.greedy.ErrorCurves).
+    allocation (wina_onnx.calibrate.greedy.ErrorCurves).
     curves: also compute the greedy allocation's error curves of both scores and keep
     them in the calibration (and its file), so `optimize` can allocate at any sparsity.
     providers: ONNX Runtime execution providers (default CPU). A model whose weights are
@@ -246,13 +246,13 @@ def calibrate_model(
     """
     import onnxruntime as ort
 
-    from .data import read_text
-    from .evaluate import tokenize_text
-    from .modelio import load_model
-    from .progress import Progress
-    from .runtime import CausalLM, load_tokenizer
+    from ..data import read_text
+    from ..evaluation.perplexity import tokenize_text
+    from ..modelio import load_model
+    from ..progress import Progress
+    from ..runtime.session import CausalLM, load_tokenizer
 
-    from .modelio import uses_external_data
+    from ..modelio import uses_external_data
 
     model_path = Path(model_path)
     if curves and sample is None:
@@ -262,7 +262,7 @@ def calibrate_model(
     # Large models keep their weights on disk: only the target weights are read, for norms.
     lazy = not transform and sample is None and uses_external_data(load_model(model_path, load_weights=False))
     model = load_model(model_path, load_weights=not lazy)
-    from .passes.rotate import META_TRANSFORM, rotate_residual_stream
+    from ..passes.rotate import META_TRANSFORM, rotate_residual_stream
 
     if transform:
         rotate_residual_stream(model)
@@ -270,7 +270,7 @@ def calibrate_model(
     candidates, norms = _targets_and_norms(
         model, list(include or []), list(exclude or []), base_dir=str(model_path.parent) if lazy else None)
     if sample is not None:
-        from .passes.candidates import load_weight
+        from ..passes.candidates import load_weight
 
         inits = {init.name: init for init in model.graph.initializer}
         # A 4-bit weight is dequantized (to float32, 8 times its size) only when its curve is made.

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .evaluate import perplexity, token_nll, window_spans
-from .runtime import CausalLM
+from .perplexity import perplexity, token_nll, window_spans
+from ..runtime.session import CausalLM
 
 
 def log_softmax64(logits: np.ndarray) -> np.ndarray:

@@ -17,8 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .progress import Progress, stage
-from .runtime import CausalLM
+from ..progress import Progress, stage
+from ..runtime.session import CausalLM
 
 
 @dataclass
@@ -132,7 +132,7 @@ def bench_models(
     The prompt is `prompt_tokens` fixed pseudo-random ids (seeded), decoded with
     `decode_tokens` further fixed ids, one at a time with the KV cache.
     `warmup` unrecorded repetitions come first (first-run allocations, page faults).
-    device "cuda": the CUDA provider with IOBinding (wina_onnx.runtime.CudaCausalLM):
+    device "cuda": the CUDA provider with IOBinding (wina_onnx.runtime.session.CudaCausalLM):
     the KV cache and logits stay on the GPU, every step ends with the GPU done.
     """
     if not paths:
@@ -148,7 +148,7 @@ def bench_models(
     for name, path in paths.items():
         stage("bench", f"loading {name} from {path}", enabled=progress)
         if device == "cuda":
-            from .runtime import CudaCausalLM
+            from ..runtime.session import CudaCausalLM
 
             models[name] = CudaCausalLM.from_path(path, optimization_level=optimization_level, config=config)
         else:
@@ -207,7 +207,7 @@ def bench_static_models(
     """Benchmark static-cache models (wina_onnx.testing.fused_llama.write_static_cache_model) with CUDA graphs.
 
     Each model gets one session on the CUDA provider with `enable_cuda_graph` and its
-    buffers bound once (wina_onnx.static_decode.StaticCacheLM, KV buffer of prompt +
+    buffers bound once (wina_onnx.runtime.static_decode.StaticCacheLM, KV buffer of prompt +
     decode positions). Per repetition and model, interleaved as in `bench_models`: the
     prefill of `prompt_tokens` fixed ids (no graph), then `decode_tokens` fixed ids one
     at a time as graph replays (decode_ms); with nograph, the same steps again after a
@@ -215,7 +215,7 @@ def bench_static_models(
     repetitions capture the graph. Afterwards, for each model, the greedy continuation
     (`greedy_tokens` ids) of the prompt by graph replays and node by node, which must agree.
     """
-    from .static_decode import StaticCacheLM
+    from ..runtime.static_decode import StaticCacheLM
 
     if not paths:
         raise ValueError("no model to benchmark")

@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from .progress import Progress
-from .runtime import CausalLM
+from ..progress import Progress
+from ..runtime.session import CausalLM
 
 LogitsCallback = Callable[[int, np.ndarray], None]
 

@@ -2,7 +2,7 @@
 
 Run with the builder's environment (scripts/genai_builder_env.sh prints its python):
 
-    .venv-builder/bin/python tests/genai_builder_run.py PRECISION PROVIDER CACHE HF_1 OUT_1 [HF_2 OUT_2 ...]
+    .venv-builder/bin/python tests/helpers/genai_builder_run.py PRECISION PROVIDER CACHE HF_1 OUT_1 [HF_2 OUT_2 ...]
 
 Each pair is what `python -m onnxruntime_genai.models.builder -i HF -o OUT -p PRECISION
 -e PROVIDER -c CACHE` does, run through the builder's own command line; one process

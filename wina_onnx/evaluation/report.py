@@ -20,8 +20,8 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from .allocation import Allocation
-from .errors import ConfigError
+from ..calibrate.allocation import Allocation
+from ..errors import ConfigError
 
 
 def _pyplot():
@@ -100,7 +100,7 @@ def plot_quality(results: str | Path, out: str | Path, *, title: str | None = No
 
 def allocation_grid(allocation: Allocation, node_names: list[str]) -> tuple[list[int], list[str], list[list[float]]]:
     """(layers, roles, sparsity[layer][role], NaN where no MatMul) for the projections among node_names."""
-    from .passes.roles import ROLES, classify
+    from ..passes.roles import ROLES, classify
 
     cells: dict[tuple[int, str], float] = {}
     for name in node_names:
@@ -116,8 +116,8 @@ def allocation_grid(allocation: Allocation, node_names: list[str]) -> tuple[list
 
 
 def _matmul_names(model_path: str | Path) -> list[str]:
-    from .modelio import load_model
-    from .passes.candidates import node_display_name
+    from ..modelio import load_model
+    from ..passes.candidates import node_display_name
 
     model = load_model(model_path, load_weights=False)
     names = []

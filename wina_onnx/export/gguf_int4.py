@@ -42,7 +42,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .errors import WinaError
+from ..errors import WinaError
 
 BLOCK_SIZE = 32
 BITS = 4
@@ -283,7 +283,7 @@ def replace_with_gguf_int4(
     checked against the dequantized codes first. Raises GgufInt4Error when no weight is 4-bit
     or a weight does not match. base_dir: the model's folder, for weights in external files.
     """
-    from .passes.names import NameSpace
+    from ..passes.names import NameSpace
 
     if accuracy_level not in ACCURACY_LEVELS:
         raise GgufInt4Error(f"accuracy_level must be one of {', '.join(map(str, ACCURACY_LEVELS))}, "
@@ -354,7 +354,7 @@ def convert_model_file(
 ) -> GgufInt4Report:
     """replace_with_gguf_int4 on the model file `input_path` (the float export of `gguf_path`),
     written to `output_path` (may be the same path; written atomically)."""
-    from .modelio import load_model, save_model_atomic
+    from ..modelio import load_model, save_model_atomic
 
     input_path = Path(input_path)
     model = load_model(input_path)

@@ -17,11 +17,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from . import schema
+from .. import schema
 from .calibration import histogram_of, quantile
-from .errors import ConfigError
-from .modelio import PROTOBUF_LIMIT
-from .progress import Progress
+from ..errors import ConfigError
+from ..modelio import PROTOBUF_LIMIT
+from ..progress import Progress
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,9 @@ def _threshold_gates(model: onnx.ModelProto, sparsities: dict[str, float]) -> li
 def _session(model: onnx.ModelProto, gates: list[_Gate], threads: int | None):
     import onnxruntime as ort
 
-    from .library import register_library
-    from .passes.nbits import activation_type
-    from .runtime import session_options
+    from ..library import register_library
+    from ..passes.nbits import activation_type
+    from ..runtime.session import session_options
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -91,7 +91,7 @@ def refine_thresholds(model: onnx.ModelProto, sparsities: dict[str, float], refi
 
     sparsities: target sparsity of each gate, by node name (the pass's GateRecords).
     """
-    from .runtime import CausalLM
+    from ..runtime.session import CausalLM
 
     if model.ByteSize() >= PROTOBUF_LIMIT:
         raise ConfigError("threshold refinement runs the model from memory and needs it under 2 GiB")

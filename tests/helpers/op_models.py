@@ -1,6 +1,6 @@
 """Single-op ONNX models around `WinaSparseMatMul`, and running them in ONNX Runtime.
 
-Used by tests/test_op_cpu.py (imported as a plain module: tests/ is on sys.path
+Used by tests/test_op_cpu.py (imported as `helpers.op_models`: tests/ is on sys.path
 under pytest's default import mode) and by benchmarks that need the same models.
 X is a graph input with a dynamic shape; B, score_scale, threshold, k and bias are
 initializers, as in models rewritten by the pass.

@@ -2,8 +2,8 @@
 
 `quantized_matmul` writes a one-MatMul float model around a random weight and quantizes it
 with `MatMulNBitsQuantizer` (round to nearest, uint8 zero points when asymmetric) or its
-HQQ configuration (float zero points), as users' int4 models are made. Imported as a
-plain module (tests/ is on sys.path under pytest's default import mode).
+HQQ configuration (float zero points), as users' int4 models are made. Imported as
+`helpers.nbits_models` (tests/ is on sys.path under pytest's default import mode).
 """
 
 from __future__ import annotations

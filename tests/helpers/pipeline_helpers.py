@@ -11,11 +11,11 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from wina_onnx import reference, schema
-from wina_onnx.allocation import Allocation
-from wina_onnx.calibration import instrument
+from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.calibrate.calibration import instrument
 from wina_onnx.optimize import optimize_model
 from wina_onnx.passes import GateConfig
-from wina_onnx.runtime import CausalLM, load_session
+from wina_onnx.runtime.session import CausalLM, load_session
 
 
 def optimized_copy(dense_dir: Path, out_dir: Path, **config) -> Path:

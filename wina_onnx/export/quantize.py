@@ -19,8 +19,8 @@ from pathlib import Path
 
 import onnx
 
-from .errors import ConfigError
-from .progress import stage
+from ..errors import ConfigError
+from ..progress import stage
 
 QUANTIZE_CHOICES = ("int4",)
 DEFAULT_BLOCK_SIZE = 32
@@ -66,7 +66,7 @@ def quantize_projections(model: onnx.ModelProto, config: QuantizeConfig, *, incl
     except ImportError as exc:
         raise ConfigError(f"--quantize needs ONNX Runtime's quantization tools, which cannot be imported: {exc} "
                           "(pip install onnx-ir)") from None
-    from .passes.candidates import find_candidates, node_display_name
+    from ..passes.candidates import find_candidates, node_display_name
 
     # The quantizer selects nodes by name: give unnamed MatMuls the name the pass shows for them.
     for node in model.graph.node:
@@ -95,7 +95,7 @@ def quantize_model_file(input_path: str | Path, output_path: str | Path, config:
                         include: list[str] | None = None, exclude: list[str] | None = None) -> list[str]:
     """quantize_projections on the model file `input_path`, written to `output_path`
     (its weights inline under 2 GiB, else in one external file)."""
-    from .modelio import load_model, save_model_atomic
+    from ..modelio import load_model, save_model_atomic
 
     model = load_model(Path(input_path))
     names = quantize_projections(model, config, include=include, exclude=exclude)

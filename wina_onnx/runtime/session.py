@@ -5,7 +5,7 @@ the model) and tokenizers, never torch or transformers.
 
 The model is an Optimum `text-generation-with-past` export, a model from ONNX Runtime
 GenAI's builder, or anything with the same interface (the cache names and sizes come
-from the folder's config files, see wina_onnx.model_facts):
+from the folder's config files, see wina_onnx.runtime.model_facts):
     inputs  input_ids [b, s] int64, attention_mask [b, past + s] int64,
             position_ids [b, s] int64 (optional),
             past_key_values.{i}.key / .value [b, kv_heads, past, head_dim]
@@ -20,9 +20,9 @@ from typing import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from . import schema
-from .errors import ModelLoadError
-from .library import LibraryNotFoundError, register_library
+from .. import schema
+from ..errors import ModelLoadError
+from ..library import LibraryNotFoundError, register_library
 from .model_facts import cache_name_match, kv_dims_from_graph, read_facts
 
 _ORT_DTYPES = {
@@ -178,7 +178,7 @@ def as_batch(input_ids: np.ndarray) -> np.ndarray:
 class CausalLM:
     """A text-generation-with-past ONNX model with its KV cache bookkeeping.
 
-    Attributes discovered from the session and the model's folder (wina_onnx.model_facts):
+    Attributes discovered from the session and the model's folder (wina_onnx.runtime.model_facts):
     num_layers, num_kv_heads, head_dim, dtype (of the KV cache), vocab_size, eos_token_ids,
     takes_position_ids, past_names and present_names ((key, value) per layer), facts.
     """

@@ -14,9 +14,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import onnx
 
-from .errors import ConfigError
-from .optimize import read_metadata
-from .schema import DOMAIN, GROUP_OP_TYPE, MATMUL_NBITS_DOMAIN, MATMUL_NBITS_OP_TYPE, NBITS_OP_TYPE
+from ..errors import ConfigError
+from ..optimize import read_metadata
+from ..schema import DOMAIN, GROUP_OP_TYPE, MATMUL_NBITS_DOMAIN, MATMUL_NBITS_OP_TYPE, NBITS_OP_TYPE
 
 _ROLE_RE = re.compile(r"^L(\d+)\.(.+)$")
 # Each gate's score, as the table and --json show it: WINA's, or TEAL's |x| alone. A WINA model
