@@ -1,7 +1,8 @@
 // The ORT op object of every op of the library: CustomOp<Schema, Kernel> takes its
 // name, inputs and outputs from a schema trait (op_schema.h) and its execution provider
 // from the kernel class (Kernel::kProvider). A kernel class is built from
-// (const OrtKernelInfo*, element type) and has OrtStatusPtr ComputeV2(OrtKernelContext*).
+// (const OrtKernelInfo*, element type) and has OrtStatusPtr ComputeV2(OrtKernelContext*):
+// an OpKernel<Schema, provider base> (below) with its Compute.
 #pragma once
 
 #include <exception>
@@ -9,7 +10,9 @@
 #include <utility>
 
 #include "isa/isa.h"
+#include "op_schema.h"
 #include "ort_api.h"
+#include "sparse_kernel.h"
 #include "tensor_checks.h"
 
 namespace wina {
@@ -65,14 +68,43 @@ OrtStatusPtr compute_status(const std::string& node, Fn&& compute) {
   }
 }
 
-// What the CPU kernels hold: the element type, the node's label for errors and the
-// instruction-set table chosen for this CPU.
+// What the CPU kernels hold: the element type and the instruction-set table chosen for
+// this CPU, with which they run the CPU computation (sparse_kernel.h).
 class CpuKernelBase {
  public:
   static constexpr const char* kProvider = "CPUExecutionProvider";
-  CpuKernelBase(std::string node, ONNXTensorElementDataType type)
-      : dtype_(dtype_of(type)), node_(std::move(node)), kernels_(&select_isa_kernels()) {}
-  virtual ~CpuKernelBase() = default;
+  CpuKernelBase(const OrtKernelInfo* /*info*/, ONNXTensorElementDataType type)
+      : dtype_(dtype_of(type)), kernels_(&select_isa_kernels()) {}
+
+ protected:
+  // The arguments of a gated op's product: `in` (X [M, K], score scale, the rule's
+  // parameter, bias) times a K x N weight (set by the caller) into y, under `gating`.
+  SparseMatMulArgs gated_args(const GatedInputs& in, Gating gating, int64_t K, int64_t N, void* y) const {
+    GatingParams params;
+    params.gating = gating;
+    if (in.k != nullptr) params.k = *in.k;
+    if (in.threshold != nullptr) params.threshold = *in.threshold;
+    return SparseMatMulArgs{dtype_, in.x, /*b=*/nullptr, in.score_scale, in.bias, y, in.M, K, N, params};
+  }
+  // Computes args on ORT's intra-op thread pool of `context`.
+  void run(const SparseMatMulArgs& args, OrtKernelContext* context) const {
+    sparse_matmul(args, *kernels_, ParallelRunner{context, parallel_run});
+  }
+
+  DType dtype_;
+  const IsaKernels* kernels_;
+};
+
+// The kernel of op Schema for the provider of Base (CpuKernelBase, CudaKernelBase): the
+// node's label for errors and its attributes, read once when ORT creates the kernel
+// (Schema::read_attributes). A kernel class derives from it and defines Compute.
+template <typename S, typename Base>
+class OpKernel : public Base {
+ public:
+  using Schema = S;
+  OpKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type)
+      : Base(info, type), node_(node_label(info, Schema::kName)), attrs_(Schema::read_attributes(info, node_)) {}
+  virtual ~OpKernel() = default;
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return compute_status(node_, [&] { Compute(context); });
@@ -81,9 +113,8 @@ class CpuKernelBase {
  protected:
   virtual void Compute(OrtKernelContext* context) = 0;
 
-  DType dtype_;
-  std::string node_;  // "<op> node 'name'" for error messages
-  const IsaKernels* kernels_;
+  const std::string node_;  // "<op> node 'name'" for error messages
+  const typename Schema::Attributes attrs_;
 };
 
 }  // namespace wina

@@ -1,5 +1,7 @@
 #include "op_schema.h"
 
+#include <vector>
+
 #include "tensor_checks.h"
 
 namespace wina {
@@ -8,13 +10,9 @@ namespace {
 
 // "\"topk\" or \"threshold\"": the attribute's accepted values, for error messages.
 std::string gating_choices() {
-  constexpr size_t n = sizeof(kGatingRules) / sizeof(kGatingRules[0]);
-  std::string s;
-  for (size_t i = 0; i < n; ++i) {
-    if (i > 0) s += i + 1 == n ? " or " : ", ";
-    s += std::string("\"") + kGatingRules[i].name + "\"";
-  }
-  return s;
+  std::vector<std::string> names;
+  for (const GatingRule& rule : kGatingRules) names.push_back(std::string("\"") + rule.name + "\"");
+  return join_words(names, " or ");
 }
 
 }  // namespace

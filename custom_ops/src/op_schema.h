@@ -22,6 +22,15 @@ inline constexpr int kDomainVersion = 1;
 
 inline constexpr const char* kAttrGating = "gating";
 
+// An input of an op: its name, type and whether it may be absent (given as ""). kT is the
+// element type of the op object; kChecked, a type the kernel checks on every call.
+enum class InputType { kT, kFloat, kInt64, kUint8, kChecked };
+struct InputSpec {
+  const char* name;
+  InputType type;
+  bool optional;
+};
+
 // ---------------------------------------------------------------------------------
 // WinaSparseMatMul
 //   inputs:  0 X [..., K] (T)   1 B [K, N] (T)   2 score_scale [K] (float)
@@ -30,16 +39,10 @@ inline constexpr const char* kAttrGating = "gating";
 //   output:  Y [..., N] (T)      attribute: gating = "topk" | "threshold"
 inline constexpr const char* kOpType = "WinaSparseMatMul";
 
-enum InputIndex : size_t {
-  kInputX = 0,
-  kInputB = 1,
-  kInputScoreScale = 2,
-  kInputThreshold = 3,
-  kInputK = 4,
-  kInputBias = 5,
-  kNumInputs = 6,
-};
-inline constexpr const char* kInputNames[kNumInputs] = {"X", "B", "score_scale", "threshold", "k", "bias"};
+enum InputIndex : size_t { kInputX, kInputB, kInputScoreScale, kInputThreshold, kInputK, kInputBias, kNumInputs };
+inline constexpr InputSpec kInputs[kNumInputs] = {
+    {"X", InputType::kT, false}, {"B", InputType::kT, false}, {"score_scale", InputType::kFloat, false},
+    {"threshold", InputType::kFloat, true}, {"k", InputType::kInt64, true}, {"bias", InputType::kT, true}};
 
 // ---------------------------------------------------------------------------------
 // WinaSparseMatMulGroup: several threshold-gated products that read the same X.
@@ -64,18 +67,14 @@ inline constexpr int64_t kGroupMaxWeights = 8;
 inline constexpr const char* kNBitsOpType = "WinaSparseMatMulNBits";
 
 enum NBitsInputIndex : size_t {
-  kNBitsInputX = 0,
-  kNBitsInputB = 1,
-  kNBitsInputScales = 2,
-  kNBitsInputZeroPoints = 3,
-  kNBitsInputScoreScale = 4,
-  kNBitsInputThreshold = 5,
-  kNBitsInputK = 6,
-  kNBitsInputBias = 7,
-  kNBitsNumInputs = 8,
+  kNBitsInputX, kNBitsInputB, kNBitsInputScales, kNBitsInputZeroPoints, kNBitsInputScoreScale,
+  kNBitsInputThreshold, kNBitsInputK, kNBitsInputBias, kNBitsNumInputs
 };
-inline constexpr const char* kNBitsInputNames[kNBitsNumInputs] = {
-    "X", "B", "scales", "zero_points", "score_scale", "threshold", "k", "bias"};
+inline constexpr InputSpec kNBitsInputs[kNBitsNumInputs] = {
+    {"X", InputType::kT, false}, {"B", InputType::kUint8, false}, {"scales", InputType::kT, false},
+    {"zero_points", InputType::kChecked, true},  // uint8 or T
+    {"score_scale", InputType::kFloat, false}, {"threshold", InputType::kFloat, true},
+    {"k", InputType::kInt64, true}, {"bias", InputType::kT, true}};
 inline constexpr const char* kNBitsAttrK = "K";
 inline constexpr const char* kNBitsAttrN = "N";
 inline constexpr const char* kNBitsAttrBits = "bits";
@@ -114,62 +113,57 @@ struct NBitsAttributes {
 };
 NBitsAttributes read_nbits_attributes(const OrtKernelInfo* info, const std::string& node);
 
-// ---------------------------------------------------------------------------------
-// Schema traits for CustomOp<Schema, Kernel> (custom_op.h). T is the element type
-// the op object is registered for (one object per type, all with the same name).
+// The attributes of an op without any (WinaSparseMatMulGroup: its gating is threshold).
+struct NoAttributes {};
 
-struct SparseMatMulSchema {
-  static constexpr const char* kName = kOpType;
-  static constexpr size_t kInputCount = kNumInputs;
+// ---------------------------------------------------------------------------------
+// Schema traits for CustomOp<Schema, Kernel> and OpKernel<Schema, Base> (custom_op.h):
+// the op's name, input count, input types and characteristics, output characteristic, and
+// its Attributes, which read_attributes reads once per node. T is the element type the op
+// object is registered for (one object per type, all with the same name).
+
+// The trait of an op with the fixed inputs `Inputs` and one output.
+template <const char* const& Name, size_t Count, const InputSpec (&Inputs)[Count], typename Attrs,
+          Attrs (*Read)(const OrtKernelInfo*, const std::string&)>
+struct FixedInputsSchema {
+  static constexpr const char* kName = Name;
+  static constexpr size_t kInputCount = Count;
   static constexpr OrtCustomOpInputOutputCharacteristic kOutputCharacteristic =
       OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+  using Attributes = Attrs;
+  static Attributes read_attributes(const OrtKernelInfo* info, const std::string& node) { return Read(info, node); }
   static ONNXTensorElementDataType input_type(size_t index, ONNXTensorElementDataType t) {
-    switch (index) {
-      case kInputScoreScale:
-      case kInputThreshold: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-      case kInputK: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-      default: return t;  // X, B, bias
+    switch (Inputs[index].type) {
+      case InputType::kT: return t;
+      case InputType::kFloat: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+      case InputType::kInt64: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+      case InputType::kUint8: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+      default: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
     }
   }
   static OrtCustomOpInputOutputCharacteristic input_characteristic(size_t index) {
-    return index >= kInputThreshold ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
-                                    : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+    return Inputs[index].optional ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+                                  : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
   }
 };
+
+using SparseMatMulSchema = FixedInputsSchema<kOpType, kNumInputs, kInputs, Gating, read_gating>;
+using NBitsSchema =
+    FixedInputsSchema<kNBitsOpType, kNBitsNumInputs, kNBitsInputs, NBitsAttributes, read_nbits_attributes>;
 
 struct SparseMatMulGroupSchema {
   static constexpr const char* kName = kGroupOpType;
   static constexpr size_t kInputCount = kGroupFirstWeight + 1;  // the last one is variadic
   static constexpr OrtCustomOpInputOutputCharacteristic kOutputCharacteristic =
       OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_VARIADIC;
+  using Attributes = NoAttributes;
+  static Attributes read_attributes(const OrtKernelInfo*, const std::string&) { return {}; }
   static ONNXTensorElementDataType input_type(size_t index, ONNXTensorElementDataType t) {
     return index == kGroupInputScoreScale || index == kGroupInputThreshold ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : t;
   }
   static OrtCustomOpInputOutputCharacteristic input_characteristic(size_t index) {
     return index == kGroupFirstWeight ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_VARIADIC
                                       : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
-  }
-};
-
-struct NBitsSchema {
-  static constexpr const char* kName = kNBitsOpType;
-  static constexpr size_t kInputCount = kNBitsNumInputs;
-  static constexpr OrtCustomOpInputOutputCharacteristic kOutputCharacteristic =
-      OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
-  static ONNXTensorElementDataType input_type(size_t index, ONNXTensorElementDataType t) {
-    switch (index) {
-      case kNBitsInputB: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
-      case kNBitsInputZeroPoints: return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // uint8 or T, checked per call
-      case kNBitsInputScoreScale:
-      case kNBitsInputThreshold: return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-      case kNBitsInputK: return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
-      default: return t;  // X, scales, bias
-    }
-  }
-  static OrtCustomOpInputOutputCharacteristic input_characteristic(size_t index) {
-    return index == kNBitsInputZeroPoints || index >= kNBitsInputThreshold
-               ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
-               : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
   }
 };
 

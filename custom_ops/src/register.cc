@@ -15,10 +15,12 @@ namespace {
 // Oldest API whose functions this library uses (KernelContext_ParallelFor: 1.17).
 constexpr uint32_t kMinApiVersion = 17;
 
-// Adds op Op to the domain, one op object per element type, all with the same name: ORT
-// merges them and picks the kernel by the type of X. They live as long as the process.
-template <typename Op>
+// Adds the op of kernel class Kernel to the domain, one op object per element type, all
+// with the same name: ORT merges them and picks the kernel by the type of X. They live as
+// long as the process.
+template <typename Kernel>
 void add_op(Ort::CustomOpDomain& domain) {
+  using Op = wina::CustomOp<typename Kernel::Schema, Kernel>;
   static Op ops[] = {Op(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT), Op(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16),
                      Op(ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16)};
   for (Op& op : ops) domain.Add(&op);
@@ -40,16 +42,16 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
 
   try {
     Ort::CustomOpDomain domain(wina::kDomain);
-    add_op<wina::WinaSparseMatMulOp<wina::WinaSparseMatMulKernel>>(domain);
-    add_op<wina::WinaSparseMatMulGroupOp<wina::WinaSparseMatMulGroupKernel>>(domain);
-    add_op<wina::WinaSparseMatMulNBitsOp<wina::WinaSparseMatMulNBitsKernel>>(domain);
+    add_op<wina::WinaSparseMatMulKernel>(domain);
+    add_op<wina::WinaSparseMatMulGroupKernel>(domain);
+    add_op<wina::WinaSparseMatMulNBitsKernel>(domain);
 #ifdef WINA_ONNX_WITH_CUDA
     // The same ops for the CUDA execution provider; a session without it never creates
     // these kernels, so nothing of CUDA runs (or must be installed) on a CPU-only machine.
     if (api_base->GetApi(wina::kMinCudaApiVersion) != nullptr) {
-      add_op<wina::WinaSparseMatMulOp<wina::WinaSparseMatMulCudaKernel>>(domain);
-      add_op<wina::WinaSparseMatMulGroupOp<wina::WinaSparseMatMulGroupCudaKernel>>(domain);
-      add_op<wina::WinaSparseMatMulNBitsOp<wina::WinaSparseMatMulNBitsCudaKernel>>(domain);
+      add_op<wina::WinaSparseMatMulCudaKernel>(domain);
+      add_op<wina::WinaSparseMatMulGroupCudaKernel>(domain);
+      add_op<wina::WinaSparseMatMulNBitsCudaKernel>(domain);
     }
 #endif
     Ort::UnownedSessionOptions(options).Add(domain);

@@ -1,8 +1,18 @@
 #include "tensor_checks.h"
 
 #include <sstream>
+#include <utility>
 
 namespace wina {
+
+std::string join_words(const std::vector<std::string>& words, const char* last) {
+  std::string s;
+  for (size_t i = 0; i < words.size(); ++i) {
+    if (i > 0) s += i + 1 == words.size() ? last : ", ";
+    s += words[i];
+  }
+  return s;
+}
 
 std::string shape_str(const std::vector<int64_t>& shape) {
   std::ostringstream s;
@@ -41,29 +51,52 @@ DType dtype_of(ONNXTensorElementDataType t) {
   }
 }
 
-InputView read_input(Ort::KernelContext& ctx, size_t index, const std::string& label) {
+std::string InputView::label() const {
+  return "input '" + name + "' (index " + std::to_string(index) + ")";
+}
+
+InputView tensor_view(Ort::ConstValue value, size_t index, std::string name) {
   InputView in;
-  if (index >= ctx.GetInputCount()) return in;
-  in.value = ctx.GetInput(index);
-  if (!in.present()) return in;
-  if (!in.value.IsTensor()) throw InvalidArgument(label + " must be a tensor");
-  auto info = in.value.GetTensorTypeAndShapeInfo();
+  in.value = value;
+  in.index = index;
+  in.name = std::move(name);
+  auto info = value.GetTensorTypeAndShapeInfo();
   in.type = info.GetElementType();
   in.shape = info.GetShape();
   in.elements = static_cast<int64_t>(info.GetElementCount());
   return in;
 }
 
-void expect_type(const InputView& in, const std::string& label, ONNXTensorElementDataType want, const char* why) {
+InputView read_input(Ort::KernelContext& ctx, size_t index, std::string name) {
+  InputView absent;
+  absent.index = index;
+  absent.name = std::move(name);
+  if (index >= ctx.GetInputCount()) return absent;
+  const Ort::ConstValue value = ctx.GetInput(index);
+  if (static_cast<const OrtValue*>(value) == nullptr) return absent;
+  if (!value.IsTensor()) throw InvalidArgument(absent.label() + " must be a tensor");
+  return tensor_view(value, index, std::move(absent.name));
+}
+
+void expect_present(std::initializer_list<const InputView*> inputs) {
+  bool all = true;
+  for (const InputView* in : inputs) all = all && in->present();
+  if (all) return;
+  std::vector<std::string> names;
+  for (const InputView* in : inputs) names.push_back("'" + in->name + "'");
+  throw InvalidArgument("inputs " + join_words(names, " and ") + " are required");
+}
+
+void expect_type(const InputView& in, ONNXTensorElementDataType want, const char* why) {
   if (in.type != want) {
-    throw InvalidArgument(label + " has element type " + type_name(in.type) + " but must be " + type_name(want) +
-                          why);
+    throw InvalidArgument(in.label() + " has element type " + type_name(in.type) + " but must be " +
+                          type_name(want) + why);
   }
 }
 
-void expect_scalar(const InputView& in, const std::string& label) {
+void expect_scalar(const InputView& in) {
   if (in.shape.size() > 1 || in.elements != 1) {
-    throw InvalidArgument(label + " must be a scalar (shape [] or [1]), got shape " + shape_str(in.shape));
+    throw InvalidArgument(in.label() + " must be a scalar (shape [] or [1]), got shape " + shape_str(in.shape));
   }
 }
 
@@ -73,6 +106,30 @@ int64_t token_count(const InputView& x) {
   int64_t m = 1;
   for (size_t i = 0; i + 1 < x.shape.size(); ++i) m *= x.shape[i];
   return m;
+}
+
+void read_gating_param(const InputView& param, const GatingRule& rule, GatedInputs* in) {
+  if (!param.present())
+    throw InvalidArgument(std::string("gating='") + rule.name + "' needs " + param.label() + ", which is missing");
+  const bool k = rule.param == GatingParam::kK;
+  expect_type(param, k ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "");
+  expect_scalar(param);
+  if (k) {
+    in->k = param.value.GetTensorData<int64_t>();
+  } else {
+    in->threshold = param.value.GetTensorData<float>();
+  }
+}
+
+void set_gated_inputs(const InputView& x, const InputView& score_scale, const InputView& bias, int64_t N,
+                      GatedInputs* in) {
+  in->out_shape.assign(x.shape.begin(), x.shape.end() - 1);
+  in->out_shape.push_back(N);
+  in->M = token_count(x);
+  in->x = x.value.GetTensorRawData();
+  in->score_scale = score_scale.value.GetTensorData<float>();
+  in->bias = bias.present() ? bias.value.GetTensorRawData() : nullptr;
+  in->device_id = x.value.GetTensorMemoryInfo().GetDeviceId();
 }
 
 OrtStatusPtr status_from_current_exception(const std::string& node) {

@@ -19,33 +19,17 @@
 namespace wina {
 
 // The inputs of one call, validated (types, ranks, shapes, scalars), in the flattened
-// view X [M, K] x B [K, N]. Pointers are where ORT put the tensors: host memory for
-// the CPU kernel, device memory for the CUDA kernel (threshold and k included).
-struct OpInputs {
-  const void* x = nullptr;
+// view X [M, K] x B [K, N].
+struct OpInputs : GatedInputs {
   const void* b = nullptr;
-  const float* score_scale = nullptr;
-  const float* threshold = nullptr;  // set for rules with GatingParam::kThreshold
-  const int64_t* k = nullptr;        // set for rules with GatingParam::kK
-  const void* bias = nullptr;        // or nullptr
-  std::vector<int64_t> out_shape;    // [..., N]
-  int64_t M = 0, K = 0, N = 0;
-  int device_id = 0;                 // of X's memory
+  int64_t K = 0, N = 0;
 };
 // Throws InvalidArgument naming the offending input.
 OpInputs read_op_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType type, Gating gating);
 
-class WinaSparseMatMulKernel : public CpuKernelBase {
- public:
-  WinaSparseMatMulKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
-
- private:
+class WinaSparseMatMulKernel final : public OpKernel<SparseMatMulSchema, CpuKernelBase> {
+  using OpKernel::OpKernel;  // public, as the base's constructor
   void Compute(OrtKernelContext* context) override;
-
-  Gating gating_;
 };
-
-template <typename Kernel>
-using WinaSparseMatMulOp = CustomOp<SparseMatMulSchema, Kernel>;
 
 }  // namespace wina

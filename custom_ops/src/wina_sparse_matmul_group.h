@@ -32,15 +32,9 @@ struct GroupInputs {
 // Throws InvalidArgument naming the offending input.
 GroupInputs read_group_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType type);
 
-class WinaSparseMatMulGroupKernel : public CpuKernelBase {
- public:
-  WinaSparseMatMulGroupKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
-
- private:
+class WinaSparseMatMulGroupKernel final : public OpKernel<SparseMatMulGroupSchema, CpuKernelBase> {
+  using OpKernel::OpKernel;  // public, as the base's constructor
   void Compute(OrtKernelContext* context) override;
 };
-
-template <typename Kernel>
-using WinaSparseMatMulGroupOp = CustomOp<SparseMatMulGroupSchema, Kernel>;
 
 }  // namespace wina

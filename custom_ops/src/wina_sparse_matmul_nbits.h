@@ -22,21 +22,12 @@ namespace wina {
 
 // The inputs of one call, validated against the node's attributes (types, ranks, the
 // shapes of B, scales and zero points from K, N and block_size, scalars), in the
-// flattened view X [M, K]. Pointers are where ORT put the tensors (host memory for the
-// CPU kernel, device memory for a CUDA kernel, threshold and k included).
-struct NBitsInputs {
-  const void* x = nullptr;
+// flattened view X [M, K].
+struct NBitsInputs : GatedInputs {
   const uint8_t* b = nullptr;            // [K, ceil(N/2)]
   const void* scales = nullptr;          // [ceil(K/G), N], T
   const void* zero_points = nullptr;     // or nullptr
   NbitsZeroPoints zero_kind = kZeroPointsNone;
-  const float* score_scale = nullptr;
-  const float* threshold = nullptr;      // set for rules with GatingParam::kThreshold
-  const int64_t* k = nullptr;            // set for rules with GatingParam::kK
-  const void* bias = nullptr;            // or nullptr
-  std::vector<int64_t> out_shape;        // [..., N]
-  int64_t M = 0;
-  int device_id = 0;                     // of X's memory
 };
 // The inputs that are constant initializers (the weights, usually also k or threshold and
 // bias), by input index, read once when a kernel is created; the others are absent here.
@@ -51,18 +42,14 @@ NBitsInputs read_nbits_inputs(Ort::KernelContext& ctx, ONNXTensorElementDataType
 // The weight as the CPU loops see it.
 NbitsWeight nbits_weight(const NBitsInputs& in, const NBitsAttributes& attrs, DType dtype);
 
-class WinaSparseMatMulNBitsKernel : public CpuKernelBase {
+class WinaSparseMatMulNBitsKernel final : public OpKernel<NBitsSchema, CpuKernelBase> {
  public:
   WinaSparseMatMulNBitsKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
 
  private:
   void Compute(OrtKernelContext* context) override;
 
-  NBitsAttributes attrs_;
-  NBitsConstantInputs constants_;
+  const NBitsConstantInputs constants_;
 };
-
-template <typename Kernel>
-using WinaSparseMatMulNBitsOp = CustomOp<NBitsSchema, Kernel>;
 
 }  // namespace wina

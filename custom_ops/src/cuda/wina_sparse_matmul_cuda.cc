@@ -35,13 +35,29 @@ void check_cuda(cudaError_t err, const char* what) {
   }
 }
 
+}  // namespace
+
+// Where the work of one kernel call goes: ORT's compute stream, scratch from the CUDA EP's
+// allocator, and the device's properties.
+struct CudaCall {
+  OrtKernelContext* context;
+  const OrtMemoryInfo* memory_info;
+  OrtAllocator* allocator;
+  cuda::Stream stream;
+  cuda::DeviceInfo device;
+};
+
+namespace {
+
 // Scratch from ORT's CUDA allocator, tied to the compute stream; returned at scope exit
 // (ORT's arena hands it out again only in stream order, after this node's kernels).
 class Scratch {
  public:
-  Scratch(OrtKernelContext* context, const OrtMemoryInfo* info, OrtAllocator* allocator, size_t bytes)
-      : allocator_(allocator) {
-    if (bytes > 0) throw_on_error(Ort::GetApi().KernelContext_GetScratchBuffer(context, info, bytes, &ptr_));
+  Scratch(const CudaCall& call, size_t bytes) : allocator_(call.allocator) {
+    if (bytes > 0) {
+      throw_on_error(
+          Ort::GetApi().KernelContext_GetScratchBuffer(call.context, call.memory_info, bytes, &ptr_));
+    }
     if (bytes > 0 && ptr_ == nullptr) throw std::runtime_error("out of CUDA memory for the scratch buffer");
   }
   ~Scratch() {
@@ -145,12 +161,6 @@ bool no_pdl() {
   return off;
 }
 
-cuda::Stream compute_stream(Ort::KernelContext& ctx) {
-  const cuda::Stream stream(static_cast<cudaStream_t>(ctx.GetGPUComputeStream()));
-  if (!stream.valid()) throw std::runtime_error("ONNX Runtime gave no CUDA compute stream for this node");
-  return stream;
-}
-
 // Calls fn with a value of the CUDA element type of `type`.
 template <typename Fn>
 void dispatch_type(ONNXTensorElementDataType type, Fn&& fn) {
@@ -161,12 +171,31 @@ void dispatch_type(ONNXTensorElementDataType type, Fn&& fn) {
   }
 }
 
+// A problem P (cuda::Problem, cuda::NbitsProblem) of the call whose X, score scale, rule
+// parameter and bias are those of `from` (a gated op's inputs, or another problem), with
+// Y at y, a K x N weight (set by the caller) and the rule `gating`.
+template <typename P, typename From>
+P gated_problem(const From& from, void* y, int64_t K, int64_t N, Gating gating) {
+  P p;
+  p.x = from.x;
+  p.score_scale = from.score_scale;
+  p.threshold = from.threshold;
+  p.k = from.k;
+  p.bias = from.bias;
+  p.y = y;
+  p.M = from.M;
+  p.K = K;
+  p.N = N;
+  p.gating = gating;
+  return p;
+}
+
 template <typename T>
-void run(const cuda::Problem& problem, const cuda::DeviceInfo& device, OrtKernelContext* context,
-         const OrtMemoryInfo* info, OrtAllocator* allocator, cuda::Stream stream) {
-  cuda::Plan plan = cuda::MakePlan<T>(problem, device);
+void run(const cuda::Problem& problem, const CudaCall& call) {
+  const cuda::Stream stream = call.stream;
+  cuda::Plan plan = cuda::MakePlan<T>(problem, call.device);
   if (no_pdl()) plan.pdl = false;
-  Scratch scratch(context, info, allocator, cuda::WorkspaceBytes<T>(problem, plan));
+  Scratch scratch(call, cuda::WorkspaceBytes<T>(problem, plan));
   // Prefill without bias (the decoder projections): gated X by our kernel, product by cuBLAS.
   // fp32 is left to the SIMT GEMM, since cuBLAS's default fp32 mode may use TF32.
   Cublas* cublas = (!plan.decode && problem.bias == nullptr && problem.M > 0 && problem.N > 0 && problem.K > 0 &&
@@ -186,25 +215,16 @@ void run(const cuda::Problem& problem, const cuda::DeviceInfo& device, OrtKernel
 // WinaSparseMatMulNBits on the device: the fused 4-bit decode (after the top-k select for the
 // top-k rule), or for more tokens the weight dequantized into scratch and the float path.
 template <typename T>
-void run_nbits(const cuda::NbitsProblem& p, const cuda::DeviceInfo& device, OrtKernelContext* context,
-               const OrtMemoryInfo* info, OrtAllocator* allocator, cuda::Stream stream) {
-  cuda::NbitsPlan plan = cuda::MakeNbitsPlan<T>(p, device);
+void run(const cuda::NbitsProblem& p, const CudaCall& call) {
+  const cuda::Stream stream = call.stream;
+  cuda::NbitsPlan plan = cuda::MakeNbitsPlan<T>(p, call.device);
   if (no_pdl()) plan.pdl = false;
-  cuda::Problem fp;  // the same call with a float weight (top-k select, prefill)
-  fp.x = p.x;
-  fp.score_scale = p.score_scale;
-  fp.threshold = p.threshold;
-  fp.k = p.k;
-  fp.bias = p.bias;
-  fp.y = p.y;
-  fp.M = p.M;
-  fp.K = p.K;
-  fp.N = p.N;
-  fp.gating = p.gating;
+  // The same call with a float weight (top-k select, prefill).
+  cuda::Problem fp = gated_problem<cuda::Problem>(p, p.y, p.K, p.N, p.gating);
   if (plan.decode) {
     const bool topk = p.gating == Gating::kTopK && p.M > 0 && p.K > 0 && p.N > 0;
     const size_t gate = topk ? cuda::gate_bytes(fp) : 0;
-    Scratch scratch(context, info, allocator, gate + cuda::NbitsDecodeWorkspaceBytes<T>(p, plan));
+    Scratch scratch(call, gate + cuda::NbitsDecodeWorkspaceBytes<T>(p, plan));
     cuda::NbitsGate g;
     g.threshold = p.threshold;
     if (topk) {
@@ -221,10 +241,31 @@ void run_nbits(const cuda::NbitsProblem& p, const cuda::DeviceInfo& device, OrtK
   }
   // Prefill: the whole weight is read anyway (many tokens keep every row between them), so it
   // is dequantized once into scratch (stream-ordered: freed after the GEMM below has run).
-  Scratch weight(context, info, allocator, static_cast<size_t>(p.K) * static_cast<size_t>(p.N) * sizeof(T));
+  Scratch weight(call, static_cast<size_t>(p.K) * static_cast<size_t>(p.N) * sizeof(T));
   check_cuda(cuda::LaunchNbitsDequantize<T>(p, weight.get(), stream), "kernel launch");
   fp.b = weight.get();
-  run<T>(fp, device, context, info, allocator, stream);
+  run<T>(fp, call);
+}
+
+// WinaSparseMatMulGroup on the device.
+template <typename T>
+void run(const cuda::GroupProblem& group, const CudaCall& call) {
+  if (group.M > cuda::kMaxDecodeTokens) {
+    // Prefill: each weight's masked X and GEMM in turn (the GEMMs dominate; grouping saves nothing there).
+    for (int s = 0; s < group.count; ++s) run<T>(cuda::SegmentProblem(group, s), call);
+    return;
+  }
+  // Decode: one kernel over every weight's columns, one reduction.
+  cuda::Plan plan = cuda::MakeGroupPlan<T>(group, call.device);
+  if (no_pdl()) plan.pdl = false;
+  Scratch scratch(call, cuda::GroupWorkspaceBytes<T>(group, plan));
+  check_cuda(cuda::LaunchWinaGroupDecode<T>(group, plan, scratch.get(), call.stream), "kernel launch");
+}
+
+// Runs `problem` (cuda::Problem, cuda::GroupProblem, cuda::NbitsProblem) for the CUDA element type of `type`.
+template <typename P>
+void run_as(ONNXTensorElementDataType type, const P& problem, const CudaCall& call) {
+  dispatch_type(type, [&](auto tag) { run<decltype(tag)>(problem, call); });
 }
 
 cuda::ZeroPointKind zero_point_kind(NbitsZeroPoints kind) {
@@ -237,8 +278,7 @@ cuda::ZeroPointKind zero_point_kind(NbitsZeroPoints kind) {
 
 }  // namespace
 
-CudaKernelBase::CudaKernelBase(const OrtKernelInfo* info, std::string node, ONNXTensorElementDataType type)
-    : node_(std::move(node)), type_(type) {
+CudaKernelBase::CudaKernelBase(const OrtKernelInfo* info, ONNXTensorElementDataType type) : type_(type) {
   const OrtApi& api = Ort::GetApi();
   throw_on_error(api.KernelInfoGetAllocator(info, OrtMemTypeDefault, &allocator_));
   throw_on_error(api.AllocatorGetInfo(allocator_, &memory_info_));
@@ -248,8 +288,10 @@ CudaKernelBase::~CudaKernelBase() {
   if (allocator_ != nullptr) Ort::GetApi().ReleaseAllocator(allocator_);
 }
 
-OrtStatusPtr CudaKernelBase::ComputeV2(OrtKernelContext* context) {
-  return compute_status(node_, [&] { Compute(context); });
+CudaCall CudaKernelBase::call(OrtKernelContext* context) {
+  const cuda::Stream stream(static_cast<cudaStream_t>(Ort::KernelContext(context).GetGPUComputeStream()));
+  if (!stream.valid()) throw std::runtime_error("ONNX Runtime gave no CUDA compute stream for this node");
+  return {context, memory_info_, allocator_, stream, device()};
 }
 
 cuda::DeviceInfo CudaKernelBase::device() {
@@ -264,44 +306,18 @@ cuda::DeviceInfo CudaKernelBase::device() {
   return device_;
 }
 
-WinaSparseMatMulCudaKernel::WinaSparseMatMulCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type)
-    : CudaKernelBase(info, node_label(info, kOpType), type), gating_(read_gating(info, node_)) {}
-
 void WinaSparseMatMulCudaKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
-  const OpInputs in = read_op_inputs(ctx, type_, gating_);
-  auto y = ctx.GetOutput(0, in.out_shape);
-  const cuda::Stream stream = compute_stream(ctx);
-  const cuda::DeviceInfo device = this->device();
-
-  cuda::Problem problem;
-  problem.x = in.x;
+  const OpInputs in = read_op_inputs(ctx, type_, attrs_);
+  void* y = ctx.GetOutput(0, in.out_shape).GetTensorMutableRawData();
+  cuda::Problem problem = gated_problem<cuda::Problem>(in, y, in.K, in.N, attrs_);
   problem.b = in.b;
-  problem.score_scale = in.score_scale;
-  problem.threshold = in.threshold;
-  problem.k = in.k;
-  problem.bias = in.bias;
-  problem.y = y.GetTensorMutableRawData();
-  problem.M = in.M;
-  problem.K = in.K;
-  problem.N = in.N;
-  problem.gating = gating_;
-  dispatch_type(type_, [&](auto tag) {
-    using T = decltype(tag);
-    run<T>(problem, device, context, memory_info_, allocator_, stream);
-  });
+  run_as(type_, problem, call(context));
 }
-
-WinaSparseMatMulGroupCudaKernel::WinaSparseMatMulGroupCudaKernel(const OrtKernelInfo* info,
-                                                                 ONNXTensorElementDataType type)
-    : CudaKernelBase(info, node_label(info, kGroupOpType), type) {}
 
 void WinaSparseMatMulGroupCudaKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
   const GroupInputs in = read_group_inputs(ctx, type_);
-  const cuda::Stream stream = compute_stream(ctx);
-  const cuda::DeviceInfo device = this->device();
-
   cuda::GroupProblem group;
   group.x = in.x;
   group.M = in.M;
@@ -318,53 +334,20 @@ void WinaSparseMatMulGroupCudaKernel::Compute(OrtKernelContext* context) {
     w.y = ctx.GetOutput(static_cast<size_t>(s), shape).GetTensorMutableRawData();
     w.N = in.n[s];
   }
-  dispatch_type(type_, [&](auto tag) {
-    using T = decltype(tag);
-    if (group.M <= cuda::kMaxDecodeTokens) {
-      // Decode: one kernel over every weight's columns, one reduction.
-      cuda::Plan plan = cuda::MakeGroupPlan<T>(group, device);
-      if (no_pdl()) plan.pdl = false;
-      Scratch scratch(context, memory_info_, allocator_, cuda::GroupWorkspaceBytes<T>(group, plan));
-      check_cuda(cuda::LaunchWinaGroupDecode<T>(group, plan, scratch.get(), stream), "kernel launch");
-      return;
-    }
-    // Prefill: each weight's masked X and GEMM in turn (the GEMMs dominate; grouping saves nothing there).
-    for (int s = 0; s < group.count; ++s)
-      run<T>(cuda::SegmentProblem(group, s), device, context, memory_info_, allocator_, stream);
-  });
+  run_as(type_, group, call(context));
 }
-
-WinaSparseMatMulNBitsCudaKernel::WinaSparseMatMulNBitsCudaKernel(const OrtKernelInfo* info,
-                                                                 ONNXTensorElementDataType type)
-    : CudaKernelBase(info, node_label(info, kNBitsOpType), type), attrs_(read_nbits_attributes(info, node_)) {}
 
 void WinaSparseMatMulNBitsCudaKernel::Compute(OrtKernelContext* context) {
   Ort::KernelContext ctx(context);
   const NBitsInputs in = read_nbits_inputs(ctx, type_, attrs_);
-  auto y = ctx.GetOutput(0, in.out_shape);
-  const cuda::Stream stream = compute_stream(ctx);
-  const cuda::DeviceInfo device = this->device();
-
-  cuda::NbitsProblem problem;
-  problem.x = in.x;
+  void* y = ctx.GetOutput(0, in.out_shape).GetTensorMutableRawData();
+  cuda::NbitsProblem problem = gated_problem<cuda::NbitsProblem>(in, y, attrs_.K, attrs_.N, attrs_.gating);
   problem.b = in.b;
   problem.scales = in.scales;
   problem.zero_points = in.zero_points;
   problem.zero_kind = zero_point_kind(in.zero_kind);
-  problem.score_scale = in.score_scale;
-  problem.threshold = in.threshold;
-  problem.k = in.k;
-  problem.bias = in.bias;
-  problem.y = y.GetTensorMutableRawData();
-  problem.M = in.M;
-  problem.K = attrs_.K;
-  problem.N = attrs_.N;
   problem.block_size = attrs_.block_size;
-  problem.gating = attrs_.gating;
-  dispatch_type(type_, [&](auto tag) {
-    using T = decltype(tag);
-    run_nbits<T>(problem, device, context, memory_info_, allocator_, stream);
-  });
+  run_as(type_, problem, call(context));
 }
 
 }  // namespace wina

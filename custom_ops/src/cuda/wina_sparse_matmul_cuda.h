@@ -18,24 +18,23 @@
 
 namespace wina {
 
-// What both CUDA kernels hold: the element type, the CUDA EP's allocator for scratch, the
+struct CudaCall;  // where one call's work goes (wina_sparse_matmul_cuda.cc)
+
+// What the CUDA kernels hold: the element type, the CUDA EP's allocator for scratch, the
 // device's SM count and compute capability (read at the first call, on the device ORT runs
 // the node on).
 class CudaKernelBase {
  public:
   static constexpr const char* kProvider = "CUDAExecutionProvider";
-  CudaKernelBase(const OrtKernelInfo* info, std::string node, ONNXTensorElementDataType type);
-  virtual ~CudaKernelBase();
+  CudaKernelBase(const OrtKernelInfo* info, ONNXTensorElementDataType type);
+  ~CudaKernelBase();
   CudaKernelBase(const CudaKernelBase&) = delete;
   CudaKernelBase& operator=(const CudaKernelBase&) = delete;
 
-  OrtStatusPtr ComputeV2(OrtKernelContext* context);
-
  protected:
-  virtual void Compute(OrtKernelContext* context) = 0;
-  cuda::DeviceInfo device();  // read once
+  CudaCall call(OrtKernelContext* context);  // the compute stream, scratch, the device
+  cuda::DeviceInfo device();                 // read once
 
-  std::string node_;
   ONNXTensorElementDataType type_;
   OrtAllocator* allocator_ = nullptr;            // the CUDA EP's allocator (frees the scratch)
   const OrtMemoryInfo* memory_info_ = nullptr;   // owned by allocator_
@@ -43,35 +42,22 @@ class CudaKernelBase {
   cuda::DeviceInfo device_;
 };
 
-class WinaSparseMatMulCudaKernel : public CudaKernelBase {
- public:
-  WinaSparseMatMulCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
-
- private:
+class WinaSparseMatMulCudaKernel final : public OpKernel<SparseMatMulSchema, CudaKernelBase> {
+  using OpKernel::OpKernel;  // public, as the base's constructor
   void Compute(OrtKernelContext* context) override;
-
-  Gating gating_;
 };
 
-class WinaSparseMatMulGroupCudaKernel : public CudaKernelBase {
- public:
-  WinaSparseMatMulGroupCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
-
- private:
+class WinaSparseMatMulGroupCudaKernel final : public OpKernel<SparseMatMulGroupSchema, CudaKernelBase> {
+  using OpKernel::OpKernel;
   void Compute(OrtKernelContext* context) override;
 };
 
 // WinaSparseMatMulNBits (4-bit weights): up to kNbitsMaxDecodeTokens tokens through the fused
 // 4-bit decode kernel (nbits_decode.cuh) after the float op's top-k select where the rule is
 // top-k; more tokens dequantize the weight into scratch and take the float op's prefill path.
-class WinaSparseMatMulNBitsCudaKernel : public CudaKernelBase {
- public:
-  WinaSparseMatMulNBitsCudaKernel(const OrtKernelInfo* info, ONNXTensorElementDataType type);
-
- private:
+class WinaSparseMatMulNBitsCudaKernel final : public OpKernel<NBitsSchema, CudaKernelBase> {
+  using OpKernel::OpKernel;
   void Compute(OrtKernelContext* context) override;
-
-  NBitsAttributes attrs_;
 };
 
 // Oldest ORT API the CUDA kernels need (KernelContext_GetScratchBuffer, KernelInfoGetAllocator).
