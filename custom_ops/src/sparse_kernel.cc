@@ -68,6 +68,15 @@ typename V::value_type* sized(V& v, size_t n) {
   return v.data();
 }
 
+// The bias as float32 (widened into s.bias unless it is float32 already), or nullptr.
+const float* float_bias(const SparseMatMulArgs& a, Scratch& s) {
+  if (a.bias == nullptr) return nullptr;
+  if (a.dtype == kFloat32) return static_cast<const float*>(a.bias);
+  float* bf = sized(s.bias, static_cast<size_t>(a.N));
+  widen_row(a.dtype, a.bias, a.N, bf);
+  return bf;
+}
+
 // ---------------------------------------------------------------------------
 // Decode: one token. The kept rows are listed once; tasks take contiguous slices
 // of that list and sum into their own float32 partial row, then one pass adds
@@ -78,16 +87,7 @@ void finish_decode_row(const SparseMatMulArgs& a, const float* partials, int64_t
   Scratch& s = scratch();
   const int64_t N = a.N;
   float* out = a.dtype == kFloat32 ? static_cast<float*>(a.y) : sized(s.xf, static_cast<size_t>(N));
-  const float* bias = nullptr;
-  if (a.bias != nullptr) {
-    if (a.dtype == kFloat32) {
-      bias = static_cast<const float*>(a.bias);
-    } else {
-      float* bf = sized(s.bias, static_cast<size_t>(N));
-      widen_row(a.dtype, a.bias, N, bf);
-      bias = bf;
-    }
-  }
+  const float* bias = float_bias(a, s);
   // Row by row (vectorizes), the same additions in the same order as per column.
   if (out != partials) std::memcpy(out, partials, static_cast<size_t>(N) * sizeof(float));
   for (int64_t t = 1; t < tasks; ++t)
@@ -120,16 +120,28 @@ void decode_task(void* data, size_t task) {
   job.kernels->decode[job.args->dtype](job.args->b, N, 0, N, job.idx + lo, job.val + lo, hi - lo, acc);
 }
 
-void decode(const SparseMatMulArgs& a, const IsaKernels& kernels, const ParallelRunner& parallel) {
-  Scratch& s = scratch();
-  const int64_t K = a.K, N = a.N;
+// The kept features of the one token of `a` (gate_token's idx and val, in s.idx and s.xs).
+struct KeptFeatures {
+  const int32_t* idx;
+  const float* val;
+  int64_t count;
+};
+
+KeptFeatures gate_one_token(const SparseMatMulArgs& a, const IsaKernels& kernels, Scratch& s) {
+  const int64_t K = a.K;
   float* xf = sized(s.xf, static_cast<size_t>(K + 16));
   int32_t* idx = sized(s.idx, static_cast<size_t>(K + 16));
   float* val = sized(s.xs, static_cast<size_t>(K + 16));
   // score_scale is a per-node weight, usually cold: ask for all of it at once.
   for (int64_t i = 0; i < K; i += 16) __builtin_prefetch(a.score_scale + i);
   widen_row(a.dtype, a.x, K, xf);
-  const int64_t count = gate_token(kernels, xf, a.score_scale, K, a.gating, idx, val);
+  return {idx, val, gate_token(kernels, xf, a.score_scale, K, a.gating, idx, val)};
+}
+
+void decode(const SparseMatMulArgs& a, const IsaKernels& kernels, const ParallelRunner& parallel) {
+  Scratch& s = scratch();
+  const int64_t N = a.N;
+  const auto [idx, val, count] = gate_one_token(a, kernels, s);
 
   const int64_t bytes = count * N * static_cast<int64_t>(element_size(a.dtype));
   int64_t tasks = std::min({machine_threads(), kMaxDecodeTasks, bytes / kDecodeBytesPerTask});
@@ -180,13 +192,8 @@ void nbits_decode_task(void* data, size_t task) {
 void decode_nbits(const SparseMatMulArgs& a, const IsaKernels& kernels, const ParallelRunner& parallel) {
   Scratch& s = scratch();
   const NbitsWeight& w = *a.nbits;
-  const int64_t K = a.K, N = a.N, blocks = w.blocks;
-  float* xf = sized(s.xf, static_cast<size_t>(K + 16));
-  int32_t* idx = sized(s.idx, static_cast<size_t>(K + 16));
-  float* val = sized(s.xs, static_cast<size_t>(K + 16));
-  for (int64_t i = 0; i < K; i += 16) __builtin_prefetch(a.score_scale + i);
-  widen_row(a.dtype, a.x, K, xf);
-  const int64_t count = gate_token(kernels, xf, a.score_scale, K, a.gating, idx, val);
+  const int64_t N = a.N, blocks = w.blocks;
+  const auto [idx, val, count] = gate_one_token(a, kernels, s);
 
   int64_t* first = sized(s.first, static_cast<size_t>(blocks + 1));
   for (int64_t b = 0, r = 0; b <= blocks; ++b) {
@@ -373,16 +380,7 @@ void prefill(const SparseMatMulArgs& a, const IsaKernels& kernels, const Paralle
   }
   if (N == 0) return;
 
-  const float* bias = nullptr;
-  if (a.bias != nullptr) {
-    if (a.dtype == kFloat32) {
-      bias = static_cast<const float*>(a.bias);
-    } else {
-      float* bf = sized(s.bias, static_cast<size_t>(N));
-      widen_row(a.dtype, a.bias, N, bf);
-      bias = bf;
-    }
-  }
+  const float* bias = float_bias(a, s);
   float* yf = a.dtype == kFloat32 ? static_cast<float*>(a.y) : sized(s.acc, static_cast<size_t>(M * N));
 
   // Work items: blocks of tiles (about kTokensPerBlock tokens, whose packed inputs

@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #include "cuda/launchers.cuh"
@@ -20,6 +21,16 @@ namespace wina {
 namespace cuda {
 
 inline constexpr unsigned kFullMask = 0xffffffffu;
+
+// Inclusive prefix sum of v over the lanes of a warp (all 32 of them active) up to `lane`.
+__device__ __forceinline__ int warp_inclusive_scan(int v, int lane) {
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    const int other = __shfl_up_sync(kFullMask, v, offset);
+    if (lane >= offset) v += other;
+  }
+  return v;
+}
 
 // ---------------------------------------------------------------------------------
 // Launching: every kernel goes through launch_clustered(), which takes a Stream and refuses
@@ -121,8 +132,36 @@ __device__ __forceinline__ float load_cluster_shared(const float* local, unsigne
 // ---------------------------------------------------------------------------------
 // Element types
 
+// The 16-bit types, __half and __nv_bfloat16 (a uint4 holds eight, two to a 32-bit word);
+// float below.
 template <typename T>
-struct Elem;
+struct Elem {
+  static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "float, __half or __nv_bfloat16");
+  static constexpr bool kHalf = std::is_same_v<T, __half>;
+  using Pair = std::conditional_t<kHalf, __half2, __nv_bfloat162>;
+
+  static __device__ __forceinline__ float to_float(T v) {
+    if constexpr (kHalf) return __half2float(v);
+    else return __bfloat162float(v);
+  }
+  static __device__ __forceinline__ T from_float(float v) {
+    if constexpr (kHalf) return __float2half_rn(v);
+    else return __float2bfloat16_rn(v);
+  }
+  static __device__ __forceinline__ float2 pair_to_float2(Pair v) {
+    if constexpr (kHalf) return __half22float2(v);
+    else return __bfloat1622float2(v);
+  }
+  static __device__ __forceinline__ void unpack(const uint4& u, float* f) {
+    const Pair* h = reinterpret_cast<const Pair*>(&u);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 t = pair_to_float2(h[i]);
+      f[2 * i] = t.x;
+      f[2 * i + 1] = t.y;
+    }
+  }
+};
 
 template <>
 struct Elem<float> {
@@ -133,36 +172,6 @@ struct Elem<float> {
     f[1] = __uint_as_float(u.y);
     f[2] = __uint_as_float(u.z);
     f[3] = __uint_as_float(u.w);
-  }
-};
-
-template <>
-struct Elem<__half> {
-  static __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-  static __device__ __forceinline__ __half from_float(float v) { return __float2half_rn(v); }
-  static __device__ __forceinline__ void unpack(const uint4& u, float* f) {
-    const __half2* h = reinterpret_cast<const __half2*>(&u);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 t = __half22float2(h[i]);
-      f[2 * i] = t.x;
-      f[2 * i + 1] = t.y;
-    }
-  }
-};
-
-template <>
-struct Elem<__nv_bfloat16> {
-  static __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-  static __device__ __forceinline__ __nv_bfloat16 from_float(float v) { return __float2bfloat16_rn(v); }
-  static __device__ __forceinline__ void unpack(const uint4& u, float* f) {
-    const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&u);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 t = __bfloat1622float2(h[i]);
-      f[2 * i] = t.x;
-      f[2 * i + 1] = t.y;
-    }
   }
 };
 

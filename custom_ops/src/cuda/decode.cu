@@ -41,26 +41,20 @@ __device__ __forceinline__ int segment_of(const Table& t, const I (&begin)[kMaxS
 }
 
 // What a block needs of its weight, whichever parameter the kernel was given.
-struct WeightView {
-  const void* b;
-  const float* scale;
-  const float* threshold;
-  const void* bias;
-  void* y;
-  int64_t n;          // the weight's columns
+struct WeightView : OneWeight {
   int64_t col_begin;  // its first column among all the weights' partial sums
   int tile_begin;     // its first column tile in the grid
 };
 
 __device__ __forceinline__ WeightView weight_view(const OneWeight& w, int /*tile*/, int64_t /*col*/, bool /*by_tile*/) {
-  return {w.b, w.scale, w.threshold, w.bias, w.y, w.n, 0, 0};
+  return {w, 0, 0};
 }
 
 // Weight of grid column tile `tile` (by_tile) or of partial-sum column `col`.
 __device__ __forceinline__ WeightView weight_view(const Table& t, int tile, int64_t col, bool by_tile) {
   const int s = by_tile ? segment_of(t, t.tile_begin, tile) : segment_of(t, t.col_begin, col);
-  return {t.b[s], t.scale[s], t.threshold[s], t.bias[s], t.y[s], t.col_begin[s + 1] - t.col_begin[s], t.col_begin[s],
-          t.tile_begin[s]};
+  const OneWeight one = {t.b[s], t.scale[s], t.threshold[s], t.bias[s], t.y[s], t.col_begin[s + 1] - t.col_begin[s]};
+  return {one, t.col_begin[s], t.tile_begin[s]};
 }
 
 // Block (tile, split): columns [tile * TN, +TN) of the partial sums of rows
@@ -114,15 +108,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
   }
   uint32_t gate_key[MT];
   int gate_cut[MT];
-#pragma unroll
-  for (int m = 0; m < MT; ++m) {
-    if (m < M) {
-      token_gate<GATING>(gate, m, gate_key[m], gate_cut[m]);
-    } else {
-      gate_key[m] = 0xffffffffu;
-      gate_cut[m] = -1;
-    }
-  }
+  token_gates<GATING>(gate, M, gate_key, gate_cut);
 
   // 1. Gate the slab's rows for every token; list the rows kept by any token, in order.
   int count = 0;

@@ -36,7 +36,7 @@ struct OneWeight {
   const float* threshold;
   const void* bias;
   void* y;
-  int64_t n;
+  int64_t n;  // the weight's columns
 };
 
 // One decode call: X, its shape, and the weights' table.
@@ -72,22 +72,25 @@ void add_weight(DecodeCall& c, const void* b, const float* scale, const float* t
   t.col_begin[s + 1] = c.n_total;
 }
 
+// A call over X [M, K] without weights yet.
+inline DecodeCall empty_call(const void* x, int64_t M, int64_t K) {
+  DecodeCall c;
+  c.x = x;
+  c.M = M;
+  c.K = K;
+  return c;
+}
+
 template <typename T>
 DecodeCall single_call(const Problem& p) {
-  DecodeCall c;
-  c.x = p.x;
-  c.M = p.M;
-  c.K = p.K;
+  DecodeCall c = empty_call(p.x, p.M, p.K);
   add_weight<T>(c, p.b, p.score_scale, p.threshold, p.bias, p.y, p.N);
   return c;
 }
 
 template <typename T>
 DecodeCall group_call(const GroupProblem& g) {
-  DecodeCall c;
-  c.x = g.x;
-  c.M = g.M;
-  c.K = g.K;
+  DecodeCall c = empty_call(g.x, g.M, g.K);
   for (int s = 0; s < g.count; ++s) {
     const Segment& w = g.segments[s];
     add_weight<T>(c, w.b, w.score_scale, w.threshold, w.bias, w.y, w.N);

@@ -48,6 +48,21 @@ __device__ __forceinline__ void token_gate(const GateT& gate, int m, uint32_t& k
   }
 }
 
+// The (key, cut) of tokens 0 .. MT - 1 of a kernel that serves M of them; a token past M
+// keeps nothing.
+template <Gating GATING, int MT, typename GateT>
+__device__ __forceinline__ void token_gates(const GateT& gate, int M, uint32_t (&key)[MT], int (&cut)[MT]) {
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    if (m < M) {
+      token_gate<GATING>(gate, m, key[m], cut[m]);
+    } else {
+      key[m] = 0xffffffffu;
+      cut[m] = -1;
+    }
+  }
+}
+
 __device__ __forceinline__ bool keep(uint32_t key, int i, uint32_t gate_key, int gate_cut) {
   return key > gate_key || (key == gate_key && i <= gate_cut);
 }

@@ -57,6 +57,26 @@ __global__ void __launch_bounds__(256)
 constexpr int kGemmBK = 16;
 constexpr int kGemmThreads = 256;  // 16 x 16, each 4 x 4 outputs
 
+// Stages the ROWS x COLS tile at (row0, col0) of the row-major rows x cols matrix src into
+// shared memory as float, 0 past the matrix's edges: s[c][r] (TRANSPOSE) or s[r][c].
+template <int ROWS, int COLS, bool TRANSPOSE, typename T, typename R, typename C, int LD>
+__device__ __forceinline__ void stage_tile(float (*s)[LD], const T* __restrict__ src, R row0, C col0, R rows, C cols,
+                                           int tid) {
+#pragma unroll
+  for (int q = 0; q < ROWS * COLS / kGemmThreads; ++q) {
+    const int e = tid + q * kGemmThreads;
+    const int r = e / COLS, c = e % COLS;
+    const R gr = row0 + r;
+    const C gc = col0 + c;
+    const float v = (gr < rows && gc < cols) ? Elem<T>::to_float(src[static_cast<int64_t>(gr) * cols + gc]) : 0.0f;
+    if constexpr (TRANSPOSE) {
+      s[c][r] = v;
+    } else {
+      s[r][c] = v;
+    }
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kGemmThreads)
     gemm_kernel(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ bias,
@@ -70,22 +90,8 @@ __global__ void __launch_bounds__(kGemmThreads)
   const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kGemmBN;
   float acc[4][4] = {};
   for (int k0 = 0; k0 < K; k0 += kGemmBK) {
-#pragma unroll
-    for (int q = 0; q < kGemmBM * kGemmBK / kGemmThreads; ++q) {
-      const int e = tid + q * kGemmThreads;
-      const int r = e / kGemmBK, kk = e % kGemmBK;
-      const int64_t gr = row0 + r;
-      const int gk = k0 + kk;
-      s_a[kk][r] = (gr < M && gk < K) ? Elem<T>::to_float(a[gr * K + gk]) : 0.0f;
-    }
-#pragma unroll
-    for (int q = 0; q < kGemmBK * kGemmBN / kGemmThreads; ++q) {
-      const int e = tid + q * kGemmThreads;
-      const int kk = e / kGemmBN, c = e % kGemmBN;
-      const int gk = k0 + kk;
-      const int64_t gc = col0 + c;
-      s_b[kk][c] = (gk < K && gc < N) ? Elem<T>::to_float(b[static_cast<int64_t>(gk) * N + gc]) : 0.0f;
-    }
+    stage_tile<kGemmBM, kGemmBK, true>(s_a, a, row0, k0, static_cast<int64_t>(M), K, tid);
+    stage_tile<kGemmBK, kGemmBN, false>(s_b, b, k0, col0, K, N, tid);
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < kGemmBK; ++kk) {

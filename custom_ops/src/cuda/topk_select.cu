@@ -22,23 +22,13 @@ namespace {
 __device__ __forceinline__ int block_exclusive_scan(int v, int* s_scan, int& total) {
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
-  int inclusive = v;
-#pragma unroll
-  for (int offset = 1; offset < 32; offset <<= 1) {
-    const int other = __shfl_up_sync(kFullMask, inclusive, offset);
-    if (lane >= offset) inclusive += other;
-  }
+  const int inclusive = warp_inclusive_scan(v, lane);
   __syncthreads();
   if (lane == 31) s_scan[warp] = inclusive;
   __syncthreads();
   if (warp == 0) {
     const int mine = lane < static_cast<int>(blockDim.x >> 5) ? s_scan[lane] : 0;
-    int scan = mine;
-#pragma unroll
-    for (int offset = 1; offset < 32; offset <<= 1) {
-      const int other = __shfl_up_sync(kFullMask, scan, offset);
-      if (lane >= offset) scan += other;
-    }
+    const int scan = warp_inclusive_scan(mine, lane);
     s_scan[lane] = scan - mine;
     if (lane == 31) s_scan[32] = scan;
   }
@@ -83,12 +73,7 @@ __device__ __forceinline__ void find_bin(const uint32_t* hist, int remaining, in
     const int hi = 65535 - 64 * s_sel[3];
     const int c0 = static_cast<int>(bin_count(hist, hi - 2 * lane));
     const int c1 = static_cast<int>(bin_count(hist, hi - 2 * lane - 1));
-    int inclusive = c0 + c1;
-#pragma unroll
-    for (int offset = 1; offset < 32; offset <<= 1) {
-      const int other = __shfl_up_sync(kFullMask, inclusive, offset);
-      if (lane >= offset) inclusive += other;
-    }
+    const int inclusive = warp_inclusive_scan(c0 + c1, lane);
     const int before = s_sel[4] + inclusive - c0 - c1;
     if (before < remaining && remaining <= before + c0 + c1) {
       const bool first = before + c0 >= remaining;
@@ -139,12 +124,7 @@ __device__ __forceinline__ int last_tie_kept(KeyAt&& key_at, int K, int chunks, 
     if (warp == 0) {
       const unsigned mine = s_ballot[lane];
       const int count = __popc(mine);
-      int inclusive = count;
-#pragma unroll
-      for (int offset = 1; offset < 32; offset <<= 1) {
-        const int other = __shfl_up_sync(kFullMask, inclusive, offset);
-        if (lane >= offset) inclusive += other;
-      }
+      const int inclusive = warp_inclusive_scan(count, lane);
       const int exclusive = inclusive - count;
       const int need = remaining - running;
       if (exclusive < need && need <= inclusive) {
@@ -329,12 +309,7 @@ __global__ void __launch_bounds__(kSelectThreads)
         c[t] = s_hist[255 - (lane * 8 + t)];
         local += c[t];
       }
-      int inclusive = local;
-#pragma unroll
-      for (int offset = 1; offset < 32; offset <<= 1) {
-        const int other = __shfl_up_sync(kFullMask, inclusive, offset);
-        if (lane >= offset) inclusive += other;
-      }
+      const int inclusive = warp_inclusive_scan(local, lane);
       const int exclusive = inclusive - local;
       if (exclusive < remaining && remaining <= inclusive) {
         int run = exclusive;

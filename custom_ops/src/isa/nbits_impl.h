@@ -308,21 +308,15 @@ static void nbits_decode_float_impl(const NbitsWeight& w, int64_t b0, int64_t b1
 #if defined(__AVX512F__)
 #define WINA_NBITS_INT8_TARGET __attribute__((target("avx512vnni,avx512vbmi")))
 
-// Byte permute indices: (a[j], b[j]) pairs for j in [base, base + 32).
-WINA_NBITS_INT8_TARGET static inline __m512i nb_pair_index(int base) {
-  alignas(64) uint8_t t[64];
-  for (int j = 0; j < 32; ++j) {
-    t[2 * j] = static_cast<uint8_t>(base + j);
-    t[2 * j + 1] = static_cast<uint8_t>(64 + base + j);
-  }
-  return _mm512_load_si512(t);
-}
-// Word permute indices: (a[j], b[j]) 16-bit pairs for j in [base, base + 16).
-WINA_NBITS_INT8_TARGET static inline __m512i nb_quad_index(int base) {
-  alignas(64) uint16_t t[32];
-  for (int j = 0; j < 16; ++j) {
-    t[2 * j] = static_cast<uint16_t>(base + j);
-    t[2 * j + 1] = static_cast<uint16_t>(32 + base + j);
+// Permute indices that interleave two vectors a, b in lanes of type E (bytes for vpermt2b,
+// words for vpermt2w): (a[j], b[j]) for j in [base, base + n), n = 32 / sizeof(E).
+template <typename E>
+WINA_NBITS_INT8_TARGET static inline __m512i nb_interleave_index(int base) {
+  constexpr int n = 32 / static_cast<int>(sizeof(E));
+  alignas(64) E t[2 * n];
+  for (int j = 0; j < n; ++j) {
+    t[2 * j] = static_cast<E>(base + j);
+    t[2 * j + 1] = static_cast<E>(2 * n + base + j);
   }
   return _mm512_load_si512(t);
 }
@@ -343,8 +337,8 @@ WINA_NBITS_INT8_TARGET static inline void nb_int8_chunk(const NbitsWeight& w, in
   const int64_t avail = w.ldb - byte0;
   const bool whole = avail >= 64;
   const __mmask64 mask = whole ? ~0ull : (1ull << avail) - 1;
-  const __m512i pair0 = nb_pair_index(0), pair1 = nb_pair_index(32);
-  const __m512i quad0 = nb_quad_index(0), quad1 = nb_quad_index(16);
+  const __m512i pair0 = nb_interleave_index<uint8_t>(0), pair1 = nb_interleave_index<uint8_t>(32);
+  const __m512i quad0 = nb_interleave_index<uint16_t>(0), quad1 = nb_interleave_index<uint16_t>(16);
   const __m512i hi = _mm512_set1_epi8(static_cast<char>(0xF0));
   __m512i af[Q], ah[Q];
 #pragma GCC unroll 4
