@@ -5,8 +5,9 @@
 #
 #   scripts/cuda_sanitize.sh OUT_DIR [SHARDS] [LAUNCHER_BENCH]
 #
-# Every test of tests/test_op_cuda.py runs under each tool, the tests split into SHARDS
-# (default 6) processes per tool, all side by side (the sanitizers are CPU-bound):
+# Every CUDA case (marker gpu) of tests/test_op_sparse_matmul.py runs under each tool, the
+# cases split into SHARDS (default 6) processes per tool, all side by side (the sanitizers
+# are CPU-bound):
 #   memcheck   every kernel, cuBLAS's included: a bad pointer or leading dimension that the
 #              op hands to cuBLAS in prefill shows up inside cuBLAS's kernels
 #   racecheck  every kernel (limiting it to the op's kernels with --kernel-name made the
@@ -21,7 +22,7 @@
 # lists, per process, the tests passed, the tool's ERROR SUMMARY (or that it was stopped
 # before printing one) and the exit status. Exit status 0 only if every process finished
 # with all tests passed and no error in the op's kernels. TOOLS (default "memcheck racecheck
-# synccheck") picks tools; CUDA_TESTS names another test file.
+# synccheck") picks tools; CUDA_TESTS names another op test file.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:?usage: scripts/cuda_sanitize.sh OUT_DIR [SHARDS] [LAUNCHER_BENCH]}"
@@ -35,7 +36,7 @@ mkdir -p "$OUT"
 command -v "$SAN" > /dev/null || { echo "cuda_sanitize: $SAN not found" >&2; exit 2; }
 
 # -P: the package comes from PYTHONPATH, not from the working directory.
-mapfile -t TESTS < <("$PY" -P -m pytest --collect-only -q -p no:cacheprovider "${CUDA_TESTS:-tests/test_op_cuda.py}" | grep '::')
+mapfile -t TESTS < <("$PY" -P -m pytest --collect-only -q -p no:cacheprovider -m gpu "${CUDA_TESTS:-tests/test_op_sparse_matmul.py}" | grep '::')
 [ "${#TESTS[@]}" -gt 0 ] || { echo "cuda_sanitize: no CUDA tests collected (is onnxruntime-gpu importable?)" >&2; exit 2; }
 echo "cuda_sanitize: ${#TESTS[@]} tests x tools ${TOOLS:-memcheck racecheck synccheck}, $SHARDS shards each, limit ${LIMIT}s a process" | tee "$OUT/summary.txt"
 

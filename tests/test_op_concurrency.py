@@ -4,7 +4,9 @@ The op keeps per-thread work space (custom_ops/src/gate_token.cc) and reads its
 attributes once per kernel; concurrent Run calls on one session must give exactly
 (bit for bit) what the same calls give one after another. The model chains two gated
 MatMuls of different K, so each thread's work space is resized between nodes, and the
-session has 2 intra-op threads, so ParallelFor runs inside every call too.
+session has 2 intra-op threads, so ParallelFor runs inside every call too. The same runs
+on the CUDA provider (marked `gpu`, skipped with the reason where it cannot run): its calls
+share the kernels' allocator and the session's compute stream.
 
 WINA_ONNX_CONCURRENCY_ROUNDS raises the number of rounds (default 3).
 """
@@ -18,7 +20,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
-from helpers.op_models import DTYPES, finish_model, onnx_type, run, session
+from helpers.op_models import DTYPES, finish_model, onnx_type, run
+from helpers.providers import provider_session, providers
 
 from wina_onnx import reference, schema
 
@@ -52,10 +55,11 @@ def chained_model(dtype: np.dtype, rng: np.random.Generator) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
-def test_eight_threads_on_one_session_match_serial_runs(dtype_name: str) -> None:
+@pytest.mark.parametrize("provider", providers())
+def test_eight_threads_on_one_session_match_serial_runs(provider: str, dtype_name: str) -> None:
     dtype = DTYPES[dtype_name]
     rng = np.random.default_rng(2024)
-    sess = session(chained_model(dtype, rng), threads=2)
+    sess = provider_session(chained_model(dtype, rng), provider, threads=2)
     # Every thread gets its own inputs, of different token counts (0 included).
     inputs = [
         [rng.standard_normal((int(rng.integers(0, 10)), 64)).astype(np.float32).astype(dtype)

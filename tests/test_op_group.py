@@ -1,8 +1,9 @@
 """`WinaSparseMatMulGroup` (several threshold-gated products on one X) against the oracle.
 
-Every case runs on the CPU provider, and on the CUDA provider (CPU fallback disabled)
-where onnxruntime has one; elsewhere the CUDA cases skip with the reason. Output s must
-equal `WinaSparseMatMul` of weight s, so the cases also compare with the single op's oracle.
+Every case takes a `provider` (tests/helpers/providers.py): the CPU always; CUDA (marked
+`gpu`, CPU fallback disabled) where ONNX Runtime has the provider and a GPU, else skipped
+with the reason. Output s must equal `WinaSparseMatMul` of weight s, so the cases also
+compare with the single op's oracle.
 """
 
 from __future__ import annotations
@@ -14,20 +15,9 @@ ort = pytest.importorskip("onnxruntime")
 
 from wina_onnx import reference  # noqa: E402
 
-from helpers.op_models import DTYPES, assert_close, group_model, run_group, session  # noqa: E402
+from helpers.op_models import DTYPES, assert_close, group_model, run_group  # noqa: E402
+from helpers.providers import provider_session, providers  # noqa: E402
 
-HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
-PROVIDERS = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=pytest.mark.skipif(
-            not HAS_CUDA,
-            reason="onnxruntime has no CUDAExecutionProvider (CPU-only build or no GPU): "
-            "the CUDA cases run where onnxruntime-gpu and a GPU are",
-        ),
-    ),
-]
 # Token counts: empty, decode (fused kernel up to 8 tokens on CUDA), prefill.
 TOKENS = (0, 1, 2, 5, 8, 9, 40)
 # Column counts per weight: q/k/v-like, gate/up-like, off the 16-byte vectors and tiles.
@@ -38,16 +28,6 @@ GROUPS = {
     "one": (200, (1000,)),
     "wide": (1000, (1536, 512, 512)),
 }
-
-
-def _session(model, provider):
-    if provider == "cpu":
-        return session(model)
-    try:
-        import torch  # noqa: F401  (loads the CUDA 13 libraries the CUDA EP needs)
-    except ImportError:
-        pass
-    return session(model, providers=["CUDAExecutionProvider"], config={"session.disable_cpu_ep_fallback": "1"})
 
 
 def _case(rng, k, ns, dtype, sparsity):
@@ -63,7 +43,7 @@ def _case(rng, k, ns, dtype, sparsity):
     return weights, scale, thresholds, x
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", providers())
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize("group", list(GROUPS))
 def test_group_matches_reference(group, dtype_name, provider):
@@ -73,7 +53,7 @@ def test_group_matches_reference(group, dtype_name, provider):
     for sparsity in (0.0, 0.5, 0.8):
         weights, scale, thresholds, x_all = _case(rng, k, ns, dtype, sparsity)
         biases = [rng.standard_normal(n).astype(np.float32).astype(dtype) for n in ns] if sparsity == 0.5 else None
-        sess = _session(group_model(weights, scale, thresholds, biases=biases), provider)
+        sess = provider_session(group_model(weights, scale, thresholds, biases=biases), provider)
         for m in TOKENS:
             x = x_all[:m]
             if m == 8:
@@ -85,7 +65,7 @@ def test_group_matches_reference(group, dtype_name, provider):
                 assert_close(y, e, dtype_name, f"{group} s={sparsity} output {s} X{x.shape}")
 
 
-@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("provider", providers())
 def test_each_output_has_its_own_keep_set(provider):
     """B_s = identity: Y_s is X masked by weight s's own scale and threshold, exactly."""
     rng = np.random.default_rng(7)
@@ -94,7 +74,7 @@ def test_each_output_has_its_own_keep_set(provider):
     scale = np.stack([np.ones(k, np.float32), rng.uniform(0.5, 2, k).astype(np.float32), np.ones(k, np.float32)])
     thresholds = np.array([0.5, 1.0, np.inf], dtype=np.float32)  # the last keeps nothing
     x = (rng.integers(-4, 5, size=(6, k)) * 0.5).astype(np.float32)
-    sess = _session(group_model(weights, scale, thresholds), provider)
+    sess = provider_session(group_model(weights, scale, thresholds), provider)
     for m in (1, 3, 6):
         ys = run_group(sess, x[:m])
         for s in range(3):
@@ -103,36 +83,42 @@ def test_each_output_has_its_own_keep_set(provider):
     assert not ys[2].any()
 
 
-def _error(model, x):
+def _error(model, x, provider):
     with pytest.raises(Exception) as info:
-        run_group(session(model), x)
+        run_group(provider_session(model, provider), x)
     return str(info.value)
 
 
-def test_error_score_scale_rows_must_match_weights():
+@pytest.mark.parametrize("provider", providers())
+def test_error_score_scale_rows_must_match_weights(provider):
     w = np.ones((8, 4), np.float32)
-    msg = _error(group_model([w, w], np.ones((3, 8), np.float32), np.zeros(3, np.float32)), np.ones((1, 8), np.float32))
+    model = group_model([w, w], np.ones((3, 8), np.float32), np.zeros(3, np.float32))
+    msg = _error(model, np.ones((1, 8), np.float32), provider)
     assert "score_scale has 3 rows, so the node needs 3 weights" in msg
 
 
-def test_error_threshold_shape():
+@pytest.mark.parametrize("provider", providers())
+def test_error_threshold_shape(provider):
     w = np.ones((8, 4), np.float32)
-    msg = _error(group_model([w, w], np.ones((2, 8), np.float32), np.zeros(3, np.float32)), np.ones((1, 8), np.float32))
+    model = group_model([w, w], np.ones((2, 8), np.float32), np.zeros(3, np.float32))
+    msg = _error(model, np.ones((1, 8), np.float32), provider)
     assert "input 'threshold' (index 2) must have shape [2]" in msg
 
 
-def test_error_weight_k_mismatch():
+@pytest.mark.parametrize("provider", providers())
+def test_error_weight_k_mismatch(provider):
     msg = _error(
         group_model([np.ones((8, 4), np.float32), np.ones((9, 4), np.float32)], np.ones((2, 8), np.float32),
                     np.zeros(2, np.float32)),
-        np.ones((1, 8), np.float32),
+        np.ones((1, 8), np.float32), provider,
     )
     assert "input 'B_1' (index 4)" in msg and "K = 8" in msg
 
 
-def test_error_bias_shape():
+@pytest.mark.parametrize("provider", providers())
+def test_error_bias_shape(provider):
     w = np.ones((8, 4), np.float32)
     model = group_model([w, w], np.ones((2, 8), np.float32), np.zeros(2, np.float32),
                         biases=[np.ones(4, np.float32), np.ones(5, np.float32)])
-    msg = _error(model, np.ones((1, 8), np.float32))
+    msg = _error(model, np.ones((1, 8), np.float32), provider)
     assert "input 'bias_1' (index 6) must have shape [4]" in msg

@@ -1,6 +1,6 @@
 """Single-op ONNX models around `WinaSparseMatMul`, and running them in ONNX Runtime.
 
-Used by tests/test_op_cpu.py (imported as `helpers.op_models`: tests/ is on sys.path
+Used by the op tests, tests/test_op_*.py (imported as `helpers.op_models`: tests/ is on sys.path
 under pytest's default import mode) and by benchmarks that need the same models.
 X is a graph input with a dynamic shape; B, score_scale, threshold, k and bias are
 initializers, as in models rewritten by the pass.
@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from wina_onnx import schema
+from wina_onnx import reference, schema
 
 IR_VERSION = 10  # onnx 1.23 writes IR 14 by default, newer than some ORT builds read
 OPSET_IMPORTS = (("", 18), (schema.DOMAIN, schema.DOMAIN_VERSION))
@@ -53,6 +53,23 @@ def assert_close(y: np.ndarray, expected: np.ndarray, dtype_name: str, context: 
     scale = max(float(np.abs(ef[finite]).max()), 1e-3)
     err = float(np.abs(yf[finite] - ef[finite]).max())
     assert err <= TOLERANCE[dtype_name] * scale, f"{context}: max error {err} vs scale {scale}"
+
+
+def make_weights(rng: np.random.Generator, k: int, n: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """A random [K, N] weight of `dtype` (entries of about 1/sqrt(K)) and its row norms (WINA's score scale)."""
+    b = (rng.standard_normal((k, n)) / np.sqrt(max(k, 1))).astype(np.float32).astype(dtype)
+    return b, reference.weight_row_norms(b)
+
+
+def gating_for(gating: str, sparsity: float, x: np.ndarray, score_scale: np.ndarray) -> dict:
+    """The gating input ({"k": ...} or {"threshold": ...}) that masks about `sparsity` of x's features."""
+    if gating == "topk":
+        return {"k": int(round((1.0 - sparsity) * x.shape[-1]))}
+    if sparsity == 0.0:
+        return {"threshold": -1.0}
+    scores = reference.gate_scores(x, score_scale)
+    finite = scores[np.isfinite(scores)]
+    return {"threshold": float(np.quantile(finite, sparsity)) if finite.size else 0.0}
 
 
 def onnx_type(dtype: np.dtype) -> int:
