@@ -4,8 +4,10 @@ Both implementations are attacked with random shapes (K or N of 1, empty batches
 dtypes, sparsities, thresholds and hostile X (NaN, +-inf, subnormals, +-0, exact ties
 at the k-th score and at the threshold), see tests/helpers/op_cases.py:
 
-* the op library's CPU kernel (every instruction-set path);
-* the standard-ops lowering of `--backend onnx` (no library).
+* the op library's kernels: the CPU's on every instruction-set path, and CUDA's (marked
+  `gpu`, skipped with the reason where ONNX Runtime has no CUDA provider or no GPU; see
+  tests/helpers/providers.py);
+* the standard-ops lowering of `--backend onnx` (no library, CPU).
 
 The rules under test (docs/op-schema.md): score = |x| * score_scale in float32, a NaN
 score counts as +inf; threshold keeps score > threshold (strict, so a NaN threshold
@@ -26,7 +28,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from onnx import TensorProto, helper, numpy_helper
 from helpers.op_cases import NUMPY_DTYPES, OpCase, assert_matches, op_cases
-from helpers.op_models import finish_model, onnx_type, run, session, wina_model
+from helpers.op_models import finish_model, onnx_type, run, wina_model
+from helpers.providers import CPU, CUDA, provider_cases, provider_session, providers
 
 from wina_onnx import reference
 from wina_onnx.passes.lower_standard_ops import StandardOpsLowering
@@ -40,35 +43,38 @@ PROPERTY = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     derandomize=os.environ.get("WINA_ONNX_HYPOTHESIS_RANDOM") != "1",  # reproducible in CI
 )
+# The CPU kernel on each instruction-set path; the CUDA kernels (no cap).
+KERNELS = provider_cases({CPU: ("generic", "avx2", "avx512"), CUDA: [None]}, name=lambda isa: isa or "default")
 
 
-def _op_run(case: OpCase) -> np.ndarray:
+def _op_run(case: OpCase, provider: str = CPU, isa: str | None = None) -> np.ndarray:
+    """Y of the op library's kernel on `provider`; `isa` caps the CPU kernels (WINA_ONNX_ISA,
+    read at session creation)."""
     model = wina_model(case.b, case.score_scale, gating=case.gating, bias=case.bias, x_rank=None, **case.params())
-    return run(session(model), case.x)
-
-
-@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
-@PROPERTY
-@given(case=op_cases())
-def test_cpu_kernel_matches_oracle(isa: str, case: OpCase) -> None:
-    """Any shape, dtype, gating and X: Y equals the oracle (NaN and inf where it has them)."""
-    os.environ["WINA_ONNX_ISA"] = isa  # read at session creation
-    try:
-        assert_matches(_op_run(case), case, f"{isa} {case.gating} k={case.k} t={case.threshold}")
-    finally:
-        del os.environ["WINA_ONNX_ISA"]
-
-
-@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
-@PROPERTY
-@given(case=op_cases(finite=True, identity_b=True))
-def test_cpu_kernel_keeps_exactly_the_oracle_set(isa: str, case: OpCase) -> None:
-    """B = I makes Y the masked X: every keep decision (ties, -0, subnormals) must be exact."""
+    if isa is None:
+        return run(provider_session(model, provider), case.x)
     os.environ["WINA_ONNX_ISA"] = isa
     try:
-        y = _op_run(case)
+        sess = provider_session(model, provider)
     finally:
         del os.environ["WINA_ONNX_ISA"]
+    return run(sess, case.x)
+
+
+@pytest.mark.parametrize(("provider", "isa"), KERNELS)
+@PROPERTY
+@given(case=op_cases())
+def test_kernel_matches_oracle(provider: str, isa: str | None, case: OpCase) -> None:
+    """Any shape, dtype, gating and X: Y equals the oracle (NaN and inf where it has them)."""
+    assert_matches(_op_run(case, provider, isa), case, f"{provider} {isa} {case.gating} k={case.k} t={case.threshold}")
+
+
+@pytest.mark.parametrize(("provider", "isa"), KERNELS)
+@PROPERTY
+@given(case=op_cases(finite=True, identity_b=True))
+def test_kernel_keeps_exactly_the_oracle_set(provider: str, isa: str | None, case: OpCase) -> None:
+    """B = I makes Y the masked X: every keep decision (ties, -0, subnormals) must be exact."""
+    y = _op_run(case, provider, isa)
     np.testing.assert_array_equal(y.astype(np.float32), case.expected().astype(np.float32))
     kept = reference.keep_mask(case.x, case.score_scale, **case.params())
     if case.gating == "topk":  # exactly min(max(k, 0), K) features per token
@@ -132,7 +138,9 @@ def test_standard_ops_lowering_keeps_exactly_the_oracle_set(case: OpCase) -> Non
 @pytest.mark.parametrize("dtype_name", list(NUMPY_DTYPES))
 @pytest.mark.parametrize("k_features, n", [(1, 1), (1, 9), (9, 1)])
 @pytest.mark.parametrize("m", [0, 1, 5])
-def test_k_or_n_of_one_and_empty_batch(k_features: int, n: int, m: int, dtype_name: str) -> None:
+@pytest.mark.parametrize("provider", providers())
+def test_k_or_n_of_one_and_empty_batch(provider: str, k_features: int, n: int, m: int, dtype_name: str) -> None:
+    """The op on each provider; the lowering (standard ops) once, with the CPU cases."""
     dtype = NUMPY_DTYPES[dtype_name]
     rng = np.random.default_rng(k_features * 100 + n * 10 + m)
     b = rng.standard_normal((k_features, n)).astype(np.float32).astype(dtype)
@@ -142,8 +150,8 @@ def test_k_or_n_of_one_and_empty_batch(k_features: int, n: int, m: int, dtype_na
         gating = "topk" if "k" in params else "threshold"
         case = OpCase(x=x, b=b, score_scale=scale, gating=gating, k=params.get("k"),
                       threshold=params.get("threshold"), bias=None, dtype_name=dtype_name)
-        y = _op_run(case)
+        y = _op_run(case, provider)
         assert y.shape == (m, n)
         assert_matches(y, case, str(params))
-        if dtype_name != "bfloat16":
+        if provider == CPU and dtype_name != "bfloat16":
             assert_matches(_lowered_run(case), case, f"lowering {params}")
