@@ -39,7 +39,7 @@ export WINA_ONNX_SANITIZED=1
 # From / would miss tests/; pytest (not python -m pytest) imports the installed package.
 status=0
 "$(dirname "$PY")/pytest" -p no:cacheprovider -q -ra -m "not gpu" \
-  tests/test_op_sparse_matmul.py tests/test_op_properties.py tests/test_op_nbits_cpu.py tests/test_op_concurrency.py \
+  tests/test_op_sparse_matmul.py tests/test_op_properties.py tests/test_op_nbits.py tests/test_op_concurrency.py \
   tests/test_sanitize_canary.py \
   "$@" || status=$?
 if compgen -G "$REPORTS/*" > /dev/null; then

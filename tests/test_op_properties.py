@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from onnx import TensorProto, helper, numpy_helper
 from helpers.op_cases import NUMPY_DTYPES, OpCase, assert_matches, op_cases
 from helpers.op_models import finish_model, onnx_type, run, wina_model
-from helpers.providers import CPU, CUDA, provider_cases, provider_session, providers
+from helpers.providers import CPU, CUDA, ISAS, provider_cases, provider_session, providers
 
 from wina_onnx import reference
 from wina_onnx.passes.lower_standard_ops import StandardOpsLowering
@@ -44,21 +44,13 @@ PROPERTY = settings(
     derandomize=os.environ.get("WINA_ONNX_HYPOTHESIS_RANDOM") != "1",  # reproducible in CI
 )
 # The CPU kernel on each instruction-set path; the CUDA kernels (no cap).
-KERNELS = provider_cases({CPU: ("generic", "avx2", "avx512"), CUDA: [None]}, name=lambda isa: isa or "default")
+KERNELS = provider_cases({CPU: ISAS, CUDA: [None]}, name=lambda isa: isa or "default")
 
 
 def _op_run(case: OpCase, provider: str = CPU, isa: str | None = None) -> np.ndarray:
-    """Y of the op library's kernel on `provider`; `isa` caps the CPU kernels (WINA_ONNX_ISA,
-    read at session creation)."""
+    """Y of the op library's kernel on `provider` (`isa` caps the CPU kernels)."""
     model = wina_model(case.b, case.score_scale, gating=case.gating, bias=case.bias, x_rank=None, **case.params())
-    if isa is None:
-        return run(provider_session(model, provider), case.x)
-    os.environ["WINA_ONNX_ISA"] = isa
-    try:
-        sess = provider_session(model, provider)
-    finally:
-        del os.environ["WINA_ONNX_ISA"]
-    return run(sess, case.x)
+    return run(provider_session(model, provider, isa=isa), case.x)
 
 
 @pytest.mark.parametrize(("provider", "isa"), KERNELS)

@@ -26,9 +26,8 @@ import wina_onnx  # noqa: E402
 from wina_onnx import reference  # noqa: E402
 
 from helpers.op_models import DTYPES, assert_close, gating_for, make_weights, run, session, wina_model  # noqa: E402
-from helpers.providers import CPU, CUDA, provider_cases, provider_session, providers  # noqa: E402
+from helpers.providers import CPU, CUDA, ISAS, provider_cases, provider_session, providers  # noqa: E402
 
-ISAS = ("generic", "avx2", "avx512")
 GATINGS = ("topk", "threshold")
 
 # test_matches_reference, per provider: (K, N) shapes, sparsities and the leading dims of X.
@@ -56,12 +55,6 @@ ISA_CASES = provider_cases({CPU: ISAS, CUDA: [None]}, name=lambda isa: isa or "d
 @pytest.fixture(scope="module", autouse=True)
 def _library_present():
     wina_onnx.get_library_path()  # raises a clear error when the package was not built
-
-
-def _cap_isa(monkeypatch: pytest.MonkeyPatch, isa: str | None) -> None:
-    """WINA_ONNX_ISA caps the CPU kernels chosen at session creation (falls back on older CPUs)."""
-    if isa is not None:
-        monkeypatch.setenv("WINA_ONNX_ISA", isa)
 
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
@@ -111,9 +104,8 @@ def test_keep_set_is_exact(provider, k, gating, dtype_name):
 
 
 @pytest.mark.parametrize(("provider", "isa"), ISA_CASES)
-def test_topk_every_k_with_ties(provider, isa, monkeypatch):
+def test_topk_every_k_with_ties(provider, isa):
     """Every k from -1 to K + 1 on rows full of ties (equal scores, -0/+0, NaN)."""
-    _cap_isa(monkeypatch, isa)
     k_features = 70
     rng = np.random.default_rng(11)
     x = (rng.integers(-3, 4, size=(4, k_features)) * 0.25).astype(np.float32)
@@ -124,7 +116,7 @@ def test_topk_every_k_with_ties(provider, isa, monkeypatch):
     scale = rng.choice(np.array([0.5, 1.0], np.float32), size=k_features)
     b = np.eye(k_features, dtype=np.float32)
     for k in range(-1, k_features + 2):
-        sess = provider_session(wina_model(b, scale, gating="topk", k=k), provider)
+        sess = provider_session(wina_model(b, scale, gating="topk", k=k), provider, isa=isa)
         for m in (1, 4):
             with np.errstate(invalid="ignore"):  # inf * 0 in the oracle's dense product
                 expected = reference.wina_sparse_matmul(x[:m], b, scale, k=k)
@@ -132,16 +124,15 @@ def test_topk_every_k_with_ties(provider, isa, monkeypatch):
 
 
 @pytest.mark.parametrize(("provider", "isa"), ISA_CASES)
-def test_topk_scores_in_one_narrow_band(provider, isa, monkeypatch):
+def test_topk_scores_in_one_narrow_band(provider, isa):
     """Scores that differ only in their low bits (the selection's worst case)."""
-    _cap_isa(monkeypatch, isa)
     k_features = 3000
     rng = np.random.default_rng(12)
     x = (1.0 + rng.integers(0, 50, size=(2, k_features)) * 2.0**-20).astype(np.float32)
     scale = np.ones(k_features, np.float32)
     eye = np.eye(k_features, dtype=np.float32)
     for k in (1, 777, 1500, 2999):
-        sess = provider_session(wina_model(eye, scale, gating="topk", k=k), provider)
+        sess = provider_session(wina_model(eye, scale, gating="topk", k=k), provider, isa=isa)
         for m in (1, 2):
             # With B = I, Y is the masked X: its nonzeros are exactly the kept features.
             y = run(sess, x[:m])
@@ -330,16 +321,15 @@ def test_thread_count_does_not_change_result(provider, shape, dtype_name):
 
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize(("provider", "isa"), provider_cases({CPU: ISAS}))
-def test_every_instruction_set_path(provider, isa, dtype_name, monkeypatch):
+def test_every_instruction_set_path(provider, isa, dtype_name):
     """WINA_ONNX_ISA caps the kernels chosen at session creation (falls back on older CPUs)."""
-    _cap_isa(monkeypatch, isa)
     dtype = DTYPES[dtype_name]
     rng = np.random.default_rng(8)
     for k, n in ((17, 3), (64, 77), (300, 129), (1000, 1000)):
         b, scale = make_weights(rng, k, n, dtype)
         bias = rng.standard_normal(n).astype(np.float32).astype(dtype)
         for gating, params in (("topk", {"k": k // 3}), ("threshold", {"threshold": 0.5})):
-            sess = provider_session(wina_model(b, scale, gating=gating, bias=bias, **params), provider)
+            sess = provider_session(wina_model(b, scale, gating=gating, bias=bias, **params), provider, isa=isa)
             for m in (1, 2, 11, 40):
                 x = rng.standard_normal((m, k)).astype(np.float32).astype(dtype)
                 expected = reference.wina_sparse_matmul(x, b, scale, bias=bias, **params)

@@ -13,6 +13,7 @@ its marker in `providers`, and the session options it needs in `provider_session
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -28,6 +29,8 @@ ALL = (CPU, CUDA)
 ORT_NAMES = {CPU: "CPUExecutionProvider", CUDA: "CUDAExecutionProvider"}
 # Markers of each provider's cases (pyproject.toml's markers): `-m gpu` selects the CUDA ones.
 MARKS = {CPU: (), CUDA: (pytest.mark.gpu,)}
+ISAS = ("generic", "avx2", "avx512")  # the CPU kernels' instruction-set paths
+ISA_VARIABLE = "WINA_ONNX_ISA"
 
 
 def _available() -> list[str]:
@@ -110,10 +113,26 @@ def require(provider: str) -> None:
         pytest.skip(reason)
 
 
-def provider_session(model: onnx.ModelProto, provider: str, *, threads: int | None = 1):
+def provider_session(model: onnx.ModelProto, provider: str, *, threads: int | None = 1, isa: str | None = None):
     """An ORT session of `model` with the op library on `provider` alone (for CUDA: CPU fallback
-    disabled; get_providers() still lists the CPU provider, which ORT always appends)."""
+    disabled; get_providers() still lists the CPU provider, which ORT always appends).
+
+    isa caps the CPU kernels' instruction set ("generic", "avx2", "avx512": WINA_ONNX_ISA, read
+    at session creation; an older CPU falls back to what it has).
+    """
     require(provider)
+    if isa is not None:
+        if provider != CPU:
+            raise ValueError(f"an instruction-set cap applies to the CPU kernels only, not to {provider!r}")
+        previous = os.environ.get(ISA_VARIABLE)
+        os.environ[ISA_VARIABLE] = isa
+        try:
+            return session(model, threads=threads)
+        finally:
+            if previous is None:
+                del os.environ[ISA_VARIABLE]
+            else:
+                os.environ[ISA_VARIABLE] = previous
     if provider == CPU:
         return session(model, threads=threads)
     sess = session(model, threads=threads, providers=[ORT_NAMES[provider]],
