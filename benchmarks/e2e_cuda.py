@@ -194,7 +194,7 @@ def prepare(family: Family, args, shape, work: Path) -> dict[str, Path] | None:
     None when --stop-after ends the run first.
     """
     from wina_onnx import schema
-    from wina_onnx.calibrate.allocation import Allocation
+    from wina_onnx.passes.allocation import Allocation
     from wina_onnx.calibrate.calibration import Calibration, calibrate_model
     from wina_onnx.testing.fused_llama import (build_fused_llama, numpy_code_generator, numpy_generator,
                                        torch_code_generator, torch_generator)

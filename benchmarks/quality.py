@@ -87,7 +87,7 @@ def main() -> int:
     import onnxruntime
 
     import wina_onnx
-    from wina_onnx.calibrate.allocation import Allocation
+    from wina_onnx.passes.allocation import Allocation
     from wina_onnx.calibrate.calibration import calibrate_model
     from wina_onnx.data import read_text
     from wina_onnx.evaluation.perplexity import tokenize_text
@@ -170,7 +170,7 @@ def main() -> int:
                 base.parent.mkdir(parents=True, exist_ok=True)
                 save_model_atomic(model, base)
                 copy_sidecars(base)
-                raw["transform"] = report.to_json()
+                raw["transform"] = report.details
                 save()
             if wanted("dense/rotated"):
                 evaluate("dense/rotated", base, {"method": "dense", "sparsity": 0.0, "transform": True})

@@ -55,7 +55,7 @@ def check_defaults() -> None:
     args = cli.build_parser().parse_args(["optimize", "model.onnx", "-o", "out.onnx"])
     mode, norm_on = quality.METHODS[DEFAULT_METHOD]
     found = (args.mode, args.norm_on, args.gating, args.allocate, args.refine_rounds, args.transform)
-    # gating/allocate/refine_rounds None: threshold, greedy and one round (cli.gate_config_from_args, _refinement)
+    # gating/allocate/refine_rounds None: threshold, greedy and one round (wina_onnx.recipe.Recipe)
     if found != (mode, norm_on, None, None, None, False):
         raise SystemExit(f"optimize's defaults changed ({found}); update DEFAULT_* in {Path(__file__).name}")
 
@@ -109,7 +109,7 @@ def main() -> int:
     import onnxruntime
 
     import wina_onnx
-    from wina_onnx.calibrate.allocation import Allocation
+    from wina_onnx.passes.allocation import Allocation
     from wina_onnx.calibrate.calibration import calibrate_model
     from wina_onnx.data import read_text
     from wina_onnx.evaluation.perplexity import tokenize_text

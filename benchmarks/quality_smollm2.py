@@ -49,7 +49,7 @@ def main() -> int:
     import onnxruntime
 
     import wina_onnx
-    from wina_onnx.calibrate.allocation import Allocation
+    from wina_onnx.passes.allocation import Allocation
     from wina_onnx.data import read_text
     from wina_onnx.evaluation.perplexity import perplexity, tokenize_text
     from wina_onnx.export.optimum_export import export_model

@@ -180,9 +180,9 @@ def test_option_names_agree_across_commands() -> None:
 
 
 @pytest.mark.parametrize("argv, dest, value", [
-    (["optimize", "m.onnx", "-o", "o.onnx", "--calib-windows", "3"], "calib_windows", 3),
-    (["optimize", "m.onnx", "-o", "o.onnx", "--calib-window", "64"], "calib_window", 64),
-    (["optimize", "m.onnx", "-o", "o.onnx", "--windows", "3"], "calib_windows", 3),
+    (["optimize", "m.onnx", "-o", "o.onnx", "--calib-windows", "3"], "windows", 3),
+    (["optimize", "m.onnx", "-o", "o.onnx", "--calib-window", "64"], "window", 64),
+    (["optimize", "m.onnx", "-o", "o.onnx", "--windows", "3"], "windows", 3),
     (["calibrate", "m.onnx", "-o", "c.npz", "--target-sparsity", "0.4"], "target_sparsity", 0.4),
     (["calibrate", "m.onnx", "-o", "c.npz", "--sparsity", "0.4"], "target_sparsity", 0.4),
 ])
@@ -192,7 +192,7 @@ def test_old_spellings_still_parse_hidden(argv: list[str], dest: str, value) -> 
     if argv[-2] in ("--calib-windows", "--calib-window", "--target-sparsity"):
         assert argv[-2] not in _subcommands()[argv[0]].format_help()
     defaults = cli.build_parser().parse_args(argv[:4])
-    assert getattr(defaults, dest) == {"calib_windows": 16, "calib_window": 256, "target_sparsity": None}[dest]
+    assert getattr(defaults, dest) == {"windows": 16, "window": 256, "target_sparsity": None}[dest]
 
 
 # ----------------------------------------------------------------------------- quiet

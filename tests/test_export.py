@@ -71,3 +71,13 @@ def test_local_folder_export(tiny_llama_hf_dir: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_smollm2_export(smollm2_dir: Path) -> None:
     _check_export(smollm2_dir, layers=30)
+
+
+def test_failed_export_leaves_no_folder_it_made(tmp_path: Path) -> None:
+    source = tmp_path / "broken"
+    source.mkdir()
+    (source / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    out = tmp_path / "made" / "for" / "it"
+    with pytest.raises(ExportError, match="Optimum could not export"):
+        export_model(str(source), out, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken"]  # neither made/ nor made/for/

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from wina_onnx import schema
-from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.passes.allocation import Allocation
 from wina_onnx.calibrate.calibration import calibrate_model
 from wina_onnx.testing.fused_llama import LlamaShape, build_fused_llama, node_counts
 from wina_onnx.optimize import optimize_model
@@ -63,7 +63,7 @@ def test_wina_pass_and_calibration_accept_the_fused_graph(dense, tmp_path):
     out = tmp_path / "wina" / "model.onnx"
     config = GateConfig(gating=schema.GATING_THRESHOLD, allocation=Allocation.uniform(0.5), calibration=calibration)
     report = optimize_model(dense, out, config, progress=False)
-    assert len(report.gated) == 14
+    assert len(report.records) == 14
     counts = node_counts(out)
     assert counts["WinaSparseMatMul"] == 14 and counts["MatMul"] == 1
     wina = CausalLM.from_path(out)
@@ -134,7 +134,7 @@ def test_int4_every_projection_becomes_winasparsematmulnbits(int4, tmp_path):
     out = tmp_path / "wina" / "model.onnx"
     config = GateConfig(gating=schema.GATING_THRESHOLD, allocation=Allocation.uniform(0.5), calibration=calibration)
     report = optimize_model(int4, out, config, progress=False)
-    assert len(report.gated) == 5 * TINY.num_hidden_layers
+    assert len(report.records) == 5 * TINY.num_hidden_layers
     counts = node_counts(out)
     assert counts[schema.NBITS_OP_TYPE] == 5 * TINY.num_hidden_layers and counts["MatMulNBits"] == 1  # LM head
     logits, _ = CausalLM.from_path(out).forward(ids[None, :16])

@@ -15,7 +15,7 @@ from helpers.graphs import IR_VERSION
 from onnx import TensorProto, helper, numpy_helper
 
 from wina_onnx import get_library_path, reference, schema
-from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.passes.allocation import Allocation
 from wina_onnx.passes import GateConfig, apply_wina_gates, find_candidates
 
 K, N = 48, 24
@@ -71,8 +71,8 @@ def test_gated_gemm_matches_the_oracle_with_its_bias(backend: str, sparsity: flo
     weight, bias = _init(model, "W"), _init(model, "C")
     x = np.random.default_rng(4).standard_normal((7, K)).astype(np.float32)
     dense = _run(model, x)
-    report = apply_wina_gates(model, GateConfig(backend=backend, allocation=Allocation.uniform(sparsity)))
-    assert len(report.gated) == 1 and not any(n.op_type == "Gemm" for n in model.graph.node)
+    report = apply_wina_gates(model, GateConfig(norm_on="all", backend=backend, allocation=Allocation.uniform(sparsity)))
+    assert len(report.records) == 1 and not any(n.op_type == "Gemm" for n in model.graph.node)
     onnx.checker.check_model(model)
     got = _run(model, x)
     expected = reference.wina_sparse_matmul(x, weight, reference.score_scale_for("wina", weight),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.passes.allocation import Allocation
 from wina_onnx.cli import main as cli_main
 from wina_onnx.errors import ConfigError
 from wina_onnx.calibrate.greedy import Target, error_curve, greedy_allocation, sparsity_levels
@@ -216,10 +216,10 @@ def test_refined_thresholds_hit_the_target_inside_the_gated_model(tiny_llama_dir
     # Every gate at its target on the refinement text, given the others' thresholds.
     assert all(abs(f - 0.6) < 0.02 for f in after["gates"].values()), after["gates"]
     assert abs(after["weighted"] - 0.6) <= abs(before["weighted"] - 0.6) + 1e-3
-    assert {r.threshold for r in report.gated} != {r.threshold for r in
+    assert {r.threshold for r in report.records} != {r.threshold for r in
                                                    optimize_model(tiny_llama_dir / "model.onnx",
                                                                   tmp_path / "again.onnx", config,
-                                                                  progress=False).gated}
+                                                                  progress=False).records}
     assert _optimized_config(refined)["thresholds_refined"] == {"rounds": 2, "windows": 4, "window": 256}
 
 

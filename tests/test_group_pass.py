@@ -76,7 +76,7 @@ def test_grouping_twice_changes_nothing(tiny_llama_dir, tmp_path, calibration) -
     model = onnx.load(grouped)
     before = model.SerializeToString()
     report = group_shared_inputs(model)
-    assert report.groups == [] and "nothing grouped" in report.summary()
+    assert report.records == [] and "nothing grouped" in report.summary()
     assert model.SerializeToString() == before
 
 
@@ -85,7 +85,7 @@ def test_at_most_max_weights_per_group(tiny_llama_dir, tmp_path, calibration) ->
     model = onnx.load(plain)
     report = group_shared_inputs(model, max_weights=2)
     # q/k/v (3) become a group of 2 plus a single gate left as it was; gate/up a group of 2.
-    assert sorted(len(g) for g in report.groups) == [2, 2, 2, 2]
+    assert sorted(len(r.members) for r in report.records) == [2, 2, 2, 2]
     assert sum(n.op_type == schema.OP_TYPE for n in model.graph.node) == 2 * 3
     onnx.checker.check_model(model)
 

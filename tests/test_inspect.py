@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from helpers.pipeline_helpers import optimized_copy
 
 from wina_onnx import cli
-from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.passes.allocation import Allocation
 from wina_onnx.optimize import optimize_model
 from wina_onnx.passes import GateConfig
 from wina_onnx.evaluation.summary import summarize

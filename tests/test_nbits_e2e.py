@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from wina_onnx import schema
-from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.passes.allocation import Allocation
 from wina_onnx.data import default_text
 from wina_onnx.evaluation.perplexity import tokenize_text
 from wina_onnx.modelio import load_model

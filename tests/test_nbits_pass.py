@@ -25,7 +25,7 @@ from helpers.nbits_models import initializers, nbits_node, quantized_matmul, run
 from onnx import numpy_helper
 
 from wina_onnx import reference, schema
-from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.passes.allocation import Allocation
 from wina_onnx.calibrate.calibration import calibrate_model
 from wina_onnx.data import default_text
 from wina_onnx.evaluation.perplexity import tokenize_text
@@ -83,7 +83,7 @@ def test_rewrite_keeps_names_outputs_codes_and_scales(int4_dir: Path, mode: str)
     before = {n.name: n for n in model.graph.node if n.op_type == "MatMulNBits" and "lm_head" not in n.name}
     old_inits = initializers(model)
     report = apply_wina_gates(model, GateConfig(mode=mode, allocation=Allocation.uniform(0.5), norm_on="all"))
-    assert len(report.gated) == 14 and all(r.bits == 4 and r.block_size == 32 for r in report.gated)
+    assert len(report.records) == 14 and all(r.bits == 4 and r.block_size == 32 for r in report.records)
     inits = initializers(model)
     gates = [n for n in model.graph.node if n.op_type == schema.NBITS_OP_TYPE]
     assert sorted(n.name for n in gates) == sorted(before)
@@ -149,13 +149,13 @@ def test_half_precision_scales_keep_their_type(dtype) -> None:
 def test_unsupported_nodes_are_left_alone_with_their_reason() -> None:
     model = quantized_matmul(64, 8, block_size=32, bits=8)
     report = apply_wina_gates(model, GateConfig(allocation=Allocation.uniform(0.5)))
-    assert not report.gated
+    assert not report.records
     assert "MatMulNBits with bits=8; only 4-bit weights are gated" in report.summary()
     model = quantized_matmul(64, 8, block_size=32)
     node = nbits_node(model)
     node.input.append("g_idx")
     report = apply_wina_gates(model, GateConfig(allocation=Allocation.uniform(0.5)))
-    assert not report.gated and "g_idx (act-order)" in report.summary()
+    assert not report.records and "g_idx (act-order)" in report.summary()
     assert model.graph.node[0].op_type == "MatMulNBits"
 
 
@@ -175,7 +175,7 @@ def test_standard_ops_lowering_of_a_4bit_gate_computes_the_oracle(gating: str, h
     calibration = Calibration()
     calibration.add(node.name, "wina", (np.abs(x) * norms).reshape(-1, k))
     dense = run(model, x)
-    apply_wina_gates(model, GateConfig(gating=gating, allocation=Allocation.uniform(0.5), backend="onnx",
+    apply_wina_gates(model, GateConfig(norm_on="all", gating=gating, allocation=Allocation.uniform(0.5), backend="onnx",
                                        calibration=calibration if gating == "threshold" else None))
     assert not any(o.domain == schema.DOMAIN for o in model.opset_import)  # runs without the op library
     (product,) = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
@@ -227,7 +227,7 @@ def test_calibration_and_greedy_curves_run_inside_the_int4_model(int4_dir: Path,
     assert weights[first].row_norms().shape == (calibration.features[first],)
     config = GateConfig(gating="threshold", allocation=allocation, calibration=calibration)
     report = apply_wina_gates(model, config)
-    assert len(report.gated) == 14 and all(r.threshold is not None and r.threshold > 0 for r in report.gated)
+    assert len(report.records) == 14 and all(r.threshold is not None and r.threshold > 0 for r in report.records)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -279,7 +279,7 @@ def test_genai_builder_int4_model_is_gated(genai_builder_dirs: dict[str, Path], 
     assert all(c.node_name.endswith("/MatMul_Q4") and c.quantized.accuracy_level == 4 for c in candidates)
     assert {s.node_name: s.reason for s in skipped} == {"/lm_head/MatMul_Q4": "LM head or embedding"}
     report = apply_wina_gates(model, GateConfig(allocation=Allocation.uniform(0.5)))
-    assert len(report.gated) == 10
+    assert len(report.records) == 10
     gates = [n for n in model.graph.node if n.op_type == schema.NBITS_OP_TYPE]
     assert len(gates) == 10 and all(nbits.attributes(n)["accuracy_level"] == 4 for n in gates)
     out = tmp_path / "model.onnx"

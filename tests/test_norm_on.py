@@ -59,7 +59,7 @@ def test_norm_on_selects_which_gates_carry_weight_norms(norm_on: str) -> None:
     model = _all_roles_model()
     report = apply_wina_gates(model, GateConfig(mode="wina", norm_on=norm_on))
     scales = _scales(model)
-    assert len(report.gated) == len(scales) == len(ROLES)
+    assert len(report.records) == len(scales) == len(ROLES)
     for role, uses_norm in ROLES.items():
         scale, weight = scales[f"/model/layers.0/{role}/MatMul"]
         if uses_norm or norm_on == "all":

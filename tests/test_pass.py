@@ -13,7 +13,7 @@ from helpers.op_models import session as op_session
 from onnx import TensorProto, numpy_helper
 
 from wina_onnx import get_library_path, reference, schema
-from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.passes.allocation import Allocation
 from wina_onnx.calibrate.calibration import Calibration
 from wina_onnx.passes import GateConfig, apply_wina_gates, find_candidates
 from wina_onnx.passes.roles import classify
@@ -76,13 +76,13 @@ def test_include_and_exclude_patterns_select_nodes() -> None:
 
 def test_rewrite_keeps_name_output_and_stores_row_norms() -> None:
     model = projection_model(64, 32)
-    report = apply_wina_gates(model, GateConfig(allocation=Allocation.uniform(0.25)))
+    report = apply_wina_gates(model, GateConfig(norm_on="all", allocation=Allocation.uniform(0.25)))
     (node,) = model.graph.node
     assert (node.op_type, node.domain, node.name, list(node.output)) == (schema.OP_TYPE, schema.DOMAIN, NAME, ["y"])
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     np.testing.assert_allclose(inits[node.input[2]], np.linalg.norm(inits["W"], axis=1), rtol=1e-6)
     assert inits[node.input[4]].tolist() == [48]
-    assert report.gated[0].keep_count == 48 and report.gated[0].label == "L0.down_proj"
+    assert report.records[0].keep_count == 48 and report.records[0].label == "L0.down_proj"
     onnx.checker.check_model(model)
 
 
@@ -93,7 +93,7 @@ def test_topk_backends_match_the_oracle(backend: str, mode: str, sparsity: float
     model = projection_model(96, 40, seed=int(sparsity * 10))
     weight = _weight(model)
     x = np.random.default_rng(2).standard_normal((2, 5, 96)).astype(np.float32)
-    apply_wina_gates(model, GateConfig(mode=mode, backend=backend, allocation=Allocation.uniform(sparsity)))
+    apply_wina_gates(model, GateConfig(norm_on="all", mode=mode, backend=backend, allocation=Allocation.uniform(sparsity)))
     expected = reference.wina_sparse_matmul(
         x, weight, reference.score_scale_for(mode, weight), k=96 - int(round(sparsity * 96))
     )
@@ -109,7 +109,7 @@ def test_threshold_backends_match_the_oracle_and_the_calibrated_sparsity(backend
     norms = reference.weight_row_norms(weight)
     calibration = Calibration(features={NAME: 128})
     calibration.add(NAME, "wina", np.abs(calib_x) * norms)
-    config = GateConfig(gating="threshold", backend=backend, allocation=Allocation.uniform(0.6), calibration=calibration)
+    config = GateConfig(norm_on="all", gating="threshold", backend=backend, allocation=Allocation.uniform(0.6), calibration=calibration)
     apply_wina_gates(model, config)
     threshold = float(numpy_helper.to_array(next(i for i in model.graph.initializer if i.name.endswith("wina_threshold")))[0])
     x = rng.standard_normal((500, 128)).astype(np.float32)
@@ -125,7 +125,7 @@ def test_custom_op_backend_in_half_precision_matches_the_oracle(dtype: int, tol:
     weight = _weight(model)
     np_type = onnx.helper.tensor_dtype_to_np_dtype(dtype)
     x = np.random.default_rng(4).standard_normal((7, 64)).astype(np_type)
-    apply_wina_gates(model, GateConfig(allocation=Allocation.uniform(0.5)))
+    apply_wina_gates(model, GateConfig(norm_on="all", allocation=Allocation.uniform(0.5)))
     expected = reference.wina_sparse_matmul(x, weight, reference.weight_row_norms(weight), k=32).astype(np.float32)
     sess = op_session(model, threads=None)
     (y,) = sess.run_with_ort_values(["y"], {"x": to_ort_value(x)}, ort.RunOptions())
@@ -138,7 +138,7 @@ def test_pass_on_half_precision_onnx_backend_runs() -> None:
     model = projection_model(32, 16, dtype=TensorProto.FLOAT16, rank=2)
     weight = _weight(model)
     x = np.random.default_rng(5).standard_normal((3, 32)).astype(np.float16)
-    apply_wina_gates(model, GateConfig(backend="onnx", allocation=Allocation.uniform(0.5)))
+    apply_wina_gates(model, GateConfig(norm_on="all", backend="onnx", allocation=Allocation.uniform(0.5)))
     expected = reference.wina_sparse_matmul(x, weight, reference.weight_row_norms(weight), k=16).astype(np.float32)
     np.testing.assert_allclose(_run(model, x).astype(np.float32), expected, rtol=2e-2, atol=2e-2)
 
@@ -163,7 +163,7 @@ def test_standard_ops_lowering_matches_the_oracle_over_shapes(dtype, k, n, gatin
     rng = np.random.default_rng(k * n)
     calibration = Calibration(features={NAME: k})
     calibration.add(NAME, "wina", np.abs(rng.standard_normal((256, k))) * norms)
-    config = GateConfig(gating=gating, backend="onnx", allocation=Allocation.uniform(sparsity), calibration=calibration)
+    config = GateConfig(norm_on="all", gating=gating, backend="onnx", allocation=Allocation.uniform(sparsity), calibration=calibration)
     apply_wina_gates(model, config)
     np_type = onnx.helper.tensor_dtype_to_np_dtype(dtype)
     tol = 1e-4 if dtype == TensorProto.FLOAT else 2e-2

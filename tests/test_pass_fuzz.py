@@ -22,7 +22,7 @@ from helpers.graph_fuzz import random_graph
 from onnx import TensorProto
 
 from wina_onnx import get_library_path, schema
-from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.passes.allocation import Allocation
 from wina_onnx.passes import GateConfig, apply_wina_gates
 from wina_onnx.passes.candidates import LOWERED_MATMUL
 
@@ -68,13 +68,13 @@ def test_random_graph_survives_the_pass(seed: int, dtype: int) -> None:
             model = copy.deepcopy(original)
             config = GateConfig(mode=mode, backend=backend, allocation=Allocation.uniform(0.0))
             report = apply_wina_gates(model, config)
-            assert len(report.gated) == gateable == _gates(model, backend), context
+            assert len(report.records) == gateable == _gates(model, backend), context
             onnx.checker.check_model(model, full_check=True)
             _assert_same_outputs(_run(model, feeds), want, dtype, context)
             # Again on the gated model: nothing new to gate, nothing stacked.
             before = model.SerializeToString()
             again = apply_wina_gates(model, config)
-            assert not again.gated and _gates(model, backend) == gateable, context
+            assert not again.records and _gates(model, backend) == gateable, context
             assert model.SerializeToString() == before, context
 
 

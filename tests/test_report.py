@@ -14,7 +14,7 @@ pytest.importorskip("matplotlib", reason="matplotlib is not installed (pip insta
 from conftest import REPO_ROOT  # noqa: E402
 
 from wina_onnx import cli  # noqa: E402
-from wina_onnx.calibrate.allocation import Allocation  # noqa: E402
+from wina_onnx.passes.allocation import Allocation  # noqa: E402
 from wina_onnx.evaluation.report import allocation_grid, read_quality  # noqa: E402
 
 

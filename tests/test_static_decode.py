@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from wina_onnx import schema
-from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.passes.allocation import Allocation
 from wina_onnx.calibrate.calibration import calibrate_model
 from wina_onnx.testing.fused_llama import (SEQLENS_K, TOTAL_SEQ_LEN, LlamaShape, build_fused_llama, node_counts,
                                    write_static_cache_model)

@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from wina_onnx.calibrate.allocation import Allocation
+from wina_onnx.passes.allocation import Allocation
 from wina_onnx.calibrate.calibration import calibrate_model
 from wina_onnx.errors import ConfigError
 from wina_onnx.modelio import save_model_atomic
@@ -52,8 +52,8 @@ def tiny_variants(tiny_llama_dir: Path, tmp_path_factory) -> dict[str, Path]:
     _distinct_norm_scales(model)
     save_model_atomic(model, paths["plain"])
     report = rotate_residual_stream(model)
-    assert report.blocks == 4 and report.shortcut_matmuls == 3
-    assert report.added_weight_bytes == 3 * 64 * 64 * 4
+    assert report.details["blocks"] == 4 and report.details["shortcut_matmuls"] == 3
+    assert report.details["added_weight_bytes_per_token"] == 3 * 64 * 64 * 4
     save_model_atomic(model, paths["rotated"])
     return paths
 
@@ -110,7 +110,7 @@ def test_optimize_transform_at_sparsity_zero_equals_dense(tiny_variants: dict[st
         shutil.copy2(sidecar, tmp_path / sidecar.name)
     config = GateConfig(allocation=Allocation.uniform(0.0), transform=True)
     report = optimize_model(tiny_variants["plain"], out, config, progress=False)
-    assert len(report.gated) == 14  # the shortcut rotations are not decoder projections
+    assert len(report.records) == 14  # the shortcut rotations are not decoder projections
     assert any("wina_shortcut" in s.node_name for s in report.skipped)
     ids = np.random.default_rng(2).integers(0, 49152, 16)
     dense = logits(tiny_variants["plain"], ids)
@@ -135,7 +135,7 @@ def test_threshold_gating_needs_a_calibration_of_the_same_model(tiny_variants: d
 def test_dense_transformed_equals_original_on_smollm2(smollm2_dir: Path, tmp_path: Path) -> None:
     model = onnx.load(smollm2_dir / "model.onnx")
     report = rotate_residual_stream(model)
-    assert report.blocks == 60 and report.hidden_size == 576
+    assert report.details["blocks"] == 60 and report.details["hidden_size"] == 576
     out = tmp_path / "model.onnx"
     save_model_atomic(model, out)
     del model

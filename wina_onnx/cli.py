@@ -10,7 +10,6 @@ import argparse
 import errno
 import inspect
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Callable
@@ -56,8 +55,28 @@ def _add_alias(parser, old: str, new: str, dest: str, **kwargs) -> None:
     parser.add_argument(old, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
 
 
+def _add_calibration_windows(group, when: str) -> None:
+    """--windows and --window of the calibration text, the same in calibrate and optimize."""
+    from .recipe import CALIBRATION_WINDOW, CALIBRATION_WINDOWS
+
+    group.add_argument("--windows", type=positive_int, default=CALIBRATION_WINDOWS, metavar="N",
+                       help=f"windows of --data {when} (default: {CALIBRATION_WINDOWS})")
+    group.add_argument("--window", type=window_int, default=CALIBRATION_WINDOW, metavar="TOKENS",
+                       help=f"tokens per window {when} (default: {CALIBRATION_WINDOW})")
+
+
+def _add_norm_on(group, help_prefix: str) -> None:
+    from .recipe import Recipe
+    from .passes import NORM_ON_CHOICES
+
+    group.add_argument("--norm-on", choices=NORM_ON_CHOICES, default=Recipe.norm_on,
+                       help=f"{help_prefix}reference (default): weight norms only in the k/gate (qkv/gate_up) "
+                            "projections' scores, as WINA's reference code does; all: in every WINA score")
+
+
 def _add_gate_options(parser: argparse.ArgumentParser) -> None:
-    from .passes import BACKENDS, NORM_ON_CHOICES
+    from .passes import BACKENDS
+    from .recipe import Recipe
 
     group = parser.add_argument_group("gating")
     group.add_argument("--mode", choices=schema.MODES, default=schema.MODE_WINA,
@@ -80,24 +99,19 @@ def _add_gate_options(parser: argparse.ArgumentParser) -> None:
                        help="calibration file from `wina-onnx calibrate` (with --allocate greedy for "
                             "greedy allocation); default: none, the model is calibrated here on --data")
     _add_data(group, "calibration when no --calibration file is given")
-    group.add_argument("--windows", dest="calib_windows", type=positive_int, default=16, metavar="N",
-                       help="windows of --data when calibrating or refining here, as in `calibrate` (default: 16)")
-    group.add_argument("--window", dest="calib_window", type=window_int, default=256, metavar="TOKENS",
-                       help="tokens per window when calibrating or refining here (default: 256)")
-    _add_alias(group, "--calib-windows", "--windows", "calib_windows", type=positive_int)
-    _add_alias(group, "--calib-window", "--window", "calib_window", type=window_int)
+    _add_calibration_windows(group, "when calibrating or refining here, as in `calibrate`")
+    _add_alias(group, "--calib-windows", "--windows", "windows", type=positive_int)
+    _add_alias(group, "--calib-window", "--window", "window", type=window_int)
     group.add_argument("--refine-rounds", type=nonnegative_int, default=None, metavar="N",
                        help="threshold gating: after gating, re-read every gate's scores inside the gated "
                             "model on --data (--windows x --window tokens) and reset its "
                             "threshold to its target, N times; thresholds from the dense model overshoot "
                             "the target in later layers (default: 1 with threshold gating when the model "
                             "can run on text here, i.e. has a tokenizer.json beside it; 0 turns it off)")
-    group.add_argument("--backend", choices=BACKENDS, default="custom-op",
+    group.add_argument("--backend", choices=BACKENDS, default=Recipe.backend,
                        help="custom-op (default): the WinaSparseMatMul op library (skips weight rows); "
                             "onnx: standard ONNX ops, runs anywhere, same numbers, no speed-up")
-    group.add_argument("--norm-on", choices=NORM_ON_CHOICES, default="reference",
-                       help="reference (default): weight norms only in the k/gate (qkv/gate_up) projections' "
-                            "scores, as WINA's reference code does; all: in every WINA score")
+    _add_norm_on(group, "")
     group.add_argument("--transform", action="store_true",
                        help="first apply WINA's tensor transformation: fold the RMSNorm scales and rotate "
                             "the residual stream so the k/gate weights are row-orthogonal (same dense "
@@ -121,96 +135,14 @@ def _add_patterns(group) -> None:
                             "(default: none)")
 
 
-def gate_config_from_args(args: argparse.Namespace):
-    """Build a passes.GateConfig from parsed `optimize` options, calibrating here if needed.
+def recipe_from_args(args: argparse.Namespace):
+    """The wina_onnx.recipe.Recipe that `optimize`'s options ask for (None: the recipe's choice)."""
+    from .recipe import Recipe
 
-    Defaults (the best configuration of benchmarks/quality.py): threshold gating and
-    greedy allocation, both from a calibration: the --calibration file, or one made here
-    on --data when the model has a tokenizer beside it. A model that cannot be calibrated
-    here (no tokenizer.json) falls back to uniform top-k, and says so.
-    """
-    from .calibrate.allocation import Allocation
-    from .calibrate.calibration import Calibration, calibrate_model
-
-    if args.allocation and args.allocate:
-        raise ConfigError("--allocation FILE and --allocate are exclusive")
-    sparsity = 0.5 if args.sparsity is None else args.sparsity
-    gating = args.gating or schema.GATING_THRESHOLD
-    allocate = None if args.allocation else (args.allocate or "greedy")
-    calibration = Calibration.load(args.calibration) if args.calibration else None
-    allocation_file = Allocation.load(args.allocation) if args.allocation else None  # before calibrating
-    needs_histograms = gating == schema.GATING_THRESHOLD
-    needs_curves = allocate == "greedy"
-    if calibration is None and (needs_histograms or needs_curves):
-        reason = _cannot_calibrate(Path(args.model))
-        if reason is None:
-            calibration = calibrate_model(
-                args.model, data=args.data, windows=args.calib_windows, window=args.calib_window,
-                include=args.include, exclude=args.exclude, progress=not args.quiet,
-                transform=args.transform, curves=needs_curves)
-        elif needs_histograms and args.gating:
-            raise ConfigError(f"--gating threshold needs a calibration file: {reason}, so it cannot be "
-                              "calibrated here; give --calibration FILE (wina-onnx calibrate)")
-        elif needs_curves and args.allocate:
-            raise ConfigError(f"--allocate greedy needs a calibration: {reason}, so it cannot be calibrated "
-                              "here; give --calibration FILE (wina-onnx calibrate --allocate greedy)")
-        else:
-            gating, allocate = schema.GATING_TOPK if needs_histograms else gating, "uniform"
-            _notice(f"{reason}, so it is not calibrated here: {gating} gating, uniform allocation "
-                    "(give --calibration FILE for threshold gating and greedy allocation)")
-    if allocation_file is not None:
-        allocation = allocation_file
-    elif allocate == "greedy" and calibration.curves is None:
-        if args.allocate == "greedy":
-            raise ConfigError("--allocate greedy needs a calibration with error curves: "
-                              "`wina-onnx calibrate --allocate greedy`, or no --calibration to calibrate here")
-        _notice(f"{args.calibration} has no error curves (made without --allocate greedy): uniform allocation")
-        allocation = Allocation.uniform(sparsity)
-    elif allocate == "greedy":
-        allocation = calibration.curves.allocate(sparsity, mode=args.mode, norm_on=args.norm_on)
-    else:
-        allocation = Allocation.uniform(sparsity)
-    return _gate_config(args, gating, allocation, calibration)
-
-
-def _expected_gating(args: argparse.Namespace) -> str:
-    """The gating gate_config_from_args will choose, known before it calibrates anything."""
-    if args.gating:
-        return args.gating
-    if args.calibration or _cannot_calibrate(Path(args.model)) is None:
-        return schema.GATING_THRESHOLD
-    return schema.GATING_TOPK  # its fallback for a model it cannot calibrate
-
-
-def _refinement(args: argparse.Namespace, gating: str):
-    """The threshold refinement of `optimize` (None for none).
-
-    --refine-rounds N asks for N rounds; without it, threshold gates get one round when
-    the model can run on text here (the measured default, see cmd_optimize), else none.
-    """
-    rounds = args.refine_rounds
-    reason = _cannot_calibrate(Path(args.model))
-    if rounds is None:
-        if gating != schema.GATING_THRESHOLD:
-            return None
-        if reason is not None:
-            _notice(f"thresholds not refined inside the gated model: {reason}")
-            return None
-        rounds = 1
-    if rounds <= 0:
-        return None
-    if gating != schema.GATING_THRESHOLD:
-        raise ConfigError("--refine-rounds needs --gating threshold")
-    if reason is not None:
-        raise ConfigError(f"--refine-rounds runs the model on text: {reason}")
-    from .data import read_text
-    from .evaluation.perplexity import tokenize_text
-    from .calibrate.refine import Refinement
-    from .runtime.session import load_tokenizer
-
-    ids = tokenize_text(load_tokenizer(Path(args.model).parent), read_text(args.data))
-    return Refinement(token_ids=ids, windows=args.calib_windows, window=args.calib_window,
-                      rounds=rounds)
+    return Recipe(mode=args.mode, gating=args.gating, sparsity=Recipe.sparsity if args.sparsity is None else args.sparsity,
+                  allocate=args.allocate, norm_on=args.norm_on, backend=args.backend, group=args.group,
+                  refine_rounds=args.refine_rounds, windows=args.windows, window=args.window,
+                  transform=args.transform, include=args.include, exclude=args.exclude)
 
 
 def _check_before_work(args: argparse.Namespace, header) -> None:
@@ -225,49 +157,6 @@ def _check_before_work(args: argparse.Namespace, header) -> None:
     if args.data is not None:
         read_text(args.data)
     check_targets(header, args.model, args.include, args.exclude)
-
-
-def _check_option_files(args: argparse.Namespace) -> None:
-    """optimize's files and refinement options, checked before quantizing or calibrating
-    (gate_config_from_args and _refinement read them again, after those steps)."""
-    from .calibrate.allocation import Allocation
-    from .calibrate.calibration import Calibration
-
-    if args.allocation:
-        Allocation.load(args.allocation)
-    if args.calibration:
-        Calibration.load(args.calibration)
-    if args.refine_rounds:
-        _refinement(args, _expected_gating(args))
-
-
-def _notice(message: str) -> None:
-    print(f"[optimize] note: {message}", file=sys.stderr, flush=True)
-
-
-def _cannot_calibrate(model: Path) -> str | None:
-    """Why `optimize` cannot calibrate this model itself (None when it can)."""
-    if not (model.parent / "tokenizer.json").is_file():
-        return f"{model} has no tokenizer.json beside it"
-    return None
-
-
-def _gate_config(args: argparse.Namespace, gating: str, allocation, calibration):
-    from .passes import GateConfig
-
-    return GateConfig(
-        mode=args.mode, gating=gating, allocation=allocation, backend=args.backend,
-        norm_on=args.norm_on, transform=args.transform, include=args.include, exclude=args.exclude,
-        calibration=calibration, group=_group(args, gating),
-    )
-
-
-def _group(args: argparse.Namespace, gating: str) -> bool:
-    """--group as given, else on wherever it applies (threshold gating, op library backend)."""
-    group = getattr(args, "group", None)
-    if group is not None:
-        return group
-    return gating == schema.GATING_THRESHOLD and args.backend == "custom-op"
 
 
 # ----------------------------------------------------------------------------- commands
@@ -348,12 +237,23 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     need is made here on --data (or give --calibration FILE from `wina-onnx calibrate
     --allocate greedy`).
     """
-    from .optimize import check_paths
+    from .calibrate.calibration import Calibration
+    from .optimize import check_library_needed, check_paths
+    from .passes import Allocation
 
     header = check_paths(Path(args.model), Path(args.output), force=args.force)  # fail fast, before any calibration
     _check_before_work(args, header)
-    del header
-    _check_option_files(args)
+    recipe = recipe_from_args(args)
+    if args.allocation and args.allocate:
+        raise ConfigError("--allocation FILE and --allocate are exclusive")
+    files = {"calibration": Calibration.load(args.calibration) if args.calibration else None,
+             "allocation": Allocation.load(args.allocation) if args.allocation else None}
+    # Before quantizing or calibrating: --refine-rounds' errors, and the op library where the work needs it.
+    rounds = recipe.refine_rounds_for(args.model, notice=lambda _: None,
+                                      gating=recipe.expected_gating(args.model, calibrated=bool(args.calibration)))
+    check_library_needed(Path(args.model), Path(args.output), recipe.backend, refine=rounds > 0)
+    options = dict(data=args.data, force=args.force, external_data=args.external_data, progress=not args.quiet,
+                   **files)
     if getattr(args, "quantize", None):
         from .export.quantize import QuantizedCopy, quantize_config_from_args
 
@@ -361,21 +261,12 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         # The 4-bit copy (beside the output, removed after) is calibrated and gated like any model.
         with QuantizedCopy(args.model, args.output, qconfig, include=args.include, exclude=args.exclude,
                            progress=not args.quiet) as int4:
-            return _optimize(argparse.Namespace(**{**vars(args), "model": str(int4)}), qconfig.to_json())
-    return _optimize(args, None)
-
-
-def _optimize(args: argparse.Namespace, quantized: dict | None) -> int:
-    from .optimize import optimize_model
-
-    refine = _refinement(args, _expected_gating(args))  # its checks come before any calibration
-    config = gate_config_from_args(args)
-    report = optimize_model(args.model, args.output, config, force=args.force, progress=not args.quiet,
-                            external_data=args.external_data, refine=refine, quantized=quantized)
-    _copy_sidecar_files(Path(args.model), Path(args.output))
+            report = recipe.optimize(int4, args.output, quantized=qconfig.to_json(), **options)
+    else:
+        report = recipe.optimize(args.model, args.output, header=header, **options)
     if args.json:
-        print(json.dumps({"gated": [r.to_json() for r in report.gated],
-                          "skipped": [{"node": s.node_name, "reason": s.reason} for s in report.skipped]}))
+        print(json.dumps({"gated": [r.to_json() for r in report.records],
+                          "skipped": [s.to_json() for s in report.skipped]}))
     else:
         print(report.summary())
         print(f"wrote {args.output}")
@@ -551,26 +442,6 @@ def cmd_lm_eval(args: argparse.Namespace) -> int:
     return lm_eval_main(args.lm_eval_args)
 
 
-def _copy_sidecar_files(model: Path, output: Path) -> None:
-    """Copy tokenizer/config JSON files beside the output so its folder is a complete model.
-
-    An ONNX Runtime GenAI folder stays one: its genai_config.json is written for the
-    output (custom_ops_library naming the op library, copied in), all else kept.
-    """
-    from .integrations.genai import GENAI_CONFIG, is_genai_decoder, keep_genai_folder
-
-    if model.resolve().parent == output.resolve().parent:
-        return
-    genai = is_genai_decoder(model)
-    for pattern in ("*.json", "*.jinja", "*.txt"):
-        for file in model.parent.glob(pattern):
-            target = output.parent / file.name
-            if not target.exists() and not (genai and file.name == GENAI_CONFIG):
-                shutil.copy2(file, target)
-    if genai:
-        keep_genai_folder(model, output)
-
-
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `wina-onnx` and its sub-commands."""
@@ -612,8 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model.onnx (dense)")
     p.add_argument("-o", "--output", required=True, help="calibration file to write (.npz)")
     _add_data(p, "calibration")
-    p.add_argument("--windows", type=positive_int, default=16, help="number of text windows (default: 16)")
-    p.add_argument("--window", type=window_int, default=256, help="tokens per window (default: 256)")
+    _add_calibration_windows(p, "to calibrate on")
     _add_patterns(p)
     p.add_argument("--transform", action="store_true",
                    help="calibrate the model as `optimize --transform` rewrites it")
@@ -629,8 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the greedy allocation at --sparsity to this file (JSON; default: none)")
     p.add_argument("--mode", choices=schema.MODES, default=schema.MODE_WINA,
                    help="score of the allocation written to --allocation-out (default: wina)")
-    p.add_argument("--norm-on", choices=["all", "reference"], default="reference",
-                   help="which WINA scores use weight norms (as in `optimize`; default: reference)")
+    _add_norm_on(p, "which WINA scores of the --allocation-out allocation use weight norms, as in `optimize`: ")
     p.add_argument("--sample-rows", type=positive_int, default=256,
                    help="token rows per MatMul kept for the greedy search (default: 256)")
     _add_threads(p)

@@ -2,9 +2,9 @@
 
 export -> calibrate (first half of the text) -> optimize (WINA and TEAL) -> perplexity
 (second half of the text) and decode speed, dense and sparse side by side in one run.
-Each method runs in `optimize`'s default configuration (calibrated thresholds refined
-once inside the gated model, greedy per-MatMul allocation) and as the plain port
-(uniform top-k).
+Each method runs in `optimize`'s recipe (wina_onnx.recipe: calibrated thresholds refined
+once inside the gated model, greedy per-MatMul allocation, grouped gates) and as the
+plain port (uniform top-k).
 """
 
 from __future__ import annotations
@@ -13,27 +13,53 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from . import schema
-from .calibrate.allocation import Allocation
 from .progress import stage
+from .recipe import ALLOCATE_UNIFORM, Recipe
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One optimized model of the demo."""
+    """One optimized model of the demo: a name and the recipe's options that differ."""
 
     name: str
     mode: str
-    gating: str
-    allocation: str  # "greedy" (from the calibration's error curves) or "uniform"
+    gating: str | None = None  # None: the recipe's (calibrated thresholds)
+    allocate: str | None = None  # None: the recipe's (greedy, from the calibration's error curves)
 
 
 VARIANTS = (
-    Variant("wina", schema.MODE_WINA, schema.GATING_THRESHOLD, "greedy"),
-    Variant("teal", schema.MODE_TEAL, schema.GATING_THRESHOLD, "greedy"),
-    Variant("wina-topk-uniform", schema.MODE_WINA, schema.GATING_TOPK, "uniform"),
-    Variant("teal-topk-uniform", schema.MODE_TEAL, schema.GATING_TOPK, "uniform"),
+    Variant("wina", schema.MODE_WINA),
+    Variant("teal", schema.MODE_TEAL),
+    Variant("wina-topk-uniform", schema.MODE_WINA, schema.GATING_TOPK, ALLOCATE_UNIFORM),
+    Variant("teal-topk-uniform", schema.MODE_TEAL, schema.GATING_TOPK, ALLOCATE_UNIFORM),
 )
+
+
+def make_models(dense: Path, work_dir: Path, token_ids: np.ndarray, *, sparsity: float = 0.5,
+                variants: tuple[Variant, ...] = VARIANTS, source: str = "the calibration text",
+                threads: int | None = None, progress: bool = True) -> dict[str, Path]:
+    """Optimize `dense` once per variant into work_dir/<name>/model.onnx, through the recipe.
+
+    One calibration (with the greedy error curves) on `token_ids` serves every variant;
+    threshold gates are refined on the same text. Returns the written models by name.
+    """
+    from .calibrate.calibration import calibrate_model
+
+    base = Recipe(sparsity=sparsity)
+    calibration = calibrate_model(dense, token_ids=token_ids, windows=base.windows, window=base.window,
+                                  threads=threads, progress=progress, curves=True, source=source)
+    models = {}
+    for variant in variants:
+        out = work_dir / variant.name / "model.onnx"
+        recipe = Recipe(mode=variant.mode, gating=variant.gating, allocate=variant.allocate, sparsity=sparsity)
+        stage("demo", f"optimizing {variant.name} at sparsity {sparsity}", enabled=progress)
+        recipe.optimize(dense, out, token_ids=token_ids, calibration=calibration, threads=threads,
+                        progress=progress)
+        models[variant.name] = out
+    return models
 
 
 def run_demo(
@@ -47,13 +73,9 @@ def run_demo(
 ) -> dict:
     """Run the pipeline in `work_dir` (reusing an earlier export) and print the comparison."""
     from .evaluation.bench import bench_models
-    from .calibrate.calibration import calibrate_model
-    from .data import read_text
-    from .evaluation.perplexity import perplexity, tokenize_text
-    from .optimize import optimize_model
-    from .passes import GateConfig
-    from .calibrate.refine import Refinement
-    from .runtime.session import CausalLM, load_tokenizer
+    from .evaluation.perplexity import perplexity
+    from .recipe import read_token_ids, text_source
+    from .runtime.session import CausalLM
 
     work_dir.mkdir(parents=True, exist_ok=True)
     dense = work_dir / "dense" / "model.onnx"
@@ -64,30 +86,11 @@ def run_demo(
     else:
         stage("demo", f"reusing the export in {dense.parent}", enabled=progress)
 
-    ids = tokenize_text(load_tokenizer(dense.parent), read_text(data))
+    ids = read_token_ids(dense, data)
     half = len(ids) // 2
     calib_ids, eval_ids = ids[:half], ids[half:]
-    calibration = calibrate_model(dense, token_ids=calib_ids, windows=16, window=256, threads=threads,
-                                  progress=progress, curves=True,
-                                  source=f"first half of {Path(data).name if data else 'pydoc help topics'}")
-    models = {"dense": dense}
-    for variant in VARIANTS:
-        out = work_dir / variant.name / "model.onnx"
-        # norm_on "reference": `optimize`'s default (weight norms on the k/gate projections).
-        if variant.allocation == "greedy":
-            allocation = calibration.curves.allocate(sparsity, mode=variant.mode, norm_on="reference")
-        else:
-            allocation = Allocation.uniform(sparsity)
-        config = GateConfig(mode=variant.mode, gating=variant.gating, allocation=allocation,
-                            calibration=calibration, norm_on="reference")
-        # `optimize`'s default: threshold gates refined once, on the calibration text.
-        refine = (Refinement(token_ids=calib_ids, windows=16, window=256, rounds=1, threads=threads)
-                  if variant.gating == schema.GATING_THRESHOLD else None)
-        stage("demo", f"optimizing {variant.name} at sparsity {sparsity}", enabled=progress)
-        optimize_model(dense, out, config, progress=progress, refine=refine)
-        for sidecar in dense.parent.glob("*.json"):
-            (out.parent / sidecar.name).write_bytes(sidecar.read_bytes())
-        models[variant.name] = out
+    models = {"dense": dense, **make_models(dense, work_dir, calib_ids, sparsity=sparsity, threads=threads,
+                                            progress=progress, source=f"first half of {text_source(data)}")}
 
     results: dict[str, dict] = {}
     for name, path in models.items():

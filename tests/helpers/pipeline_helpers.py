@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +10,23 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from wina_onnx import reference, schema
-from wina_onnx.calibrate.allocation import Allocation
-from wina_onnx.calibrate.calibration import instrument
+from wina_onnx.passes.allocation import Allocation
+from wina_onnx.calibrate.instrument import expose_inputs
 from wina_onnx.optimize import optimize_model
 from wina_onnx.passes import GateConfig
 from wina_onnx.runtime.session import CausalLM, load_session
 
 
 def optimized_copy(dense_dir: Path, out_dir: Path, **config) -> Path:
-    """Optimize dense_dir/model.onnx into out_dir (with its tokenizer files); return the model path."""
+    """Optimize dense_dir/model.onnx into out_dir (optimize_model copies its tokenizer files);
+    return the model path. Unless asked otherwise: weight norms in every WINA score and one
+    node per gate (norm_on "all", group False), the plain form the oracles describe."""
     sparsity = config.pop("sparsity", 0.5)
+    config.setdefault("norm_on", "all")
+    config.setdefault("group", False)
     out = out_dir / "model.onnx"
     optimize_model(dense_dir / "model.onnx", out, GateConfig(allocation=Allocation.uniform(sparsity), **config),
                    progress=False)
-    for sidecar in dense_dir.glob("*.json"):
-        shutil.copy2(sidecar, out_dir / sidecar.name)
     return out
 
 
@@ -45,7 +46,7 @@ def measured_sparsity(model_path: Path, ids: np.ndarray) -> float:
     model = onnx.load(model_path)
     inits = {i.name: i for i in model.graph.initializer}
     gates = [n for n in model.graph.node if n.op_type == schema.OP_TYPE]
-    exposed = instrument(model, [n.name for n in gates])
+    exposed = expose_inputs(model, gates)
     options = ort.SessionOptions()
     from wina_onnx import get_library_path
 

@@ -25,7 +25,8 @@ from typing import Callable
 
 import numpy as np
 
-from .allocation import Allocation, check_sparsity
+from ..passes.allocation import Allocation, check_sparsity
+from ..passes.wina_gate import NORM_ON_REFERENCE, uses_norm
 from ..errors import ConfigError
 
 DEFAULT_STEP = 0.05
@@ -199,10 +200,9 @@ class ErrorCurves:
         bar.done(f"{len(targets)} MatMuls")
         return cls(step=step, targets=targets, roles=dict(sample.roles), curves=curves)
 
-    def allocate(self, target_sparsity: float, *, mode: str, norm_on: str = "all") -> Allocation:
-        """Per-matrix sparsities averaging `target_sparsity` in every layer, for this scoring."""
-        from ..passes.wina_gate import uses_norm
-
+    def allocate(self, target_sparsity: float, *, mode: str, norm_on: str = NORM_ON_REFERENCE) -> Allocation:
+        """Per-matrix sparsities averaging `target_sparsity` in every layer, for this scoring
+        (norm_on as the gate pass's: which WINA scores use the weight norms)."""
         chosen = {t.node_name: self.curves["wina" if uses_norm(mode, norm_on, self.roles.get(t.node_name))
                                            else "teal"][t.node_name] for t in self.targets}
         source = f"greedy {target_sparsity:g} ({mode}, norm on {norm_on}, weighted by weight bytes)"

@@ -20,7 +20,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from ..calibrate.allocation import Allocation
+from ..passes.allocation import Allocation
 from ..errors import ConfigError
 
 

@@ -144,6 +144,15 @@ def _keep_gguf_int4(path: Path, gguf: Path, accuracy_level: int | None, report: 
     report.message(result.summary())
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove these folders, deepest first, where they are (still) empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def export_model(
     source: str | None,
     output_dir: Path,
@@ -214,8 +223,10 @@ def export_model(
             gguf = local / gguf_file if gguf_file else None
             hf_dir = None if gguf_file else local
 
+    made = [folder for folder in (output_dir.parent, *output_dir.parent.parents) if not folder.exists()]
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
+    done = False
     try:
         if gguf is not None:
             hf_dir = _gguf_to_hf(gguf, work, report)
@@ -244,7 +255,10 @@ def export_model(
             _keep_gguf_int4(tmp_out / "model.onnx", gguf, accuracy_level, report)
         report.message("moving the export into place")
         _move_into_place(tmp_out, output_dir)
+        done = True
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if not done:  # a failed export leaves none of the folders it made
+            _remove_empty(made)
     report.done(str(output_dir / "model.onnx"))
     return output_dir / "model.onnx"

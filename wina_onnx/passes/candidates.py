@@ -31,6 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from . import nbits, roles
+from .result import Skipped
 
 # The MatMul of a gate lowered to standard ops is named `<gated node>/wina/MatMul`
 # (`.../wina/MatMulNBits` for a 4-bit weight; with `_<i>` suffixes where that name was
@@ -69,14 +70,6 @@ class Candidate:
     def label(self) -> str:
         """Role label such as 'L3.down_proj', or the node name when the role is unknown."""
         return self.role.label if self.role is not None else self.node_name
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A MatMul the pass leaves alone, and why."""
-
-    node_name: str
-    reason: str
 
 
 def node_display_name(node: onnx.NodeProto) -> str:

@@ -14,7 +14,7 @@ refinement, since it replaces the per-node threshold initializers.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -23,26 +23,37 @@ from onnx import helper, numpy_helper
 from .. import schema
 
 from .names import NameSpace
+from .result import PassResult
 
 ATTR_MEMBERS = "members"  # the names of the WinaSparseMatMul nodes a group replaced
 
 
-@dataclass
-class GroupReport:
-    """What was grouped: one list of member node names per group node."""
+PASS_NAME = "group_gates"
 
-    groups: list[list[str]] = field(default_factory=list)
 
-    @property
-    def grouped_nodes(self) -> int:
-        return sum(len(g) for g in self.groups)
+@dataclass(frozen=True)
+class GroupRecord:
+    """One group node and the names of the WinaSparseMatMul nodes it replaced."""
 
-    def summary(self) -> str:
-        if not self.groups:
-            return "no gates share an input: nothing grouped"
-        sizes = sorted({len(g) for g in self.groups})
-        return (f"{self.grouped_nodes} gates in {len(self.groups)} group node(s) "
-                f"(sizes {', '.join(map(str, sizes))})")
+    node_name: str
+    members: list[str]
+
+    def to_json(self) -> dict:
+        """A JSON-friendly dict."""
+        return {"node": self.node_name, "members": list(self.members)}
+
+
+def groups_of(result: PassResult[GroupRecord]) -> list[list[str]]:
+    """The member names of each group node (as optimize records them in the metadata)."""
+    return [list(r.members) for r in result.records]
+
+
+def _headline(records: list[GroupRecord]) -> str:
+    if not records:
+        return "no gates share an input: nothing grouped"
+    sizes = sorted({len(r.members) for r in records})
+    return (f"{sum(len(r.members) for r in records)} gates in {len(records)} group node(s) "
+            f"(sizes {', '.join(map(str, sizes))})")
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,7 @@ def _common_prefix(names: list[str]) -> str:
 
 
 def group_shared_inputs(model: onnx.ModelProto, *, max_weights: int = schema.GROUP_MAX_WEIGHTS,
-                        base_dir: str = "") -> GroupReport:
+                        base_dir: str = "") -> PassResult[GroupRecord]:
     """Replace, in place, every set of >= 2 groupable gates reading the same X by one group node.
 
     Gates are grouped by (X, weight element type, whether they have a bias), in graph order,
@@ -103,7 +114,7 @@ def group_shared_inputs(model: onnx.ModelProto, *, max_weights: int = schema.GRO
         for i in range(0, len(members), max_weights)
     ]
     chunks = [c for c in chunks if len(c) >= 2]
-    report = GroupReport()
+    report: PassResult[GroupRecord] = PassResult(PASS_NAME, headline=_headline([]))
     if not chunks:
         return report
 
@@ -121,17 +132,18 @@ def group_shared_inputs(model: onnx.ModelProto, *, max_weights: int = schema.GRO
         graph.initializer.append(numpy_helper.from_array(scale, scale_name))
         graph.initializer.append(numpy_helper.from_array(threshold, threshold_name))
         weights = [g.weight for g in chunk] + [g.bias for g in chunk if g.bias]
+        group_name = names.fresh(f"{base}WinaSparseMatMulGroup")
         node = helper.make_node(
             schema.GROUP_OP_TYPE,
             [chunk[0].node.input[0], scale_name, threshold_name, *weights],
             [g.node.output[0] for g in chunk],
-            name=names.fresh(f"{base}WinaSparseMatMulGroup"),
+            name=group_name,
             domain=schema.DOMAIN,
         )
         node.attribute.append(helper.make_attribute(ATTR_MEMBERS, member_names))
         placed[chunk[0].index] = node
         replaced.update(g.index for g in chunk)
-        report.groups.append(member_names)
+        report.records.append(GroupRecord(group_name, member_names))
 
     new_nodes = []
     for index, node in enumerate(graph.node):
@@ -142,6 +154,7 @@ def group_shared_inputs(model: onnx.ModelProto, *, max_weights: int = schema.GRO
     del graph.node[:]
     graph.node.extend(new_nodes)
     _drop_unused_initializers(graph, {g.scale for c in chunks for g in c} | {g.threshold for c in chunks for g in c})
+    report.headline = _headline(report.records)
     return report
 
 

@@ -30,7 +30,7 @@ SkipSimplifiedLayerNormalization.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -39,6 +39,7 @@ from onnx import helper, numpy_helper
 from ..errors import WinaError
 
 from . import roles
+from .result import PassResult
 
 # Which reader of a block defines its basis, in order of preference (WINA's reference code).
 _KEY_ROLES = ("k_proj", "qkv_proj", "gate_proj", "gate_up_proj")
@@ -46,6 +47,7 @@ _KEY_ROLES = ("k_proj", "qkv_proj", "gate_proj", "gate_up_proj")
 # look at its shape, which the rotation keeps.
 _SHAPE_OPS = {"Shape", "Size"}
 META_TRANSFORM = "wina_onnx.transform"
+PASS_NAME = "rotate"
 
 
 class TransformError(WinaError):
@@ -63,33 +65,34 @@ class RmsNorm:
     output: str  # normalized and scaled output, read by the projections
 
 
-@dataclass
-class TransformReport:
-    """What the transformation did."""
+@dataclass(frozen=True)
+class RotatedWeight:
+    """A constant the rotation replaced: the node that reads it and the new initializer."""
 
-    blocks: int = 0
-    hidden_size: int = 0
-    shortcut_matmuls: int = 0
-    added_weight_bytes: int = 0
-    rewritten_weights: list[str] = field(default_factory=list)
+    node_name: str
+    weight_name: str
 
     def to_json(self) -> dict:
-        """JSON-friendly summary (recorded in the model's metadata)."""
-        return {
-            "method": "residual rotation from the SVD of each block's key weight (k_proj / gate_proj)",
-            "blocks": self.blocks,
-            "hidden_size": self.hidden_size,
-            "shortcut_matmuls": self.shortcut_matmuls,
-            "added_weight_bytes_per_token": self.added_weight_bytes,
-        }
+        """A JSON-friendly dict."""
+        return {"node": self.node_name, "weight": self.weight_name}
 
-    def summary(self) -> str:
-        """One line for the CLI."""
-        return (
-            f"rotated the residual stream of {self.blocks} blocks (hidden size {self.hidden_size}); "
-            f"added {self.shortcut_matmuls} dense {self.hidden_size}x{self.hidden_size} MatMuls "
-            f"({self.added_weight_bytes / 2**20:.1f} MiB read per token)"
-        )
+
+def rotation_facts(blocks: int, hidden_size: int, shortcut_matmuls: int, added_weight_bytes: int) -> dict:
+    """The pass-wide facts of a rotation (its result's details, recorded in the model's metadata)."""
+    return {
+        "method": "residual rotation from the SVD of each block's key weight (k_proj / gate_proj)",
+        "blocks": blocks,
+        "hidden_size": hidden_size,
+        "shortcut_matmuls": shortcut_matmuls,
+        "added_weight_bytes_per_token": added_weight_bytes,
+    }
+
+
+def _headline(facts: dict) -> str:
+    d = facts["hidden_size"]
+    return (f"rotated the residual stream of {facts['blocks']} blocks (hidden size {d}); "
+            f"added {facts['shortcut_matmuls']} dense {d}x{d} MatMuls "
+            f"({facts['added_weight_bytes_per_token'] / 2**20:.1f} MiB read per token)")
 
 
 class _Graph:
@@ -274,8 +277,12 @@ def _check_residual_consumers(g: _Graph, norm: RmsNorm, residual_add: onnx.NodeP
             raise TransformError(f"the residual stream {tensor!r} is a graph output")
 
 
-def rotate_residual_stream(model: onnx.ModelProto) -> TransformReport:
-    """Apply the tensor transformation to `model` in place (see the module docstring)."""
+def rotate_residual_stream(model: onnx.ModelProto) -> PassResult[RotatedWeight]:
+    """Apply the tensor transformation to `model` in place (see the module docstring).
+
+    The result's records are the replaced weights; its details the sizes and the cost
+    (rotation_facts), also written to the model's metadata (META_TRANSFORM).
+    """
     graph = model.graph
     if any(p.key == META_TRANSFORM for p in model.metadata_props):
         raise TransformError("the model was already transformed; transform the original model")
@@ -287,7 +294,8 @@ def rotate_residual_stream(model: onnx.ModelProto) -> TransformReport:
     if first is None or first.op_type != "Gather" or g.array(first.input[0]) is None:
         raise TransformError("the first norm does not read an embedding lookup (Gather of a constant table)")
     d = int(g.array(norms[0].scale_name).shape[0])
-    report = TransformReport(blocks=len(norms) - 1, hidden_size=d)
+    records: list[RotatedWeight] = []
+    shortcuts, added_bytes = 0, 0
     new_inits: list[onnx.TensorProto] = []
     inserted: dict[str, onnx.NodeProto] = {}  # residual tensor -> shortcut MatMul after its producer
     renames: dict[tuple[int, int], str] = {}  # (id(node), input index) -> new tensor
@@ -296,7 +304,7 @@ def rotate_residual_stream(model: onnx.ModelProto) -> TransformReport:
         name = f"{node.input[index]}_wina_rotated_{len(new_inits)}"
         new_inits.append(numpy_helper.from_array(value.astype(dtype), name))
         renames[(id(node), index)] = name
-        report.rewritten_weights.append(name)
+        records.append(RotatedWeight(node.name, name))
 
     bases: list[np.ndarray] = []
     for j, norm in enumerate(norms):
@@ -334,16 +342,17 @@ def rotate_residual_stream(model: onnx.ModelProto) -> TransformReport:
                 prefix = (norm.scale_node.name or norm.output).rsplit("/", 1)[0]
                 inserted[norm.residual] = helper.make_node(
                     "MatMul", [norm.residual, s_name], [shortcut], name=f"{prefix}/wina_shortcut/MatMul")
-                report.shortcut_matmuls += 1
-                report.added_weight_bytes += d * d * weight.dtype.itemsize
+                shortcuts += 1
+                added_bytes += d * d * weight.dtype.itemsize
         if not last:
             bases.append(q)
     _check_residual_consumers(g, norms[-1], None)
     _rewire(graph, renames, inserted)
     graph.initializer.extend(new_inits)
     _drop_unused(graph)
-    model.metadata_props.add(key=META_TRANSFORM, value=_json(report.to_json()))
-    return report
+    facts = rotation_facts(len(norms) - 1, d, shortcuts, added_bytes)
+    model.metadata_props.add(key=META_TRANSFORM, value=_json(facts))
+    return PassResult(PASS_NAME, records=records, headline=_headline(facts), details=facts)
 
 
 def _rewire(graph: onnx.GraphProto, renames: dict[tuple[int, int], str], inserted: dict[str, onnx.NodeProto]) -> None:

@@ -19,56 +19,81 @@ norm of the dequantized rows, and its bias and accuracy_level are kept.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable, Protocol
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from .. import schema
-from ..calibrate.allocation import Allocation
 from ..errors import ConfigError
 
 from . import nbits
-from .candidates import Candidate, Skipped, find_candidates, node_display_name
+from .allocation import Allocation
+from .candidates import Candidate, find_candidates
 from .lower_standard_ops import StandardOpsLowering
 from .names import NameSpace
+from .result import PassResult
 
-BACKEND_CUSTOM_OP = "custom-op"
-BACKEND_ONNX = "onnx"
-BACKENDS = (BACKEND_CUSTOM_OP, BACKEND_ONNX)
-
-NORM_ON_ALL = "all"
-# WINA's reference code uses weight norms only where one input feeds several weights.
-NORM_ON_REFERENCE = "reference"
-NORM_ON_CHOICES = (NORM_ON_ALL, NORM_ON_REFERENCE)
+PASS_NAME = "wina_gate"
+BACKENDS = (BACKEND_CUSTOM_OP, BACKEND_ONNX) = ("custom-op", "onnx")
+# all: weight norms in every WINA score; reference: only where one input feeds several
+# weights (the k and gate projections), as WINA's reference code does.
+NORM_ON_CHOICES = (NORM_ON_ALL, NORM_ON_REFERENCE) = ("all", "reference")
 _REFERENCE_NORM_ROLES = {"k_proj", "gate_proj", "qkv_proj", "gate_up_proj"}
+DEFAULT_SPARSITY = 0.5
+
+
+class Thresholds(Protocol):
+    """Calibrated thresholds, as threshold gating reads them (calibrate.calibration.Calibration is one)."""
+
+    source: str  # what text they were calibrated on (recorded in the model's metadata)
+    transformed: bool  # calibrated on the model rotated by passes.rotate
+
+    def threshold(self, node_name: str, mode: str, sparsity: float) -> float:
+        """The score threshold that skips `sparsity` of this node's features in `mode`."""
+        ...
+
+    def check_covers(self, node_names: Iterable[str]) -> None:
+        """Raise ConfigError when a node has no calibration."""
+        ...
 
 
 @dataclass
 class GateConfig:
-    """Options of the WINA pass; the CLI's `optimize` options map one to one."""
+    """Options of the WINA pass (plain data; `wina_onnx.recipe` chooses them for optimize).
+
+    gating: "threshold" or "topk"; None: threshold where `calibration` gives thresholds,
+    else top-k (the recipe's fallback). group: one WinaSparseMatMulGroup per input
+    (passes.group_gates, run by optimize_model); None: where it applies (threshold
+    gating, custom-op backend). transform: rotate the residual stream first (passes.rotate,
+    run by optimize_model).
+    """
 
     mode: str = schema.MODE_WINA
-    gating: str = schema.GATING_TOPK
-    allocation: Allocation = field(default_factory=lambda: Allocation.uniform(0.5))
+    gating: str | None = None
+    allocation: Allocation = field(default_factory=lambda: Allocation.uniform(DEFAULT_SPARSITY))
     backend: str = BACKEND_CUSTOM_OP
-    norm_on: str = NORM_ON_ALL
-    transform: bool = False  # rotate the residual stream first (passes.rotate); done by optimize_model
+    norm_on: str = NORM_ON_REFERENCE
+    transform: bool = False
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
-    calibration: "object | None" = None  # wina_onnx.calibrate.calibration.Calibration, needed for threshold
-    group: bool = False  # gates sharing an input as one WinaSparseMatMulGroup (passes.group_gates); optimize_model
+    calibration: Thresholds | None = None
+    group: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.gating is None:
+            self.gating = schema.GATING_THRESHOLD if self.calibration is not None else schema.GATING_TOPK
+        if self.group is None:
+            self.group = self.gating == schema.GATING_THRESHOLD and self.backend == BACKEND_CUSTOM_OP
 
     def validate(self) -> None:
         """Raise ConfigError for an inconsistent configuration."""
-        if self.mode not in schema.MODES:
-            raise ConfigError(f"mode must be one of {', '.join(schema.MODES)}, got {self.mode!r}")
-        if self.gating not in schema.GATINGS:
-            raise ConfigError(f"gating must be one of {', '.join(schema.GATINGS)}, got {self.gating!r}")
-        if self.backend not in BACKENDS:
-            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.norm_on not in NORM_ON_CHOICES:
-            raise ConfigError(f"norm-on must be one of {', '.join(NORM_ON_CHOICES)}, got {self.norm_on!r}")
+        for what, value, choices in (("mode", self.mode, schema.MODES), ("gating", self.gating, schema.GATINGS),
+                                     ("backend", self.backend, BACKENDS),
+                                     ("norm-on", self.norm_on, NORM_ON_CHOICES)):
+            if value not in choices:
+                raise ConfigError(f"{what} must be one of {', '.join(choices)}, got {value!r}")
         if self.group and (self.gating != schema.GATING_THRESHOLD or self.backend != BACKEND_CUSTOM_OP):
             raise ConfigError("--group needs threshold gating and the custom-op backend "
                               f"(got gating {self.gating!r}, backend {self.backend!r})")
@@ -110,38 +135,14 @@ class GateRecord:
         return out
 
 
-@dataclass
-class GateReport:
-    """What the pass did: the rewritten MatMuls and the refused ones with reasons."""
-
-    gated: list[GateRecord] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
-
-    @property
-    def changed(self) -> bool:
-        """Whether the model was modified."""
-        return bool(self.gated)
-
-    def weight_bytes_skipped_per_token(self) -> float:
-        """Expected weight bytes not read per token, from the target sparsities."""
-        return sum(r.sparsity * r.weight_bytes for r in self.gated)
-
-    def summary(self) -> str:
-        """Human-readable summary, one line per skip reason."""
-        lines = [f"gated {len(self.gated)} MatMul(s)"]
-        if self.gated:
-            total = sum(r.weight_bytes for r in self.gated)
-            lines[0] += (
-                f" holding {total / 2**20:.1f} MiB of weights; "
-                f"{self.weight_bytes_skipped_per_token() / 2**20:.1f} MiB not read per token"
-            )
-        reasons: dict[str, list[str]] = {}
-        for skip in self.skipped:
-            reasons.setdefault(skip.reason, []).append(skip.node_name)
-        for reason, names in sorted(reasons.items()):
-            example = names[0] if len(names) == 1 else f"{names[0]}, ..."
-            lines.append(f"skipped {len(names)} MatMul(s): {reason} ({example})")
-        return "\n".join(lines)
+def gate_headline(records: list[GateRecord]) -> str:
+    """The first line of the gate pass's summary: how many MatMuls, how many weight bytes."""
+    line = f"gated {len(records)} MatMul(s)"
+    if records:
+        total = sum(r.weight_bytes for r in records)
+        skipped = sum(r.sparsity * r.weight_bytes for r in records)  # expected bytes not read per token
+        line += f" holding {total / 2**20:.1f} MiB of weights; {skipped / 2**20:.1f} MiB not read per token"
+    return line
 
 
 def keep_count(k: int, sparsity: float) -> int:
@@ -162,12 +163,13 @@ def _uses_norm(config: GateConfig, candidate: Candidate) -> bool:
     return uses_norm(config.mode, config.norm_on, candidate.role.kind if candidate.role is not None else None)
 
 
-def apply_wina_gates(model: onnx.ModelProto, config: GateConfig) -> GateReport:
-    """Rewrite `model` in place; return what was gated and what was skipped."""
+def apply_wina_gates(model: onnx.ModelProto, config: GateConfig) -> PassResult[GateRecord]:
+    """Rewrite `model` in place; return what was gated (GateRecords) and what was skipped."""
     config.validate()
     graph = model.graph
     candidates, skipped = find_candidates(graph, include=config.include, exclude=config.exclude)
-    report = GateReport(skipped=list(skipped))
+    report: PassResult[GateRecord] = PassResult(PASS_NAME, skipped=list(skipped), item="MatMul",
+                                                headline=gate_headline([]))
     if not candidates:
         return report
     if config.calibration is not None:
@@ -186,7 +188,7 @@ def apply_wina_gates(model: onnx.ModelProto, config: GateConfig) -> GateReport:
             new_nodes.append(node)
             continue
         record, gate_inputs = _gate_inputs(config, candidate, initializers, scales, graph, names, packed)
-        report.gated.append(record)
+        report.records.append(record)
         x, weight = node.input[0], node.input[1]
         if candidate.quantized is not None:
             if lowering is not None:
@@ -227,6 +229,7 @@ def apply_wina_gates(model: onnx.ModelProto, config: GateConfig) -> GateReport:
     packed.drop_replaced()
     if config.backend == BACKEND_CUSTOM_OP and not any(o.domain == schema.DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(schema.DOMAIN, schema.DOMAIN_VERSION))
+    report.headline = gate_headline(report.records)
     return report
 
 
