@@ -32,6 +32,27 @@ __device__ __forceinline__ int warp_inclusive_scan(int v, int lane) {
   return v;
 }
 
+// Block-wide compaction in thread order (a block of THREADS threads): a thread that has an
+// item (`any`) calls place(pos) with its position, from `base` on, among the threads that
+// have one. Returns the count of items over the block. s_warp_count holds THREADS / 32 ints;
+// the caller syncs the block before the next call.
+template <int THREADS, typename Place>
+__device__ __forceinline__ int block_compact(bool any, int base, int lane, int warp, int* s_warp_count,
+                                             Place&& place) {
+  const unsigned ballot = __ballot_sync(kFullMask, any);
+  if (lane == 0) s_warp_count[warp] = __popc(ballot);
+  __syncthreads();
+  int offset = 0, total = 0;
+#pragma unroll
+  for (int w = 0; w < THREADS / 32; ++w) {
+    const int c = s_warp_count[w];
+    offset += w < warp ? c : 0;
+    total += c;
+  }
+  if (any) place(base + offset + __popc(ballot & ((1u << lane) - 1u)));
+  return total;
+}
+
 // ---------------------------------------------------------------------------------
 // Launching: every kernel goes through launch_clustered(), which takes a Stream and refuses
 // the default streams (cmake/cuda.cmake rejects the triple-chevron syntax in src/cuda).
@@ -174,6 +195,34 @@ struct Elem<float> {
     f[3] = __uint_as_float(u.w);
   }
 };
+
+// The split-K reduction of partial sums [splits, M, n_total] (float) by a block of
+// (columns, LANES) threads, s_sum a row of LD >= columns floats per lane. For column n of the
+// partial sums (none where n >= n_total) and every token m of this block (blockIdx.y, then
+// every gridDim.y-th): y[m * ldy + col] = T(sum over the splits (+ bias[col])). Thread (x, l)
+// adds every LANES-th split, then lane 0 adds the lanes, in a fixed order.
+template <typename T, int LANES, int LD>
+__device__ __forceinline__ void reduce_splits(const float* __restrict__ partial, int splits, int M, int64_t n_total,
+                                              int64_t n, float (&s_sum)[LANES][LD], const T* __restrict__ bias,
+                                              T* __restrict__ y, int64_t ldy, int64_t col) {
+  for (int m = blockIdx.y; m < M; m += gridDim.y) {
+    float acc = 0.0f;
+    if (n < n_total) {
+#pragma unroll 4
+      for (int s = threadIdx.y; s < splits; s += LANES) acc += partial[(static_cast<int64_t>(s) * M + m) * n_total + n];
+    }
+    s_sum[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && n < n_total) {
+      float total = 0.0f;
+#pragma unroll
+      for (int i = 0; i < LANES; ++i) total += s_sum[i][threadIdx.x];
+      if (bias != nullptr) total += Elem<T>::to_float(bias[col]);
+      y[static_cast<int64_t>(m) * ldy + col] = Elem<T>::from_float(total);
+    }
+    __syncthreads();
+  }
+}
 
 // L2 eviction policies (sm_80+): the weight rows are read once per call and should leave the
 // L2 first, so that X, the score scales and the partial sums stay there across calls.

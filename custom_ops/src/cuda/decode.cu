@@ -118,30 +118,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
     if (rb >= r1) break;  // uniform over the block
     const int r = rb + tid;
     float xv[MT];
-    bool any = false;
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      xv[m] = 0.0f;
-      if (m < M && r < r1) {
-        const float xf = xs[q][m];
-        if (keep(score_key(xf, sc[q]), r, gate_key[m], gate_cut[m])) {
-          xv[m] = xf;
-          any = true;
-        }
-      }
-    }
-    const unsigned ballot = __ballot_sync(kFullMask, any);
-    if (lane == 0) s_warp_count[warp] = __popc(ballot);
-    __syncthreads();
-    int offset = 0, total = 0;
-#pragma unroll
-    for (int w = 0; w < kDecodeThreads / 32; ++w) {
-      const int c = s_warp_count[w];
-      offset += w < warp ? c : 0;
-      total += c;
-    }
-    if (any) {
-      const int pos = count + offset + __popc(ballot & ((1u << lane) - 1u));
+    const bool any = gate_row(xs[q], sc[q], r, r < r1, M, gate_key, gate_cut, xv);
+    count += block_compact<kDecodeThreads>(any, count, lane, warp, s_warp_count, [&](int pos) {
       s_rows[pos] = r;
       if constexpr (VEC) {
         // The slab's first prefetch_rows kept rows start streaming into the L2 now: their DRAM
@@ -155,8 +133,7 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
       }
 #pragma unroll
       for (int m = 0; m < MT; ++m) s_x[m][pos] = xv[m];
-    }
-    count += total;
+    });
     __syncthreads();
   }
   allow_dependent_launch();
@@ -333,24 +310,7 @@ __global__ void __launch_bounds__(kReduceCols * kReduceLanes)
   const int64_t local = n - w.col_begin;
   const T* __restrict__ bias = static_cast<const T*>(w.bias);
   T* __restrict__ y = static_cast<T*>(w.y);
-  for (int m = blockIdx.y; m < M; m += gridDim.y) {
-    float acc = 0.0f;
-    if (n < n_total) {
-#pragma unroll 4
-      for (int s = threadIdx.y; s < splits; s += kReduceLanes)
-        acc += partial[(static_cast<int64_t>(s) * M + m) * n_total + n];
-    }
-    s_sum[threadIdx.y][threadIdx.x] = acc;
-    __syncthreads();
-    if (threadIdx.y == 0 && n < n_total) {
-      float total = 0.0f;
-#pragma unroll
-      for (int i = 0; i < kReduceLanes; ++i) total += s_sum[i][threadIdx.x];
-      if (bias != nullptr) total += Elem<T>::to_float(bias[local]);
-      y[static_cast<int64_t>(m) * seg_n + local] = Elem<T>::from_float(total);
-    }
-    __syncthreads();
-  }
+  reduce_splits(partial, splits, M, n_total, n, s_sum, bias, y, seg_n, local);
 }
 
 template <typename T, int MT, bool VEC, Gating GATING, int U, typename W, int S, typename P>

@@ -67,6 +67,26 @@ __device__ __forceinline__ bool keep(uint32_t key, int i, uint32_t gate_key, int
   return key > gate_key || (key == gate_key && i <= gate_cut);
 }
 
+// Row r of a slab for MT tokens (M of them real; in_slab: r is a row of the slab): xv[m] = the
+// token's x (xs[m], as float) where token m keeps the row, else 0. Returns whether any keeps it.
+template <int MT>
+__device__ __forceinline__ bool gate_row(const float (&xs)[MT], float scale, int r, bool in_slab, int M,
+                                         const uint32_t (&gate_key)[MT], const int (&gate_cut)[MT], float (&xv)[MT]) {
+  bool any = false;
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    xv[m] = 0.0f;
+    if (m < M && in_slab) {
+      const float xf = xs[m];
+      if (keep(score_key(xf, scale), r, gate_key[m], gate_cut[m])) {
+        xv[m] = xf;
+        any = true;
+      }
+    }
+  }
+  return any;
+}
+
 // Calls fn(std::integral_constant<Gating, G>{}) for the rule G == gating: a kernel template
 // per rule, chosen at run time.
 template <typename Fn>
