@@ -22,6 +22,10 @@ def default_text() -> str:
 def read_text(path: str | Path | None) -> str:
     """Read a UTF-8 text file, or return `default_text()` when path is None.
 
+    Line ends are read as Python's text mode reads them: CRLF and CR become LF (the
+    WikiText-2 files here end their lines with CRLF; kept, the CR tokens change the
+    token stream and the perplexity: 29.85 instead of 30.37 for SmolLM2, 8 x 512).
+
     Raises ConfigError (one line: the problem and what to do) for a file that is
     missing, a folder, unreadable, not UTF-8, or holds no text.
     """
@@ -43,4 +47,4 @@ def read_text(path: str | Path | None) -> str:
                           "convert it first, e.g. iconv -f latin1 -t utf-8") from None
     if not text.strip():
         raise ConfigError(f"--data {path} holds no text; give a file with the text to run the model on")
-    return text
+    return text.replace("\r\n", "\n").replace("\r", "\n")
