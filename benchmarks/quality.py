@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,6 +53,19 @@ class CachedReference:
         if key not in self.cache:
             self.cache[key] = self.lm.forward(ids)[0]
         return self.cache[key], None
+
+
+def export_versions() -> dict[str, str]:
+    """Versions of the packages that make the exported model and its tokenizer (they can move its perplexity)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("transformers", "optimum-onnx", "tokenizers", "gguf", "torch"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
 
 
 def config_name(method: str, allocation: str, gating: str, transform: bool, sparsity: float) -> str:
@@ -122,15 +136,18 @@ def main() -> int:
         "windows": args.windows, "window": args.window,
         "calibration": {"windows": args.calib_windows, "window": args.calib_window},
         "sparsity_weighting": "weight bytes",
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip(),
         "versions": {"wina_onnx": wina_onnx.__version__, "onnxruntime": onnxruntime.__version__,
-                     "python": platform.python_version()},
+                     "python": platform.python_version(), **export_versions()},
         "date": time.strftime("%Y-%m-%d"),
     })
     done = {row["config"] for row in raw["results"]}
 
     def save() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(raw, indent=1) + "\n")
+        ordered = {**{k: v for k, v in raw.items() if k != "results"}, "results": raw["results"]}  # command on top
+        out.write_text(json.dumps(ordered, indent=1) + "\n")
 
     def wanted(name: str) -> bool:
         return name not in done and (not args.only or any(o in name for o in args.only))
