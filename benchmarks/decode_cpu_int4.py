@@ -138,17 +138,16 @@ def kind_of(node: str, op: str) -> str:
 def profile_decode(path: Path, prompt: np.ndarray, decode_ids: np.ndarray, threads: int) -> dict:
     """Per decoded token: ms of each kind of node, ms outside nodes, and ms in all, from
     ONNX Runtime's profiler (the prefill's events left out)."""
-    from wina_onnx.library import register_library
-    from wina_onnx.runtime.session import CausalLM, session_options, uses_wina_domain
+    from wina_onnx.library import session_options
+    from wina_onnx.runtime.session import CausalLM, uses_wina_domain
 
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
-        options = session_options(threads=threads, config={"session.force_spinning_stop": "1"})
+        options = session_options(threads=threads, config={"session.force_spinning_stop": "1"},
+                                  register=uses_wina_domain(path))
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "profile")
-        if uses_wina_domain(path):
-            register_library(options)
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         lm = CausalLM(session)
         _, past = lm.forward(prompt)

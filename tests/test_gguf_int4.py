@@ -23,6 +23,7 @@ from helpers.gguf_models import FOUR_BIT_COUNT, LAYER_TYPES, OUTPUT_TYPE, write_
 from helpers.nbits_models import float_matmul
 from onnx import TensorProto, helper, numpy_helper
 
+from wina_onnx import schema
 from wina_onnx.export import gguf_int4
 from wina_onnx.export.optimum_export import ExportError, default_gguf_path, export_model
 from wina_onnx.passes import nbits
@@ -184,7 +185,7 @@ def test_tiny_gguf_export_int4_matches_transformers(tiny_gguf: Path, tmp_path: P
     four_bit = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     assert len(four_bit) == FOUR_BIT_COUNT
     assert any(op.domain == "com.microsoft" for op in model.opset_import)
-    assert dict((p.key, p.value) for p in model.metadata_props)[gguf_int4.METADATA_KEY].startswith("tiny.gguf")
+    assert dict((p.key, p.value) for p in model.metadata_props)[schema.META_GGUF_INT4].startswith("tiny.gguf")
     modules = {0: "self_attn", 1: "mlp"}
     hf_names = {"attn_q": "q_proj", "attn_k": "k_proj", "attn_v": "v_proj", "attn_output": "o_proj",
                 "ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "down_proj"}

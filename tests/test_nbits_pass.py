@@ -130,14 +130,14 @@ def test_bias_and_float_zero_points_are_kept() -> None:
 
 @pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16], ids=["float16", "bfloat16"])
 def test_half_precision_scales_keep_their_type(dtype) -> None:
-    from wina_onnx.calibrate.calibration import instrument
+    from wina_onnx.calibrate.instrument import expose_inputs
 
     model = quantized_matmul(96, 10, block_size=32, dtype=dtype)
     old_scales = numpy_helper.to_array(initializers(model)[nbits_node(model).input[2]])
     expected_type = model.graph.input[0].type.tensor_type.elem_type
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    instrument(probe, [nbits_node(probe).name])  # x is exposed with the activations' type, not uint8
+    expose_inputs(probe, [nbits_node(probe)])  # x is exposed with the activations' type, not uint8
     assert [o.type.tensor_type.elem_type for o in probe.graph.output if o.name == "x"] == [expected_type]
     apply_wina_gates(model, GateConfig(allocation=Allocation.uniform(0.5)))
     (node,) = model.graph.node

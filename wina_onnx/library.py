@@ -70,17 +70,29 @@ def register_library(options: "onnxruntime.SessionOptions") -> "onnxruntime.Sess
 
 
 def session_options(
-    *, intra_op_threads: int | None = None, optimization_level: str | None = None
+    *,
+    threads: int | None = None,
+    optimization_level: str | None = None,
+    config: dict[str, str] | None = None,
+    register: bool = True,
 ) -> "onnxruntime.SessionOptions":
-    """SessionOptions with the op library registered; a one-call helper for users.
+    """ONNX Runtime SessionOptions for wina-onnx models: the one place they are made.
 
+    threads: intra-op threads (they run the MatMuls), with one inter-op thread, since a
+    decoder's graph is a chain; None keeps ONNX Runtime's defaults.
     optimization_level: None keeps ORT's default; "disable", "basic", "extended" or "all".
+    config: session config entries (add_session_config_entry).
+    register: register the op library (the default: what a user of an optimized model
+    needs); runtime.session.load_session registers it only for models that use it.
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    if intra_op_threads is not None:
-        options.intra_op_num_threads = intra_op_threads
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
     if optimization_level is not None:
         levels = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -88,5 +100,7 @@ def session_options(
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }
+        if optimization_level not in levels:
+            raise ValueError(f"optimization_level must be one of {sorted(levels)}, not {optimization_level!r}")
         options.graph_optimization_level = levels[optimization_level]
-    return register_library(options)
+    return register_library(options) if register else options

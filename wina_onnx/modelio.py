@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -39,6 +40,16 @@ def load_model(path: str | Path, *, load_weights: bool = True) -> onnx.ModelProt
     return model
 
 
+def model_file(path: str | Path) -> Path:
+    """`path`, or the model.onnx inside it when it is a folder; ModelLoadError when there is no such file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.onnx"
+    if not path.is_file():
+        raise ModelLoadError(f"{path} does not exist")
+    return path
+
+
 def uses_external_data(model: onnx.ModelProto) -> bool:
     """Whether any initializer of the (unloaded) model lives in an external file."""
     return any(
@@ -53,6 +64,37 @@ def external_files(model: onnx.ModelProto) -> set[str]:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
             files.update(e.value for e in tensor.external_data if e.key == "location")
     return files
+
+
+def copy_model(model: onnx.ModelProto, source: Path, target: Path) -> None:
+    """Copy the model file `source` to `target` and, beside it, the external data files that
+    `model` (source's graph, weights not loaded) names; ModelLoadError if one is missing."""
+    shutil.copy2(source, target)
+    for location in sorted(external_files(model)):
+        if not (source.parent / location).is_file():
+            raise ModelLoadError(f"{source.name} names external data {location}, which is missing")
+        (target.parent / location).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source.parent / location, target.parent / location)
+
+
+def write_folder(target: Path, fill: Callable[[Path], None]) -> Path:
+    """Make the folder `target` with fill(folder) in a temporary folder beside it, then rename
+    it into place (replacing an existing `target` only once the new one is complete)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        fill(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
 
 def external_layout(path: str | Path) -> str:

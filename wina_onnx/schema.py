@@ -53,9 +53,17 @@ GROUP_INPUT_SCORE_SCALE = 1
 GROUP_INPUT_THRESHOLD = 2
 GROUP_FIRST_WEIGHT = 3
 GROUP_MAX_WEIGHTS = 8  # the CUDA kernel's segment table
+GROUP_ATTR_MEMBERS = "members"  # strings: the names of the WinaSparseMatMul nodes the group replaced
 
-# Keys written to ModelProto.metadata_props by the pass.
+# Keys of ModelProto.metadata_props that wina-onnx writes (the strings are part of the file
+# format: models written earlier are read by them).
 META_PREFIX = "wina_onnx."
+META_VERSION = META_PREFIX + "version"  # the package version that optimized the model
+META_CONFIG = META_PREFIX + "config"  # JSON: the gating settings
+META_GATED = META_PREFIX + "gated"  # JSON: one record per gate
+META_GROUPS = META_PREFIX + "groups"  # JSON: the member node names of each WinaSparseMatMulGroup
+META_TRANSFORM = META_PREFIX + "transform"  # JSON: the residual-stream rotation (passes.rotate)
+META_GGUF_INT4 = META_PREFIX + "gguf_int4"  # text: the GGUF file whose 4-bit codes the model keeps
 
 # The 4-bit form: WinaSparseMatMul over block-quantized weights, re-packed from
 # com.microsoft MatMulNBits so that input feature i's codes are one contiguous row.

@@ -155,26 +155,6 @@ class Calibration:
             raise ConfigError(f"cannot read calibration file {path}: {exc}") from None
 
 
-def instrument(model: onnx.ModelProto, node_names: list[str]) -> dict[str, str]:
-    """Expose the input x of each named MatMul as a graph output; return node -> tensor name."""
-    from ..passes.nbits import activation_type
-
-    wanted = set(node_names)
-    exposed: dict[str, str] = {}
-    existing_outputs = {o.name for o in model.graph.output}
-    elem_types = {init.name: init.data_type for init in model.graph.initializer}
-    for node in model.graph.node:
-        name = node.name or node.output[0]
-        if name in wanted:
-            x = node.input[0]
-            exposed[name] = x
-            if x not in existing_outputs:
-                elem = activation_type(node, elem_types)
-                model.graph.output.append(onnx.helper.make_tensor_value_info(x, elem, None))
-                existing_outputs.add(x)
-    return exposed
-
-
 def collect(
     calibration: Calibration,
     activations: dict[str, np.ndarray],
@@ -186,7 +166,6 @@ def collect(
         x = np.abs(activations[tensor].astype(np.float32)).reshape(-1, norms[node_name].shape[0])
         calibration.add(node_name, schema.MODE_TEAL, x)
         calibration.add(node_name, schema.MODE_WINA, x * norms[node_name])
-
 
 
 def _targets_and_norms(model: onnx.ModelProto, include: list[str], exclude: list[str], base_dir: str | None = None):
@@ -244,15 +223,13 @@ def calibrate_model(
     in an external file is never loaded whole: the instrumented graph is written beside
     it (pointing at the same weights) for the session, and removed again.
     """
-    import onnxruntime as ort
-
     from ..data import read_text
     from ..evaluation.perplexity import tokenize_text
     from ..modelio import load_model
     from ..progress import Progress
-    from ..runtime.session import CausalLM, load_tokenizer
-
     from ..modelio import uses_external_data
+    from ..runtime.session import load_tokenizer
+    from .instrument import InstrumentedRun, window_count
 
     model_path = Path(model_path)
     if curves and sample is None:
@@ -262,11 +239,11 @@ def calibrate_model(
     # Large models keep their weights on disk: only the target weights are read, for norms.
     lazy = not transform and sample is None and uses_external_data(load_model(model_path, load_weights=False))
     model = load_model(model_path, load_weights=not lazy)
-    from ..passes.rotate import META_TRANSFORM, rotate_residual_stream
+    from ..passes.rotate import rotate_residual_stream
 
     if transform:
         rotate_residual_stream(model)
-    transformed = any(p.key == META_TRANSFORM for p in model.metadata_props)
+    transformed = any(p.key == schema.META_TRANSFORM for p in model.metadata_props)
     candidates, norms = _targets_and_norms(
         model, list(include or []), list(exclude or []), base_dir=str(model_path.parent) if lazy else None)
     if sample is not None:
@@ -278,39 +255,20 @@ def calibrate_model(
                                  else load_weight(c, inits) for c in candidates})
     if token_ids is None:
         token_ids = tokenize_text(load_tokenizer(model_path.parent), read_text(data))
-    count = min(windows, len(token_ids) // window)
-    if count < 1:
-        raise ConfigError(f"the calibration text has {len(token_ids)} tokens, fewer than one window of {window}")
-    exposed = instrument(model, [c.node_name for c in candidates])
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    providers = list(providers or ["CPUExecutionProvider"])
-    if lazy:
-        # The graph alone, beside the model so that its external data paths still resolve.
-        import os
-
-        instrumented = model_path.parent / f".calibrate-{os.getpid()}-{model_path.name}"
-        try:
-            onnx.save_model(model, str(instrumented))
-            session = ort.InferenceSession(str(instrumented), options, providers=providers)
-        finally:
-            instrumented.unlink(missing_ok=True)
-    else:
-        # Serialised in memory: the instrumented copy never touches the disk.
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-    del model
-    lm = CausalLM(session, model_path.parent)  # the folder's config files give the KV cache's sizes
-    names = sorted(set(exposed.values()))
+    count = window_count(token_ids, windows, window, text="calibration")
+    targets = {c.node_name for c in candidates}
+    run = InstrumentedRun(model, [n for n in model.graph.node if (n.name or n.output[0]) in targets],
+                          model_dir=model_path.parent, threads=threads, providers=providers,
+                          beside=model_path if lazy else None)
+    del model  # the session holds what it needs
+    exposed = run.exposed
     calibration = Calibration(
         features={c.node_name: c.k for c in candidates},
         source=source or (Path(data).name if data else "pydoc help topics"),
         transformed=transformed,
     )
     bar = Progress("calibrate", total=count, enabled=progress)
-    for w in range(count):
-        ids = token_ids[w * window:(w + 1) * window][None, :]
-        outputs = dict(zip(names, session.run(names, lm.feeds(ids))))
+    for outputs in run.windows(token_ids, count, window):
         collect(calibration, outputs, exposed, norms)
         if sample is not None:
             for node_name, tensor in exposed.items():

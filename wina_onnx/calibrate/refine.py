@@ -17,11 +17,12 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .. import schema
-from .calibration import histogram_of, quantile
 from ..errors import ConfigError
+from ..gates import Gate, read_gates
 from ..modelio import PROTOBUF_LIMIT
 from ..progress import Progress
+from .calibration import histogram_of, quantile
+from .instrument import InstrumentedRun, window_count
 
 
 @dataclass(frozen=True)
@@ -37,52 +38,22 @@ class Refinement:
 
 
 @dataclass(frozen=True)
-class _Gate:
-    node: onnx.NodeProto
+class _Target:
+    gate: Gate
     scale: np.ndarray
     sparsity: float
-    threshold_input: int  # position of the threshold among the node's inputs
 
 
-# Score scale and threshold positions of the gates refinement resets (float and 4-bit weights).
-_GATE_INPUTS = {
-    schema.OP_TYPE: (schema.INPUT_SCORE_SCALE, schema.INPUT_THRESHOLD),
-    schema.NBITS_OP_TYPE: (schema.NBITS_INPUT_SCORE_SCALE, schema.NBITS_INPUT_THRESHOLD),
-}
-
-
-def _threshold_gates(model: onnx.ModelProto, sparsities: dict[str, float]) -> list[_Gate]:
+def _threshold_gates(model: onnx.ModelProto, sparsities: dict[str, float]) -> list[_Target]:
+    """The single-weight threshold gates (float and 4-bit weights) this pass made."""
     inits = {init.name: init for init in model.graph.initializer}
-    gates = []
-    for node in model.graph.node:
-        if node.op_type not in _GATE_INPUTS or node.domain != schema.DOMAIN:
-            continue
-        scale_input, threshold_input = _GATE_INPUTS[node.op_type]
-        if len(node.input) <= threshold_input or not node.input[threshold_input] or node.name not in sparsities:
+    targets = []
+    for gate in read_gates(model.graph.node):
+        if gate.is_group or not gate.threshold or gate.node.name not in sparsities:
             continue  # a top-k gate, or one this pass did not make
-        scale = numpy_helper.to_array(inits[node.input[scale_input]]).astype(np.float32)
-        gates.append(_Gate(node, scale, sparsities[node.name], threshold_input))
-    return gates
-
-
-def _session(model: onnx.ModelProto, gates: list[_Gate], threads: int | None):
-    import onnxruntime as ort
-
-    from ..library import register_library
-    from ..passes.nbits import activation_type
-    from ..runtime.session import session_options
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    weight_types = {init.name: init.data_type for init in model.graph.initializer}
-    exposed = {o.name for o in probe.graph.output}
-    for gate in gates:
-        x = gate.node.input[0]
-        if x not in exposed:  # x has the weight's element type (the scales' for 4-bit weights)
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(x, activation_type(gate.node, weight_types), None))
-            exposed.add(x)
-    options = register_library(session_options(threads=threads))
-    return ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        scale = numpy_helper.to_array(inits[gate.score_scale]).astype(np.float32)
+        targets.append(_Target(gate, scale, sparsities[gate.node.name]))
+    return targets
 
 
 def refine_thresholds(model: onnx.ModelProto, sparsities: dict[str, float], refinement: Refinement, *,
@@ -91,40 +62,32 @@ def refine_thresholds(model: onnx.ModelProto, sparsities: dict[str, float], refi
 
     sparsities: target sparsity of each gate, by node name (the pass's GateRecords).
     """
-    from ..runtime.session import CausalLM
-
     if model.ByteSize() >= PROTOBUF_LIMIT:
         raise ConfigError("threshold refinement runs the model from memory and needs it under 2 GiB")
-    gates = _threshold_gates(model, sparsities)
-    if not gates:
+    targets = _threshold_gates(model, sparsities)
+    if not targets:
         raise ConfigError("threshold refinement needs threshold gates (--gating threshold)")
     token_ids = np.asarray(refinement.token_ids, dtype=np.int64).reshape(-1)
-    count = min(refinement.windows, len(token_ids) // refinement.window)
-    if count < 1:
-        raise ConfigError(f"the refinement text has {len(token_ids)} tokens, fewer than one window "
-                          f"of {refinement.window}")
+    count = window_count(token_ids, refinement.windows, refinement.window, text="refinement")
     inits = {init.name: init for init in model.graph.initializer}
     thresholds: dict[str, float] = {}
     for round_index in range(refinement.rounds):
-        session = _session(model, gates, refinement.threads)
-        lm = CausalLM(session, refinement.model_dir)
-        names = sorted({g.node.input[0] for g in gates})
-        counts = {g.node.name: None for g in gates}
+        run = InstrumentedRun(model, [t.gate.node for t in targets], model_dir=refinement.model_dir,
+                              threads=refinement.threads)
+        counts = {t.gate.node.name: None for t in targets}
         bar = Progress(f"refine thresholds {round_index + 1}/{refinement.rounds}", total=count, enabled=progress)
-        for w in range(count):
-            ids = token_ids[w * refinement.window:(w + 1) * refinement.window][None, :]
-            outputs = dict(zip(names, session.run(names, lm.feeds(ids))))
-            for gate in gates:
-                x = outputs[gate.node.input[0]].astype(np.float32).reshape(-1, gate.scale.shape[0])
-                hist = histogram_of(np.abs(x) * gate.scale[None, :])
-                previous = counts[gate.node.name]
-                counts[gate.node.name] = hist if previous is None else previous + hist
+        for outputs in run.windows(token_ids, count, refinement.window):
+            for t in targets:
+                x = outputs[t.gate.x].astype(np.float32).reshape(-1, t.scale.shape[0])
+                hist = histogram_of(np.abs(x) * t.scale[None, :])
+                previous = counts[t.gate.node.name]
+                counts[t.gate.node.name] = hist if previous is None else previous + hist
             bar.step()
-        bar.done(f"{len(gates)} gates")
-        del session
-        for gate in gates:
-            value = quantile(counts[gate.node.name], gate.sparsity) if gate.sparsity > 0 else -1.0
-            name = gate.node.input[gate.threshold_input]
-            inits[name].CopyFrom(numpy_helper.from_array(np.array([value], dtype=np.float32), name))
-            thresholds[gate.node.name] = value
+        bar.done(f"{len(targets)} gates")
+        del run
+        for t in targets:
+            value = quantile(counts[t.gate.node.name], t.sparsity) if t.sparsity > 0 else -1.0
+            inits[t.gate.threshold].CopyFrom(numpy_helper.from_array(np.array([value], dtype=np.float32),
+                                                                     t.gate.threshold))
+            thresholds[t.gate.node.name] = value
     return thresholds

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .perplexity import perplexity, token_nll, window_spans
+from .perplexity import perplexity, token_nll, token_windows
 from ..runtime.session import CausalLM
 
 
@@ -34,26 +34,15 @@ def kl_divergence(reference_logits: np.ndarray, logits: np.ndarray) -> np.ndarra
     return (np.exp(ref) * (ref - log_p)).sum(axis=-1)
 
 
-def compare_to_reference(
-    lm: CausalLM,
-    reference_lm: CausalLM,
-    token_ids: np.ndarray,
-    *,
-    window: int = 512,
-    stride: int | None = None,
-    max_windows: int | None = None,
-    progress: bool = True,
-) -> dict:
+def compare_to_reference(lm: CausalLM, reference_lm: CausalLM, token_ids: np.ndarray, *, window: int = 512,
+                         stride: int | None = None, max_windows: int | None = None, progress: bool = True) -> dict:
     """Perplexity of both models, mean KL(reference || lm) and top-1 agreement.
 
     Positions are those evaluate.perplexity scores for the same window/stride/max_windows.
     Returns a JSON-serialisable dict: perplexity, reference_perplexity, kl,
     top1_agreement, tokens, windows.
     """
-    token_ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-    spans = window_spans(len(token_ids), window, stride)
-    if max_windows is not None:
-        spans = spans[:max_windows]
+    token_ids, spans = token_windows(token_ids, window, stride, max_windows)
     sums = {"kl": 0.0, "agree": 0, "nll": 0.0, "tokens": 0}
 
     def compare(index: int, logits: np.ndarray) -> None:

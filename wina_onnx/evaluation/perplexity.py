@@ -83,6 +83,14 @@ def window_spans(n_tokens: int, window: int, stride: int | None = None) -> list[
     return spans
 
 
+def token_windows(token_ids: np.ndarray, window: int, stride: int | None,
+                  max_windows: int | None) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """`token_ids` as a flat int64 array and its first `max_windows` (all for None) window_spans."""
+    token_ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
+    spans = window_spans(len(token_ids), window, stride)
+    return token_ids, spans if max_windows is None else spans[:max_windows]
+
+
 def token_nll(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """NLL (float64) of ids[j+1] given logits[j], for j in 0..len(ids)-2.
 
@@ -110,10 +118,7 @@ def perplexity(
     logits_callback(window_index, logits) receives each window's logits [s, vocab]
     (float32 or the model's dtype), e.g. to compute a KL divergence against a reference.
     """
-    token_ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
-    spans = window_spans(len(token_ids), window, stride)
-    if max_windows is not None:
-        spans = spans[:max_windows]
+    token_ids, spans = token_windows(token_ids, window, stride, max_windows)
     if not spans:
         raise ValueError(f"{len(token_ids)} tokens are too few for a window")
     report = Progress("perplexity", total=len(spans), enabled=progress)

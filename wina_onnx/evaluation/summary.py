@@ -15,8 +15,9 @@ import numpy as np
 import onnx
 
 from ..errors import ConfigError
+from ..gates import read_gates
 from ..optimize import read_metadata
-from ..schema import DOMAIN, GROUP_OP_TYPE, MATMUL_NBITS_DOMAIN, MATMUL_NBITS_OP_TYPE, NBITS_OP_TYPE
+from ..schema import DOMAIN, MATMUL_NBITS_DOMAIN, MATMUL_NBITS_OP_TYPE, NBITS_OP_TYPE
 
 _ROLE_RE = re.compile(r"^L(\d+)\.(.+)$")
 # Each gate's score, as the table and --json show it: WINA's, or TEAL's |x| alone. A WINA model
@@ -161,9 +162,6 @@ def summarize(model: onnx.ModelProto) -> ModelSummary:
             sparsity=g["sparsity"], k=g.get("k"), threshold=g.get("threshold"), weight_bytes=g["weight_bytes"],
             bytes_skipped=fraction * g["weight_bytes"], bits=g.get("bits"),
         ))
-    groups = [
-        [m.decode() for a in node.attribute if a.name == "members" for m in a.strings]
-        for node in model.graph.node if node.op_type == GROUP_OP_TYPE and node.domain == DOMAIN
-    ]
+    groups = [list(gate.members) for gate in read_gates(model.graph.node) if gate.is_group]
     return ModelSummary(version=meta.get("version"), config=config, gates=rows,
                         model_weight_bytes=_initializer_bytes(model), groups=groups)

@@ -43,10 +43,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..errors import WinaError
+from ..schema import MATMUL_NBITS_DOMAIN, MATMUL_NBITS_OP_TYPE, META_GGUF_INT4
 
 BLOCK_SIZE = 32
 BITS = 4
-MS_DOMAIN = "com.microsoft"
 # Default accuracy_level: 0, float activations. ONNX Runtime's CPU kernel ignores it for float
 # zero points (Q4_1, Q4_K); for Q4_0 weights level 4 would let it quantize activations to int8.
 DEFAULT_ACCURACY_LEVEL = 0
@@ -55,7 +55,6 @@ ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 # magnitude (|scale| * 15 + |offset|): both sides are rounded float32 products and sums.
 TOLERANCE_EPS = 4.0
 FOUR_BIT_TYPES = ("Q4_0", "Q4_1", "Q4_K")
-METADATA_KEY = "wina_onnx.gguf_int4"
 
 
 class GgufInt4Error(WinaError):
@@ -324,8 +323,8 @@ def replace_with_gguf_int4(
             graph.initializer.append(numpy_helper.from_array(array, init_name))
             inputs.append(init_name)
         new_nodes.append(helper.make_node(
-            "MatMulNBits", inputs, list(node.output), name=names.fresh(node.name + "_Q4"), domain=MS_DOMAIN,
-            K=k, N=n, bits=BITS, block_size=BLOCK_SIZE, accuracy_level=accuracy_level))
+            MATMUL_NBITS_OP_TYPE, inputs, list(node.output), name=names.fresh(node.name + "_Q4"),
+            domain=MATMUL_NBITS_DOMAIN, K=k, N=n, bits=BITS, block_size=BLOCK_SIZE, accuracy_level=accuracy_level))
         replaced_weights.add(weight_name)
         report.replaced[node.name] = tensor.name
         report.types[gguf_type] = report.types.get(gguf_type, 0) + 1
@@ -340,10 +339,10 @@ def replace_with_gguf_int4(
     kept = [init for init in graph.initializer if init.name not in replaced_weights or init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
-    if not any(op.domain == MS_DOMAIN for op in model.opset_import):
-        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    if not any(op.domain == MATMUL_NBITS_DOMAIN for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MATMUL_NBITS_DOMAIN, 1))
     kinds = ",".join(f"{kind}:{count}" for kind, count in sorted(report.types.items()))
-    _set_metadata(model, METADATA_KEY, f"{Path(gguf_path).name} ({kinds}; block {BLOCK_SIZE}; "
+    _set_metadata(model, META_GGUF_INT4, f"{Path(gguf_path).name} ({kinds}; block {BLOCK_SIZE}; "
                                        f"accuracy_level {accuracy_level})")
     return report
 

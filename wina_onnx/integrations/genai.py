@@ -35,7 +35,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, ModelLoadError
 from ..library import LIBRARY_NAME, get_library_path
-from .triton import _external_files
+from ..modelio import copy_model, load_model, model_file, write_folder
 
 # Tokenizer and configuration files GenAI (or a user) may need beside the model.
 SIDECAR_FILES = (
@@ -236,19 +236,10 @@ def write_genai_folder(out: str | Path, model_path: str | Path, *, context_lengt
     The op library is copied and named in genai_config.json only when the model uses
     WinaSparseMatMul. force replaces an existing OUT. The input is only read.
     """
-    import onnx
-
     from ..runtime.session import uses_wina_domain
 
-    model_path = Path(model_path)
-    if model_path.is_dir():
-        model_path = model_path / "model.onnx"
-    if not model_path.is_file():
-        raise ModelLoadError(f"{model_path} does not exist")
-    try:
-        model = onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:
-        raise ModelLoadError(f"{model_path} is not a readable ONNX model: {exc}") from exc
+    model_path = model_file(model_path)
+    model = load_model(model_path, load_weights=False)
     out = Path(out)
     if out.resolve() == model_path.parent.resolve():
         raise ConfigError("the GenAI folder must differ from the model's folder")
@@ -267,29 +258,14 @@ def write_genai_folder(out: str | Path, model_path: str | Path, *, context_lengt
     if not (source / "tokenizer.json").is_file():
         raise ModelLoadError(f"no tokenizer.json beside {model_path}; GenAI needs the tokenizer files")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        shutil.copy2(model_path, tmp / "model.onnx")
-        for location in _external_files(model):
-            if not (source / location).is_file():
-                raise ModelLoadError(f"{model_path.name} names external data {location}, which is missing")
-            (tmp / location).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source / location, tmp / location)
+    def fill(folder: Path) -> None:
+        copy_model(model, model_path, folder / "model.onnx")
         for name in SIDECAR_FILES:
             if (source / name).is_file():
-                shutil.copy2(source / name, tmp / name)
+                shutil.copy2(source / name, folder / name)
         if wina:
-            shutil.copy2(get_library_path(), tmp / LIBRARY_NAME)
-        (tmp / "genai_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copy2(get_library_path(), folder / LIBRARY_NAME)
+        (folder / GENAI_CONFIG).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+
+    write_folder(out, fill)
     return out

@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from ..errors import ConfigError, ModelLoadError
+from ..errors import ConfigError
 from ..library import LIBRARY_NAME, get_library_path
+from ..modelio import copy_model, load_model, model_file, write_folder
 
 # onnx.TensorProto.DataType -> Triton's DataType enum name.
 _TRITON_TYPES = {
@@ -83,17 +83,6 @@ def config_text(name: str, inputs: list[dict], outputs: list[dict], library_path
     return "\n".join(lines) + "\n"
 
 
-def _external_files(model) -> list[str]:
-    """Relative locations of the external data files the model's tensors name."""
-    files = set()
-    for init in model.graph.initializer:
-        if init.data_location == 1:  # TensorProto.EXTERNAL
-            for entry in init.external_data:
-                if entry.key == "location":
-                    files.add(entry.value)
-    return sorted(files)
-
-
 def write_triton_repository(
     repo: str | Path,
     model_path: str | Path,
@@ -109,17 +98,8 @@ def write_triton_repository(
     copied REPO/NAME/libwina_onnx_ops.so. force replaces an existing REPO/NAME.
     The input model is only read.
     """
-    import onnx
-
-    model_path = Path(model_path)
-    if model_path.is_dir():
-        model_path = model_path / "model.onnx"
-    if not model_path.is_file():
-        raise ModelLoadError(f"{model_path} does not exist")
-    try:
-        model = onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:
-        raise ModelLoadError(f"{model_path} is not a readable ONNX model: {exc}") from exc
+    model_path = model_file(model_path)
+    model = load_model(model_path, load_weights=False)
     if name is None:
         name = model_path.parent.resolve().name if model_path.name == "model.onnx" else model_path.stem
     if not name or "/" in name or name.startswith("."):
@@ -135,28 +115,11 @@ def write_triton_repository(
         raise ConfigError(f"--library-path must be absolute (Triton needs it on every node): {library_path}")
     inputs, outputs = model_io(model)
 
-    repo.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=repo))
-    try:
-        version = tmp / "1"
-        version.mkdir()
-        shutil.copy2(model_path, version / "model.onnx")
-        for location in _external_files(model):
-            source = model_path.parent / location
-            if not source.is_file():
-                raise ModelLoadError(f"{model_path.name} names external data {location}, which is missing")
-            (version / location).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, version / location)
-        shutil.copy2(library, tmp / LIBRARY_NAME)
-        (tmp / "config.pbtxt").write_text(config_text(name, inputs, outputs, library_path), encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old-", dir=repo))
-            os.replace(target, old / name)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    def fill(folder: Path) -> None:
+        (folder / "1").mkdir()
+        copy_model(model, model_path, folder / "1" / "model.onnx")
+        shutil.copy2(library, folder / LIBRARY_NAME)
+        (folder / "config.pbtxt").write_text(config_text(name, inputs, outputs, library_path), encoding="utf-8")
+
+    write_folder(target, fill)
     return target

@@ -15,26 +15,24 @@ from the folder's config files, see wina_onnx.runtime.model_facts):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
 from .. import schema
 from ..errors import ModelLoadError
-from ..library import LibraryNotFoundError, register_library
+from ..library import LibraryNotFoundError, register_library, session_options
+from ..modelio import load_model, model_file
 from .model_facts import cache_name_match, kv_dims_from_graph, read_facts
+
+if TYPE_CHECKING:
+    import onnx
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
     "tensor(double)": np.float64,
-}
-_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 
 Past = list[tuple[np.ndarray, np.ndarray]]
@@ -42,34 +40,15 @@ Past = list[tuple[np.ndarray, np.ndarray]]
 
 def uses_wina_domain(model_path: str | Path) -> bool:
     """True when the model imports the WinaSparseMatMul domain (reads no weights)."""
-    import onnx
+    return imports_wina_domain(load_model(model_path, load_weights=False))
 
-    try:
-        model = onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:
-        raise ModelLoadError(f"{model_path} is not a readable ONNX model: {exc}") from exc
+
+def imports_wina_domain(model: onnx.ModelProto) -> bool:
+    """True when the ModelProto (or one of its local functions) imports the WinaSparseMatMul domain."""
     domains = {op.domain for op in model.opset_import}
     for function in model.functions:  # ops inside local functions count too
         domains.update(op.domain for op in function.opset_import)
     return schema.DOMAIN in domains
-
-
-def session_options(
-    *, threads: int | None = None, optimization_level: str | None = None, config: dict[str, str] | None = None
-) -> ort.SessionOptions:
-    """ORT SessionOptions with the thread count, graph optimisation level and config entries set."""
-    options = ort.SessionOptions()
-    for key, value in (config or {}).items():
-        options.add_session_config_entry(key, value)
-    if threads is not None:
-        # intra-op threads do the MatMuls; one inter-op thread because the graph is a chain.
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if optimization_level is not None:
-        if optimization_level not in _LEVELS:
-            raise ValueError(f"optimization_level must be one of {sorted(_LEVELS)}, not {optimization_level!r}")
-        options.graph_optimization_level = _LEVELS[optimization_level]
-    return options
 
 
 def load_session(
@@ -86,12 +65,8 @@ def load_session(
     models run even where the library was not built. providers defaults to CPU.
     A folder means the model.onnx inside it.
     """
-    model_path = Path(model_path)
-    if model_path.is_dir():
-        model_path = model_path / "model.onnx"
-    if not model_path.is_file():
-        raise ModelLoadError(f"{model_path} does not exist")
-    options = session_options(threads=threads, optimization_level=optimization_level, config=config)
+    model_path = model_file(model_path)
+    options = session_options(threads=threads, optimization_level=optimization_level, config=config, register=False)
     if uses_wina_domain(model_path):
         try:
             register_library(options)
@@ -169,11 +144,18 @@ def _session_model(session: ort.InferenceSession):
     return None
 
 
+def _cached_length(cached: int, past_length: int | None) -> int:
+    """The cache's length `cached`, checked against the caller's `past_length` (None: unchecked)."""
+    if past_length is not None and past_length != cached:
+        raise ValueError(f"past_length={past_length} but the cache holds {cached} positions")
+    return cached
+
 
 def as_batch(input_ids: np.ndarray) -> np.ndarray:
     """input_ids as an int64 [b, s] array (a 1-D array is one sequence)."""
     input_ids = np.asarray(input_ids, dtype=np.int64)
     return input_ids[None, :] if input_ids.ndim == 1 else input_ids
+
 
 class CausalLM:
     """A text-generation-with-past ONNX model with its KV cache bookkeeping.
@@ -244,9 +226,7 @@ class CausalLM:
         config: dict[str, str] | None = None,
     ) -> "CausalLM":
         """Load model.onnx (or a folder holding it) with `load_session`."""
-        model_path = Path(model_path)
-        if model_path.is_dir():
-            model_path = model_path / "model.onnx"
+        model_path = model_file(model_path)
         session = load_session(
             model_path, threads=threads, providers=providers, optimization_level=optimization_level, config=config
         )
@@ -278,12 +258,8 @@ class CausalLM:
             inputs["position_ids"] = np.broadcast_to(positions, (batch, seq)).copy()
         return inputs
 
-    def feeds(
-        self,
-        input_ids: np.ndarray,
-        past: Past | None = None,
-        past_length: int | None = None,
-    ) -> dict[str, np.ndarray]:
+    def feeds(self, input_ids: np.ndarray, past: Past | None = None,
+              past_length: int | None = None) -> dict[str, np.ndarray]:
         """The session inputs for `input_ids` [b, s] after a cache of `past_length` tokens.
 
         past None means an empty cache. past_length defaults to the cache's length.
@@ -294,21 +270,15 @@ class CausalLM:
             past = self.empty_past(input_ids.shape[0])
         if len(past) != self.num_layers:
             raise ValueError(f"past has {len(past)} layers, the model {self.num_layers}")
-        cached = past[0][0].shape[2]
-        if past_length is not None and past_length != cached:
-            raise ValueError(f"past_length={past_length} but the cache holds {cached} positions")
+        cached = _cached_length(past[0][0].shape[2], past_length)
         feeds = self.token_inputs(input_ids, cached)
         for (key_name, value_name), (k, v) in zip(self.past_names, past):
             feeds[key_name] = k
             feeds[value_name] = v
         return feeds
 
-    def forward(
-        self,
-        input_ids: np.ndarray,
-        past: Past | None = None,
-        past_length: int | None = None,
-    ) -> tuple[np.ndarray, Past]:
+    def forward(self, input_ids: np.ndarray, past: Past | None = None,
+                past_length: int | None = None) -> tuple[np.ndarray, Past]:
         """Run `input_ids` [b, s] after the cache `past`; return (logits, present). See `feeds`."""
         feeds = self.feeds(input_ids, past, past_length)
         outputs = self.session.run(self.output_names, feeds)
@@ -385,9 +355,7 @@ class CudaCausalLM:
         input_ids = as_batch(input_ids)
         if past is None:
             past = self.empty_past(input_ids.shape[0])
-        cached = past[0][0].shape()[2]
-        if past_length is not None and past_length != cached:
-            raise ValueError(f"past_length={past_length} but the cache holds {cached} positions")
+        cached = _cached_length(past[0][0].shape()[2], past_length)
         binding = self.session.io_binding()
         for name, value in self.lm.token_inputs(input_ids, cached).items():
             binding.bind_ortvalue_input(name, self._device(value))

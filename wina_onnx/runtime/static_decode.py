@@ -32,6 +32,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..errors import ModelLoadError
+from ..modelio import model_file
 from .session import CausalLM, load_session, require_cuda_provider
 
 # The static-cache graph's length inputs (as ONNX Runtime GenAI's builder names them).
@@ -88,9 +89,7 @@ class StaticCacheLM:
                   device_type: str = "cuda", device_id: int = 0, optimization_level: str | None = None,
                   config: dict[str, str] | None = None) -> "StaticCacheLM":
         """Load model.onnx (or its folder): the CUDA provider (CUDA graphs on by default) or, device_type "cpu", the CPU one."""
-        model_path = Path(model_path)
-        if model_path.is_dir():
-            model_path = model_path / "model.onnx"
+        model_path = model_file(model_path)
         if device_type == "cuda":
             require_cuda_provider()
             options = {"device_id": str(device_id)}
