@@ -22,6 +22,7 @@ from wina_onnx.calibrate.instrument import InstrumentedRun, expose_inputs, windo
 from wina_onnx.data import default_text
 from wina_onnx.errors import ConfigError
 from wina_onnx.evaluation.perplexity import tokenize_text
+from wina_onnx.evaluation.report import _matmul_names
 from wina_onnx.gates import is_gate, read_gate, read_gates
 from wina_onnx.runtime.session import CausalLM, load_tokenizer
 
@@ -115,6 +116,9 @@ def test_reader_on_what_the_passes_write(gated_models) -> None:
             # Each grouped weight is the one its single gate multiplied, and reads the same X.
             assert (weight, gate.x) == (single[name].weights[0], single[name].x)
     assert sorted(names) == sorted(single)
+    # `report --model` places a grouped model's projections under the names they had alone.
+    assert sorted(_matmul_names(gated_models[1])) == sorted(_matmul_names(gated_models[0]))
+    assert set(single) <= set(_matmul_names(gated_models[1]))
 
 
 def test_instrumented_run_borrows_the_model(gated_models, text_ids: np.ndarray) -> None:

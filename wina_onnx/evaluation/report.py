@@ -20,8 +20,10 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from ..passes.allocation import Allocation
+from .. import schema
 from ..errors import ConfigError
+from ..gates import read_gate
+from ..passes.allocation import Allocation
 
 
 def _pyplot():
@@ -122,10 +124,11 @@ def _matmul_names(model_path: str | Path) -> list[str]:
     model = load_model(model_path, load_weights=False)
     names = []
     for node in model.graph.node:
-        if node.op_type in ("MatMul", "WinaSparseMatMul", "MatMulNBits", "WinaSparseMatMulNBits"):
+        gate = read_gate(node)
+        if gate is not None:  # a group: the gates it replaced, by name
+            names += gate.member_names()
+        elif node.op_type in ("MatMul", schema.MATMUL_NBITS_OP_TYPE):
             names.append(node_display_name(node))
-        elif node.op_type == "WinaSparseMatMulGroup":  # the gates it replaced, by name
-            names += [m.decode() for a in node.attribute if a.name == "members" for m in a.strings]
     return names
 
 
