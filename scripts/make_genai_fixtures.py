@@ -5,11 +5,12 @@ Run with the builder's environment (scripts/genai_builder_env.sh prints its pyth
     .venv-builder/bin/python scripts/make_genai_fixtures.py --tokenizer TOK_DIR -o OUT [FIXTURE ...]
 
 Writes OUT/hf, a tiny SmolLM2-shaped LlamaForCausalLM with random weights (built from a
-transformers config, seeded: nothing comes from the hub) with the tokenizer files of
-TOK_DIR beside it, then OUT/<precision>-<ep> for each FIXTURE (default: all of FIXTURES):
-the folder that `python -m onnxruntime_genai.models.builder -i OUT/hf -o OUT/<precision>-<ep>
--p <precision> -e <ep>` writes, untouched (model.onnx + data, genai_config.json, tokenizer
-files).
+transformers config, seeded: nothing comes from the hub; wina_onnx.testing.tiny_llama,
+the model the tests export through Optimum) with the tokenizer files of TOK_DIR beside
+it, then OUT/<precision>-<ep> for each FIXTURE (default: all of FIXTURES): the folder
+that `python -m onnxruntime_genai.models.builder -i OUT/hf -o OUT/<precision>-<ep>
+-p <precision> -e <ep>` writes, untouched (model.onnx + data, genai_config.json,
+tokenizer files).
 
 fp16 is built for CUDA: the builder supports fp16 only for GPU providers (it lists "FP16
 CPU" as no valid combination), and its fp16 CPU graph does not run in ONNX Runtime 1.32's
@@ -27,39 +28,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-# SmolLM2's layout (grouped-query attention, tied embeddings, its vocabulary) at a tiny size.
-CONFIG = dict(
-    hidden_size=64,
-    intermediate_size=160,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=49152,
-    max_position_embeddings=2048,
-    rms_norm_eps=1e-5,
-    rope_theta=100000.0,
-    tie_word_embeddings=True,
-    bos_token_id=1,
-    eos_token_id=2,
-)
-SEED = 1234
-# Larger than the default 0.02 so that the random model's logits are far from uniform.
-INIT_RANGE = 0.2
+# The builder's environment does not install wina-onnx: the model comes from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from wina_onnx.testing.tiny_llama import save_tiny_llama  # noqa: E402
+
 # name: (precision, execution provider) as given to the builder's -p and -e.
 FIXTURES = {"fp32-cpu": ("fp32", "cpu"), "fp16-cuda": ("fp16", "cuda"), "int4-cpu": ("int4", "cpu")}
-
-
-def make_checkpoint(out: Path, tokenizer: Path) -> None:
-    """The random Llama in Hugging Face format, with the tokenizer files beside it."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(SEED)
-    model = LlamaForCausalLM(LlamaConfig(**CONFIG, initializer_range=INIT_RANGE)).eval()
-    model.save_pretrained(out)
-    for item in tokenizer.iterdir():
-        if item.is_file() and not (out / item.name).exists():
-            shutil.copy2(item, out / item.name)
 
 
 def build(hf: Path, out: Path, precision: str, provider: str, cache: Path) -> None:
@@ -87,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     hf = args.output / "hf"
     if not (hf / "config.json").is_file():
-        make_checkpoint(hf, args.tokenizer)
+        save_tiny_llama(hf, args.tokenizer)
     names = args.fixtures or list(FIXTURES)
     for name in names:
         build(hf, args.output / name, *FIXTURES[name], args.output / "builder-cache")

@@ -21,30 +21,13 @@ from pathlib import Path
 
 import pytest
 
+from wina_onnx.testing import tiny_llama
+
 # Nothing may reach the Hugging Face hub during tests.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-TINY_LLAMA_CONFIG = dict(
-    hidden_size=64,
-    intermediate_size=160,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=49152,  # SmolLM2's, so its tokenizer fits
-    max_position_embeddings=2048,
-    rms_norm_eps=1e-5,
-    rope_theta=100000.0,
-    tie_word_embeddings=True,
-    bos_token_id=1,
-    eos_token_id=2,
-)
-TINY_SEED = 1234
-# Larger than the default 0.02 so the random model's logits are far from uniform and
-# comparisons between implementations are meaningful.
-TINY_INIT_RANGE = 0.2
 
 
 def _key(payload: dict) -> str:
@@ -94,25 +77,18 @@ def tiny_llama_dir(work_dir: Path, smollm2_tokenizer_dir: Path) -> Path:
 
     key = _key(
         {
-            "config": TINY_LLAMA_CONFIG,
-            "seed": TINY_SEED,
-            "init": TINY_INIT_RANGE,
+            "config": tiny_llama.TINY_LLAMA_CONFIG,
+            "seed": tiny_llama.SEED,
+            "init": tiny_llama.INIT_RANGE,
             "transformers": transformers.__version__,
         }
     )
 
     def build(tmp: Path) -> None:
-        import torch
         from optimum.exporters.onnx import main_export
-        from transformers import LlamaConfig, LlamaForCausalLM
 
-        torch.manual_seed(TINY_SEED)
-        config = LlamaConfig(**TINY_LLAMA_CONFIG, initializer_range=TINY_INIT_RANGE)
-        model = LlamaForCausalLM(config).eval()
         hf = tmp / "hf"
-        model.save_pretrained(hf)
-        for item in smollm2_tokenizer_dir.iterdir():
-            shutil.copy2(item, hf / item.name)
+        tiny_llama.save_tiny_llama(hf, smollm2_tokenizer_dir)
         main_export(str(hf), output=tmp / "onnx", task="text-generation-with-past", device="cpu")
         for item in smollm2_tokenizer_dir.iterdir():  # make sure tokenizer.json is beside the model
             if not (tmp / "onnx" / item.name).exists():
@@ -147,8 +123,9 @@ def genai_builder_dirs(work_dir: Path, smollm2_tokenizer_dir: Path) -> dict[str,
     import subprocess
 
     scripts = REPO_ROOT / "scripts"
-    sources = ("genai_builder_env.sh", "genai_builder_requirements.txt", "make_genai_fixtures.py")
-    key = _key({name: (scripts / name).read_text(encoding="utf-8") for name in sources}
+    sources = [scripts / name for name in ("genai_builder_env.sh", "genai_builder_requirements.txt",
+                                           "make_genai_fixtures.py")] + [Path(tiny_llama.__file__)]
+    key = _key({path.name: path.read_text(encoding="utf-8") for path in sources}
                | {"tokenizer": smollm2_tokenizer_dir.name})
     target = work_dir / f"genai-builder-{key}"
     if not target.is_dir():
