@@ -4,4 +4,6 @@
     greedy       TEAL's greedy per-matrix allocation from the dense model's error curves
                  (a passes.allocation.Allocation: the sparsity per MatMul the gate pass reads)
     refine       thresholds re-read inside the gated model (closed loop)
+    instrument   a model run over windows of text with chosen nodes' inputs exposed (used by
+                 calibration, refine and evaluation.sparsity_probe)
 """
