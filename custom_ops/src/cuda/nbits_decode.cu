@@ -86,12 +86,13 @@ struct DecodeArgs {
 
 // Copies rows [q0, q0 + nq) x columns [col0, col0 + cols) of a T [*, N] matrix into dst [nq][cols]
 // (cp.async where whole aligned vectors allow, plain loads and zeros past N elsewhere).
+// Threads t = 0 .. nthreads - 1 share the work (a block's first nthreads threads).
 template <typename T>
 __device__ __forceinline__ void stage_typed(T* dst, const T* src, int q0, int nq, int64_t col0, int cols, int64_t N,
-                                            bool vec, uint64_t policy) {
+                                            bool vec, uint64_t policy, int t = threadIdx.x, int nthreads = kThreads) {
   constexpr int V = 16 / static_cast<int>(sizeof(T));
   const int per_row = cols / V;
-  for (int c = threadIdx.x; c < nq * per_row; c += kThreads) {
+  for (int c = t; c < nq * per_row; c += nthreads) {
     const int qi = c / per_row;
     const int e = (c - qi * per_row) * V;
     const int64_t gcol = col0 + e;
@@ -108,9 +109,9 @@ __device__ __forceinline__ void stage_typed(T* dst, const T* src, int q0, int nq
 
 // The same for packed bytes: rows [q0, q0 + nq) x bytes [byte0, byte0 + bytes) of a uint8 [*, row_bytes].
 __device__ __forceinline__ void stage_bytes(uint8_t* dst, const uint8_t* src, int q0, int nq, int64_t byte0, int bytes,
-                                            int64_t row_bytes, bool vec) {
+                                            int64_t row_bytes, bool vec, int t = threadIdx.x, int nthreads = kThreads) {
   const int per_row = bytes / 16;
-  for (int c = threadIdx.x; c < nq * per_row; c += kThreads) {
+  for (int c = t; c < nq * per_row; c += nthreads) {
     const int qi = c / per_row;
     const int e = (c - qi * per_row) * 16;
     const int64_t gb = byte0 + e;
@@ -474,6 +475,283 @@ __global__ void __launch_bounds__(kReduceCols * kReduceLanes)
 }
 
 // ---------------------------------------------------------------------------------
+// Ring decode (sm_90, one token), an experiment measured against the kernel above
+// (benchmarks/results/kernel_cuda_nbits_variants_h200.txt): a block of 256 threads takes a
+// column tile of W bytes (2 W columns) and a K slab, gates its slab (8 consecutive rows a
+// thread, one block-wide scan), and each thread streams 8 bytes (16 columns) of its row
+// group's contiguous share of the kept rows, the next D rows always in flight in registers.
+// The slabs of a tile are added by one thread-block cluster (<= 8 slabs, DSMEM) or through
+// partial sums and nbits_reduce_kernel.
+
+constexpr int kRingThreads = 256;
+constexpr int kRingMaxSlab = 2048;
+constexpr int kRingGateRows = kRingMaxSlab / kRingThreads;  // consecutive slab rows a thread gates
+constexpr int kRingMaxCluster = 8;
+constexpr int kRingMaxDynamicSmem = kMaxStageBytes + 32 * 1024;
+static_assert(kRingGateRows * kRingThreads == kRingMaxSlab, "one gating pass");
+
+// 8 bytes of codes through the L2 only (read once per call: no L1 line).
+__device__ __forceinline__ uint2 load_codes8(const uint8_t* p) {
+  uint2 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+
+struct RingArgs {
+  const uint8_t* b;
+  const void* scales;
+  const void* zero_points;
+  const float* score_scale;
+  const void* bias;
+  void* y;
+  int64_t N;
+  int64_t row_bytes;  // ceil(N / 2), a multiple of 16
+  int K;
+  int log_g;
+  int rows_per_split;
+  int splits;     // K slabs
+  int cluster;    // 1: the slabs are one cluster (splits <= 8); 0: partial sums, reduction kernel
+  float* partial;  // cluster == 0, splits > 1: [splits, N]
+  int zero_kind;
+  int probe;   // timing only: 1 skips the arithmetic, 2 the loads and the arithmetic
+  int vec_scales, vec_zero;
+  int scale_offset, zero_offset;  // bytes into the dynamic shared memory (after the ring)
+};
+
+template <typename T, int W, int D, Gating GATING>
+__global__ void __launch_bounds__(kRingThreads, 2)
+    nbits_ring_kernel(const T* __restrict__ x, const __grid_constant__ RingArgs a, NbitsGate gate) {
+  constexpr int CTB = W / 8;              // threads across a row of the tile
+  constexpr int RG = kRingThreads / CTB;  // row groups
+  constexpr int TC = 2 * W;               // columns of the tile
+  extern __shared__ __align__(16) unsigned char s_dyn[];
+  __shared__ int s_rows[kRingMaxSlab];
+  __shared__ float s_x[kRingMaxSlab];
+  __shared__ float s_part[TC];
+  __shared__ int s_warp_count[kRingThreads / 32];
+
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int tile = blockIdx.x;
+  const int split = blockIdx.y;
+  const int r0 = split * a.rows_per_split;
+  const int r1 = min(r0 + a.rows_per_split, a.K);
+  const int64_t col0 = static_cast<int64_t>(tile) * TC;
+  const int64_t byte0 = static_cast<int64_t>(tile) * W;
+  const int q0 = r0 >> a.log_g;
+  const int nq = ((r1 - 1) >> a.log_g) - q0 + 1;
+
+  // 0. Before waiting for the kernel before this one: the slab's block scales and zero points
+  // into shared memory (one cp.async group), its score scales into registers.
+  T* s_scale = reinterpret_cast<T*>(s_dyn + a.scale_offset);
+  const uint64_t stream_policy = l2_policy(true);
+  stage_typed<T>(s_scale, static_cast<const T*>(a.scales), q0, nq, col0, TC, a.N, a.vec_scales != 0, stream_policy,
+                 tid, kRingThreads);
+  if (a.zero_kind == static_cast<int>(ZeroPointKind::kPacked)) {
+    stage_bytes(s_dyn + a.zero_offset, static_cast<const uint8_t*>(a.zero_points), q0, nq, byte0, TC / 2, a.row_bytes,
+                a.vec_zero != 0, tid, kRingThreads);
+  } else if (a.zero_kind == static_cast<int>(ZeroPointKind::kTyped)) {
+    stage_typed<T>(reinterpret_cast<T*>(s_dyn + a.zero_offset), static_cast<const T*>(a.zero_points), q0, nq, col0,
+                   TC, a.N, a.vec_scales != 0, stream_policy, tid, kRingThreads);
+  }
+  commit_async_copies();
+  const int gr0 = r0 + tid * kRingGateRows;  // this thread's rows to gate
+  float sc[kRingGateRows];
+  const uint64_t keep_policy = l2_policy_keep();
+#pragma unroll
+  for (int i = 0; i < kRingGateRows; ++i)
+    sc[i] = gr0 + i < r1 ? load_float(a.score_scale + gr0 + i, keep_policy) : 0.0f;
+
+  grid_dependency_wait();  // x and the gate may come from the kernels before (PDL)
+
+  // 1. Gate; list the kept rows in row order (per-thread counts, one block-wide scan).
+  float xv[kRingGateRows];
+#pragma unroll
+  for (int i = 0; i < kRingGateRows; ++i) xv[i] = gr0 + i < r1 ? Elem<T>::to_float(x[gr0 + i]) : 0.0f;
+  uint32_t gate_key;
+  int gate_cut;
+  token_gate<GATING>(gate, 0, gate_key, gate_cut);
+  unsigned mask = 0;
+#pragma unroll
+  for (int i = 0; i < kRingGateRows; ++i)
+    if (gr0 + i < r1 && keep(score_key(xv[i], sc[i]), gr0 + i, gate_key, gate_cut)) mask |= 1u << i;
+  const int mine = __popc(mask);
+  int incl = mine;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int n = __shfl_up_sync(kFullMask, incl, o);
+    if (lane >= o) incl += n;
+  }
+  if (lane == 31) s_warp_count[warp] = incl;
+  __syncthreads();
+  int pos = incl - mine, count = 0;
+#pragma unroll
+  for (int w = 0; w < kRingThreads / 32; ++w) {
+    const int c = s_warp_count[w];
+    pos += w < warp ? c : 0;
+    count += c;
+  }
+#pragma unroll
+  for (int i = 0; i < kRingGateRows; ++i) {
+    if (mask & (1u << i)) {
+      s_rows[pos] = gr0 + i;
+      s_x[pos] = xv[i];
+      ++pos;
+    }
+  }
+  __syncthreads();
+  allow_dependent_launch();
+
+  // 2. Stream and multiply. Row group rg takes kept rows [jb, je); a thread keeps the next D
+  // rows' 8 bytes in flight in registers (a ring of D loads, refilled as each row is used).
+  const int ct = tid % CTB;
+  const int rg = tid / CTB;
+  const int jb = rg * count / RG;
+  const int je = a.probe == 2 ? jb : (rg + 1) * count / RG;
+  const bool has_codes = byte0 + ct * 8 < a.row_bytes;
+  const uint8_t* __restrict__ bcol = a.b + byte0 + ct * 8;
+  auto load_row = [&](int j) {
+    uint2 w = make_uint2(0u, 0u);
+    if (j < je && has_codes) w = load_codes8(bcol + static_cast<int64_t>(s_rows[j]) * a.row_bytes);
+    return w;
+  };
+  uint2 ring[D];
+#pragma unroll
+  for (int d = 0; d < D; ++d) ring[d] = load_row(jb + d);
+  wait_async_groups<0>();  // this thread's share of the staged scales has landed
+  __syncthreads();         // ... and everyone's
+
+  float tot[16], acc[16];
+  float sx = 0.0f;
+#pragma unroll
+  for (int v = 0; v < 16; ++v) {
+    tot[v] = 0.0f;
+    acc[v] = 0.0f;
+  }
+  const T* s_zero_t = reinterpret_cast<const T*>(s_dyn + a.zero_offset);
+  const uint8_t* s_zero_p = s_dyn + a.zero_offset;
+  // Adds block qi's share: sum over the thread's rows of x (c - z) s = s (f (acc - Σx) - z Σx).
+  auto flush = [&](int qi) {
+    constexpr int V = 16 / static_cast<int>(sizeof(T));
+    const uint4* sv = reinterpret_cast<const uint4*>(s_scale + qi * TC + ct * 16);
+    uint2 zp = make_uint2(0x88888888u, 0x88888888u);
+    if (a.zero_kind == static_cast<int>(ZeroPointKind::kPacked))
+      zp = *reinterpret_cast<const uint2*>(s_zero_p + qi * (TC / 2) + ct * 8);
+    const uint32_t zw[2] = {zp.x, zp.y};
+#pragma unroll
+    for (int g = 0; g < 16 / V; ++g) {
+      float s[V], z[V];
+      unpack16<T>(sv[g], s);
+      if (a.zero_kind == static_cast<int>(ZeroPointKind::kTyped)) {
+        unpack16<T>(reinterpret_cast<const uint4*>(s_zero_t + qi * TC + ct * 16)[g], z);
+      } else {
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          const int v = g * V + i;
+          z[i] = static_cast<float>((zw[v / 8] >> (4 * (v % 8))) & 0xfu);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        const int v = g * V + i;
+        const float t = fmaf(code_factor(v), acc[v] - sx, -z[i] * sx);
+        tot[v] = fmaf(s[i], t, tot[v]);
+        acc[v] = 0.0f;
+      }
+    }
+    sx = 0.0f;
+  };
+  const uint32_t kMask16 = 0x00780000u, kMask128 = 0x000f0000u, kOne = 0x3f800000u;
+  int q_cur = -1;
+  for (int j0 = jb; j0 < je; j0 += D) {
+#pragma unroll
+    for (int d = 0; d < D; ++d) {
+      const int j = j0 + d;
+      const uint2 w = ring[d];
+      ring[d] = load_row(j + D);  // row j + D takes the slot of row j
+      if (j < je && has_codes) {
+        const int q = s_rows[j] >> a.log_g;
+        if (q != q_cur) {
+          if (q_cur >= 0) flush(q_cur - q0);
+          q_cur = q;
+        }
+        const float xj = s_x[j];
+        sx += xj;
+        if (a.probe == 1) {
+          acc[0] += __uint_as_float((w.x ^ w.y) & 0x007fffffu);  // keeps the load, no product
+          continue;
+        }
+        const uint32_t wd[2] = {w.x, w.y};
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+#pragma unroll
+          for (int k = 0; k < 8; ++k) {
+            // Code k of the word as the float 1 + c / code_factor (see nbits_decode_kernel).
+            float f;
+            if (k == 4) {
+              f = __uint_as_float(and_or(wd[t], kMask128, kOne));
+            } else {
+              const uint32_t bits = k < 4 ? (wd[t] << (19 - 4 * k)) : (wd[t] >> (4 * k - 19));
+              f = __uint_as_float(and_or(bits, kMask16, kOne));
+            }
+            acc[8 * t + k] = fmaf(xj, f, acc[8 * t + k]);
+          }
+        }
+      }
+    }
+  }
+  if (q_cur >= 0) flush(q_cur - q0);
+
+  // 3. The row groups added in a fixed order into s_part [TC]; then the slabs (cluster ranks)
+  // in rank order, the bias, and Y. s_red [RG][16][CTB + 1] over the staged scales (done).
+  float* s_red = reinterpret_cast<float*>(s_dyn);
+  __syncthreads();
+#pragma unroll
+  for (int v = 0; v < 16; ++v) s_red[(rg * 16 + v) * (CTB + 1) + ct] = tot[v];
+  __syncthreads();
+  const T* __restrict__ bias = static_cast<const T*>(a.bias);
+  T* __restrict__ y = static_cast<T*>(a.y);
+  for (int c = tid; c < TC; c += kRingThreads) {
+    const int cct = c >> 4;
+    const int v = c & 15;
+    float sum = 0.0f;
+#pragma unroll 4
+    for (int g = 0; g < RG; ++g) sum += s_red[(g * 16 + v) * (CTB + 1) + cct];
+    if (a.splits > 1 && a.cluster == 0) {
+      if (col0 + c < a.N) a.partial[static_cast<int64_t>(split) * a.N + col0 + c] = sum;
+    } else if (a.splits > 1) {
+      s_part[c] = sum;
+    } else if (col0 + c < a.N) {
+      if (bias != nullptr) sum += Elem<T>::to_float(bias[col0 + c]);
+      y[col0 + c] = Elem<T>::from_float(sum);
+    }
+  }
+  if (a.splits > 1 && a.cluster != 0) {
+    cluster_barrier();
+    const int per_rank = (TC + a.splits - 1) / a.splits;
+    const int first = static_cast<int>(cluster_rank()) * per_rank;
+    for (int e = tid; e < per_rank; e += kRingThreads) {
+      const int c = first + e;
+      const int64_t gcol = col0 + c;
+      if (c < TC && gcol < a.N) {
+        float part[kRingMaxCluster];
+#pragma unroll
+        for (int r = 0; r < kRingMaxCluster; ++r)
+          part[r] = r < a.splits ? load_cluster_shared(&s_part[c], static_cast<unsigned>(r)) : 0.0f;
+        float total = 0.0f;
+#pragma unroll
+        for (int r = 0; r < kRingMaxCluster; ++r)
+          if (r < a.splits) total += part[r];
+        if (bias != nullptr) total += Elem<T>::to_float(bias[gcol]);
+        y[gcol] = Elem<T>::from_float(total);
+      }
+    }
+    cluster_barrier();  // no block leaves while another still reads its shared memory
+  }
+}
+
+// ---------------------------------------------------------------------------------
 // Dequantization (prefill): w[r, n] = T((code - zero point) * scale), one byte (two columns) a thread.
 
 template <typename T>
@@ -622,6 +900,127 @@ cudaError_t launch_reduce(const NbitsProblem& p, const float* partial, int split
                           static_cast<const T*>(p.bias), static_cast<T*>(p.y), static_cast<int>(p.M), p.N);
 }
 
+template <typename T, int W, int D, Gating GATING>
+cudaError_t launch_ring_kernel(const NbitsProblem& p, const NbitsPlan& plan, const NbitsGate& gate, void* workspace,
+                               Stream stream) {
+  auto* kernel = nbits_ring_kernel<T, W, D, GATING>;
+  static std::atomic<uint64_t> done{0};
+  cudaError_t err = allow_dynamic_smem_once(kernel, kRingMaxDynamicSmem, done);
+  if (err != cudaSuccess) return err;
+  RingArgs a = {};
+  a.b = p.b;
+  a.scales = p.scales;
+  a.zero_points = p.zero_points;
+  a.score_scale = p.score_scale;
+  a.bias = p.bias;
+  a.y = p.y;
+  a.N = p.N;
+  a.row_bytes = row_bytes_of(p);
+  a.K = static_cast<int>(p.K);
+  a.log_g = log2_exact(p.block_size);
+  a.rows_per_split = static_cast<int>(plan.ring_rows);
+  a.splits = plan.ring_splits;
+  a.cluster = plan.ring_cluster ? 1 : 0;
+  a.partial = static_cast<float*>(workspace);
+  a.zero_kind = static_cast<int>(p.zero_kind);
+  a.probe = plan.probe;
+  a.vec_scales = (p.N * static_cast<int64_t>(sizeof(T))) % 16 == 0 && aligned16(p.scales) &&
+                 (p.zero_kind != ZeroPointKind::kTyped || aligned16(p.zero_points));
+  a.vec_zero = a.row_bytes % 16 == 0 && aligned16(p.zero_points);
+  int scale_bytes = 0, zero_bytes = 0;
+  stage_layout<T>(p, W / 16, plan.ring_rows, &scale_bytes, &zero_bytes);  // W / 16 threads of 32 columns = 2 W
+  if (scale_bytes + zero_bytes > kMaxStageBytes) return cudaErrorInvalidValue;
+  a.scale_offset = 0;
+  a.zero_offset = a.scale_offset + scale_bytes;
+  // The row groups' sums go over the ring and the staged scales at the end.
+  const int red_bytes = (kRingThreads / (W / 8)) * 16 * (W / 8 + 1) * 4;
+  const size_t smem = static_cast<size_t>(std::max(a.zero_offset + zero_bytes, red_bytes));
+  const int64_t tiles = (a.row_bytes + W - 1) / W;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(plan.ring_splits));
+  return launch_clustered(stream, kernel, grid, dim3(kRingThreads), smem, plan.pdl && plan.pdl_first,
+                          plan.ring_cluster && plan.ring_splits > 1 ? static_cast<unsigned>(plan.ring_splits) : 0u,
+                          static_cast<const T*>(p.x), a, gate);
+}
+
+template <typename T, int D>
+cudaError_t launch_ring_depth(const NbitsProblem& p, const NbitsPlan& plan, const NbitsGate& gate, void* workspace,
+                              Stream stream) {
+  return with_gating(p.gating, [&](auto rule) {
+    constexpr Gating G = decltype(rule)::value;
+    switch (plan.ring_tile) {
+      case 64: return launch_ring_kernel<T, 64, D, G>(p, plan, gate, workspace, stream);
+      case 128: return launch_ring_kernel<T, 128, D, G>(p, plan, gate, workspace, stream);
+      case 256: return launch_ring_kernel<T, 256, D, G>(p, plan, gate, workspace, stream);
+      default: return cudaErrorInvalidValue;
+    }
+  });
+}
+
+template <typename T>
+cudaError_t launch_ring(const NbitsProblem& p, const NbitsPlan& plan, const NbitsGate& gate, void* workspace,
+                        Stream stream) {
+  const cudaError_t err = plan.ring_slots == 16 ? launch_ring_depth<T, 16>(p, plan, gate, workspace, stream)
+                                                : launch_ring_depth<T, 8>(p, plan, gate, workspace, stream);
+  if (err != cudaSuccess || plan.ring_cluster || plan.ring_splits == 1) return err;
+  return launch_reduce<T>(p, static_cast<const float*>(workspace), plan.ring_splits, plan.pdl, false, stream);
+}
+
+// Whether the ring kernel takes the problem: one token, whole 16-byte vectors of codes.
+bool ring_eligible(const NbitsProblem& p) {
+  return p.M == 1 && p.K > 0 && p.N > 0 && row_bytes_of(p) % 16 == 0 && aligned16(p.b);
+}
+
+bool bad_ring_plan(const NbitsPlan& plan, const NbitsProblem& p) {
+  return !ring_eligible(p) || (plan.ring_tile != 64 && plan.ring_tile != 128 && plan.ring_tile != 256) ||
+         plan.ring_rows <= 0 || plan.ring_rows > kRingMaxSlab || plan.ring_rows % 32 != 0 || plan.ring_splits < 1 ||
+         (plan.ring_cluster && plan.ring_splits > kRingMaxCluster) ||
+         plan.ring_splits != (p.K + plan.ring_rows - 1) / plan.ring_rows || plan.ring_splits > 65535 ||
+         (plan.ring_slots != 8 && plan.ring_slots != 16);
+}
+
+// The ring plan: the tile (widest first) and slab count (<= 8, slabs <= 2048 rows) that fill
+// most of blocks_per_sm x SMs without exceeding it; false when none fits.
+template <typename T>
+bool make_ring_plan(const NbitsProblem& p, const DeviceInfo& device, int blocks_per_sm, int col_threads,
+                    bool cluster, NbitsPlan* plan) {
+  if (device.cc_major < 9 || !ring_eligible(p)) return false;
+  const int bpsm = blocks_per_sm > 0 ? std::min(blocks_per_sm, 16) : (cluster ? 2 : 4);
+  const int max_splits = cluster ? kRingMaxCluster : 64;
+  const int64_t limit = static_cast<int64_t>(bpsm) * std::max(device.sm_count, 1);
+  // Among the plans of at most `limit` blocks the one with most blocks (widest tile on ties); if
+  // none is that small (very wide N), the one with fewest.
+  int64_t best_blocks = 0;
+  bool best_fits = false;
+  for (const int w : {256, 128, 64}) {
+    if ((col_threads == 8 || col_threads == 16 || col_threads == 32) && col_threads * 8 != w) continue;
+    const int64_t tiles = (row_bytes_of(p) + w - 1) / w;
+    for (int splits = 1; splits <= max_splits; ++splits) {
+      const int64_t rows = ((p.K + splits - 1) / splits + 31) / 32 * 32;
+      if (rows > kRingMaxSlab) continue;
+      int scale_bytes = 0, zero_bytes = 0;
+      stage_layout<T>(p, w / 16, rows, &scale_bytes, &zero_bytes);
+      if (scale_bytes + zero_bytes > kMaxStageBytes) continue;
+      const int64_t real = (p.K + rows - 1) / rows;
+      const int64_t blocks = tiles * real;
+      const bool fits = blocks <= limit;
+      const bool better = best_blocks == 0 || (fits && (!best_fits || blocks > best_blocks)) ||
+                          (!fits && !best_fits && blocks < best_blocks);
+      if (better) {
+        best_blocks = blocks;
+        best_fits = fits;
+        plan->ring_tile = w;
+        plan->ring_rows = rows;
+        plan->ring_splits = static_cast<int>(real);
+      }
+    }
+  }
+  if (best_blocks == 0) return false;
+  plan->ring_slots = 8;
+  plan->ring_cluster = cluster && plan->ring_splits > 1;
+  plan->pdl_first = plan->pdl && plan->ring_cluster;
+  return true;
+}
+
 bool bad_problem(const NbitsProblem& p) {
   return p.M < 0 || p.K < 0 || p.N < 0 || p.K > INT_MAX / 2 || p.M > INT_MAX || p.block_size < 16 ||
          log2_exact(p.block_size) < 0 || (p.zero_kind != ZeroPointKind::kNone && p.zero_points == nullptr);
@@ -642,7 +1041,7 @@ bool bad_plan(const NbitsPlan& plan, const NbitsProblem& p) {
 
 template <typename T>
 NbitsPlan MakeNbitsPlan(const NbitsProblem& p, const DeviceInfo& device, int blocks_per_sm, int col_threads,
-                        bool allow_cluster) {
+                        bool allow_cluster, bool allow_ring) {
   NbitsPlan plan;
   plan.decode = p.M <= kNbitsMaxDecodeTokens;
   plan.pdl = device.cc_major >= 9;
@@ -693,12 +1092,15 @@ NbitsPlan MakeNbitsPlan(const NbitsProblem& p, const DeviceInfo& device, int blo
   // The decode kernel PDL-launched after the previous op where it is the op's only kernel, or
   // the grid is narrow (the float op's measurements, docs/cuda-notes.md).
   plan.pdl_first = plan.pdl && (plan.cluster > 0 || tiles <= 16);
+  if (allow_ring) make_ring_plan<T>(p, device, blocks_per_sm, col_threads, allow_cluster, &plan);
   return plan;
 }
 
 template <typename T>
 size_t NbitsDecodeWorkspaceBytes(const NbitsProblem& p, const NbitsPlan& plan) {
-  if (!plan.decode || plan.cluster > 0 || p.M == 0 || p.N == 0 || p.K == 0) return 0;
+  if (plan.ring_tile > 0 && !plan.ring_cluster && plan.ring_splits > 1 && p.N > 0)
+    return align_bytes(static_cast<size_t>(plan.ring_splits) * static_cast<size_t>(p.N) * 4);
+  if (!plan.decode || plan.cluster > 0 || plan.ring_tile > 0 || p.M == 0 || p.N == 0 || p.K == 0) return 0;
   return align_bytes(static_cast<size_t>(plan.splits) * static_cast<size_t>(p.M) * static_cast<size_t>(p.N) * 4);
 }
 
@@ -709,9 +1111,14 @@ cudaError_t LaunchNbitsDecode(const NbitsProblem& p, const NbitsPlan& plan, cons
   if (bad_problem(p) || p.M > kNbitsMaxDecodeTokens) return cudaErrorInvalidValue;
   if (p.M == 0 || p.N == 0) return cudaSuccess;
   if (p.K == 0) return launch_reduce<T>(p, nullptr, 0, false, false, stream);  // Y = bias or 0
-  if (bad_plan(plan, p)) return cudaErrorInvalidValue;
   if (p.gating == Gating::kThreshold ? gate.threshold == nullptr : (gate.keys == nullptr || gate.cuts == nullptr))
     return cudaErrorInvalidValue;
+  if (plan.ring_tile > 0) {
+    if (bad_ring_plan(plan, p) || (workspace == nullptr && NbitsDecodeWorkspaceBytes<T>(p, plan) > 0))
+      return cudaErrorInvalidValue;
+    return launch_ring<T>(p, plan, gate, workspace, stream);
+  }
+  if (bad_plan(plan, p)) return cudaErrorInvalidValue;
   if (workspace == nullptr && NbitsDecodeWorkspaceBytes<T>(p, plan) > 0) return cudaErrorInvalidValue;
 
   DecodeArgs a = {};
@@ -767,7 +1174,7 @@ cudaError_t LaunchNbitsDequantize(const NbitsProblem& p, void* w, Stream stream)
 }
 
 #define WINA_NBITS_INSTANTIATE(T)                                                                      \
-  template NbitsPlan MakeNbitsPlan<T>(const NbitsProblem&, const DeviceInfo&, int, int, bool);         \
+  template NbitsPlan MakeNbitsPlan<T>(const NbitsProblem&, const DeviceInfo&, int, int, bool, bool);   \
   template size_t NbitsDecodeWorkspaceBytes<T>(const NbitsProblem&, const NbitsPlan&);                 \
   template cudaError_t LaunchNbitsDecode<T>(const NbitsProblem&, const NbitsPlan&, const NbitsGate&, void*, Stream); \
   template cudaError_t LaunchNbitsDequantize<T>(const NbitsProblem&, void*, Stream);

@@ -81,15 +81,24 @@ struct NbitsPlan {
   int prefetch_rows = 0;       // each block prefetches its slab's first kept rows into the L2 as it lists them
   int probe = 0;               // timing only (results wrong): 1 skips the product's arithmetic, 2 the product
   bool max_carveout = false;   // the decode and reduction kernels ask for the largest shared-memory carveout
+  // The ring kernel (sm_90, one token, ceil(N / 2) a multiple of 16): used when ring_tile > 0,
+  // and then the fields above but pdl, pdl_first and probe are unused.
+  int ring_tile = 0;           // bytes of a row a block: 64, 128 or 256
+  int64_t ring_rows = 0;       // rows of a K slab (a multiple of 32, <= 2048)
+  int ring_splits = 0;         // K slabs = ceil(K / ring_rows)
+  bool ring_cluster = false;   // the slabs of a tile are one cluster (<= 8), else partial sums + reduction kernel
+  int ring_slots = 0;          // rows a thread keeps in flight: 8 or 16
 };
 
 // The plan for a problem on a device. blocks_per_sm > 0 and col_threads > 0 override the built-in
 // choices (a benchmark's sweep); allow_cluster lets slabs of 2 to 8 per column tile form one
 // cluster (sm_90; off by default: no faster than split-K on the H200 but for 4096x14336 with
 // 128-byte tiles, slower than the 512-byte split-K plan there).
+// allow_ring: the ring kernel where it applies (then blocks_per_sm, 2 by default, sizes its grid
+// and col_threads 8, 16 or 32 fixes its tile to 8 x col_threads bytes).
 template <typename T>
 NbitsPlan MakeNbitsPlan(const NbitsProblem& p, const DeviceInfo& device, int blocks_per_sm = 0, int col_threads = 0,
-                        bool allow_cluster = false);
+                        bool allow_cluster = false, bool allow_ring = true);
 
 // Bytes of device scratch the decode plan needs (0 allowed: then workspace may be nullptr).
 template <typename T>

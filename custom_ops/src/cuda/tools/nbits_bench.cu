@@ -226,6 +226,8 @@ struct CheckCase {
   bool cluster;       // cluster plan allowed
 };
 
+int g_ring_cases = 0;  // cases that ran the ring kernel
+
 template <typename T>
 bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::DeviceInfo& dev, uint64_t seed,
                int* skipped) {
@@ -297,21 +299,25 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
   gate.cuts = cuts.empty() ? nullptr : buf.upload(cuts);
   CHECK(cudaMemset(dy, 0xff, std::max<size_t>(static_cast<size_t>(M * N) * sizeof(T), 1)));  // NaN in every type
 
-  NbitsPlan plan = wina::cuda::MakeNbitsPlan<T>(p, dev, c.blocks_per_sm, c.col_threads, c.cluster);
+  // The ring kernel where it applies for three seeds of four, the other kernel otherwise.
+  NbitsPlan plan = wina::cuda::MakeNbitsPlan<T>(p, dev, c.blocks_per_sm, c.col_threads, c.cluster, seed % 4 != 0);
   plan.stages = 2 + static_cast<int>(seed % 3);           // 2, 3, 4 batches in flight (2 for two tokens)
   plan.prefetch_rows = (seed / 3) % 2 == 0 ? 0 : 24;      // the L2 prefetch while gating
   plan.max_carveout = (seed / 6) % 2 == 1;
+  if (plan.ring_tile > 0) plan.ring_slots = (seed / 4) % 2 == 0 ? 8 : 16;  // rows in flight a thread
   if (M > 0 && K > 0 && N > 0 && !plan.decode) {
     ++*skipped;
     return true;
   }
+  if (plan.ring_tile > 0) ++g_ring_cases;
   const size_t ws_bytes = wina::cuda::NbitsDecodeWorkspaceBytes<T>(p, plan);
   void* ws = buf.alloc(ws_bytes);
   CHECK(cudaMemset(ws, 0x5a, ws_bytes ? ws_bytes : 1));  // a workspace as ORT may hand it out
   const cudaError_t launch_err = wina::cuda::LaunchNbitsDecode<T>(p, plan, gate, ws, wina::cuda::Stream(stream));
   if (launch_err != cudaSuccess) {
-    std::printf("FAIL %s M=%lld K=%lld N=%lld ct=%d splits=%lld cluster=%d: launch error %s\n", type_name<T>(),
-                (long long)M, (long long)K, (long long)N, plan.col_threads, (long long)plan.splits, plan.cluster,
+    std::printf("FAIL %s M=%lld K=%lld N=%lld ct=%d splits=%lld cluster=%d ring=%d/%lld/%d/%d: launch error %s\n",
+                type_name<T>(), (long long)M, (long long)K, (long long)N, plan.col_threads, (long long)plan.splits,
+                plan.cluster, plan.ring_tile, (long long)plan.ring_rows, plan.ring_splits, plan.ring_slots,
                 cudaGetErrorString(launch_err));
     cudaGetLastError();
     return false;
@@ -345,10 +351,11 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
   ok = ok && worst <= tolerance<T>();
   if (!ok) {
     std::printf("FAIL %s M=%lld K=%lld N=%lld G=%lld zp=%d %s s=%.2f bias=%d special=%d ct=%d bpsm=%d cluster=%d "
-                "(plan: splits=%lld rows=%lld cluster=%d): max error %.3g of scale %.3g%s\n",
+                "(plan: splits=%lld rows=%lld cluster=%d ring=%d/%lld/%d/%d): max error %.3g of scale %.3g%s\n",
                 type_name<T>(), (long long)M, (long long)K, (long long)N, (long long)c.G, static_cast<int>(c.zero_kind),
                 c.gating == Gating::kTopK ? "topk" : "threshold", c.sparsity, c.bias, c.special, c.col_threads,
-                c.blocks_per_sm, c.cluster, (long long)plan.splits, (long long)plan.rows_per_split, plan.cluster, worst,
+                c.blocks_per_sm, c.cluster, (long long)plan.splits, (long long)plan.rows_per_split, plan.cluster,
+                plan.ring_tile, (long long)plan.ring_rows, plan.ring_splits, plan.ring_slots, worst,
                 ref_scale, repeat_ok ? "" : ", repeated call not bit-equal");
   }
   return ok;
@@ -399,6 +406,7 @@ int check_all(bool quick) {
   const float sparsities[] = {0.0f, 0.5f, 0.9f};
   const int cts[] = {8, 16, 32, 64};
   int total = 0, failed = 0, skipped = 0;
+  g_ring_cases = 0;
   uint64_t seed = 1;
   Rng pick(12345);
   const int per_shape = quick ? 6 : 40;
@@ -433,7 +441,8 @@ int check_all(bool quick) {
     ++total;
   }
   // The Llama shapes' plans (MakeNbitsPlan's own choice), one token, each dtype, with zero points.
-  for (const auto& shape : {std::vector<int64_t>{4096, 4096}, std::vector<int64_t>{14336, 4096}}) {
+  for (const auto& shape : {std::vector<int64_t>{4096, 4096}, std::vector<int64_t>{14336, 4096},
+                            std::vector<int64_t>{4096, 14336}}) {
     for (int zk = 0; zk < 3; ++zk) {
       CheckCase c{1, shape[0], shape[1], 32, static_cast<ZeroPointKind>(zk), Gating::kThreshold, 0.5f, false, 0, 8, 0,
                   true};
@@ -452,8 +461,8 @@ int check_all(bool quick) {
     }
   }
   CHECK(cudaStreamDestroy(stream));
-  std::printf("check: %d cases, %d failed (%d prefill-only, not run here); dequantize: %d cases, %d failed\n", total,
-              failed, skipped, deq, deq_failed);
+  std::printf("check: %d cases (%d through the ring kernel), %d failed (%d prefill-only, not run here); dequantize: "
+              "%d cases, %d failed\n", total, g_ring_cases, failed, skipped, deq, deq_failed);
   return failed + deq_failed == 0 ? 0 : 1;
 }
 
@@ -487,6 +496,121 @@ __global__ void read_kernel(const uint4* __restrict__ p, size_t n, unsigned* out
     acc ^= v.x ^ v.y ^ v.z ^ v.w;
   }
   if (acc == 0x12345678u) out[blockIdx.x] = acc;  // keeps the loads; practically never written
+}
+
+// The floor of a call: reads words [0, n1) of a and [0, n2) of b (the kept rows' codes and the
+// block scales, as many bytes as a call reads), nothing else.
+__global__ void floor_kernel(const uint4* __restrict__ a, size_t n1, const uint4* __restrict__ b, size_t n2,
+                             unsigned* out) {
+  unsigned acc = 0;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n1 + n2;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const uint4 v = i < n1 ? a[i] : b[i - n1];
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x12345678u) out[blockIdx.x] = acc;
+}
+
+// The floor of the row pattern: block (tile, slab) reads bytes [tile W, tile W + W) of each kept
+// row of its slab (kept: a sorted row list; slab s holds list entries [s per, s per + per)),
+// 16 bytes a thread, 4 rows in flight a thread; no arithmetic, no gating.
+__global__ void gather_floor_kernel(const uint8_t* __restrict__ b, int64_t row_bytes, const int* __restrict__ kept,
+                                    int count, int per_slab, int W, unsigned* out) {
+  const int tpr = W / 16;                  // threads a row
+  const int groups = blockDim.x / tpr;     // rows at a time
+  const int g = threadIdx.x / tpr;
+  const int t = threadIdx.x % tpr;
+  const int64_t byte = static_cast<int64_t>(blockIdx.x) * W + t * 16;
+  const int j0 = blockIdx.y * per_slab;
+  const int j1 = min(j0 + per_slab, count);
+  unsigned acc = 0;
+  if (byte + 16 <= row_bytes) {
+    for (int j = j0 + g; j < j1; j += 4 * groups) {
+      uint4 v[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int jj = j + u * groups;
+        v[u] = jj < j1 ? *reinterpret_cast<const uint4*>(b + static_cast<int64_t>(kept[jj]) * row_bytes + byte)
+                       : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    }
+  }
+  if (acc == 0x12345678u) out[blockIdx.x] = acc;
+}
+
+// Median µs a call of a CUDA graph of `chain` gather_floor_kernel launches (tile W, `slabs` slabs).
+double time_gather_floor(cudaStream_t stream, const std::vector<NbitsProblem>& probs, int64_t row_bytes,
+                         const int* kept, int count, int W, int slabs, int chain, int replays, unsigned* out) {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  int per = (count + slabs - 1) / slabs;
+  for (int c = 0; c < chain; ++c) {
+    const uint8_t* b = probs[c % probs.size()].b;
+    void* kargs[] = {&b, &row_bytes, &kept, &count, &per, &W, &out};
+    const dim3 grid(static_cast<unsigned>((row_bytes + W - 1) / W), static_cast<unsigned>(slabs));
+    CHECK(cudaLaunchKernel(reinterpret_cast<const void*>(gather_floor_kernel), grid, dim3(256), kargs, 0, stream));
+  }
+  CHECK(cudaStreamEndCapture(stream, &graph));
+  CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int w = 0; w < 3; ++w) CHECK(cudaGraphLaunch(exec, stream));
+  cudaEvent_t e0, e1;
+  CHECK(cudaEventCreate(&e0));
+  CHECK(cudaEventCreate(&e1));
+  std::vector<double> times;
+  for (int r = 0; r < replays; ++r) {
+    CHECK(cudaEventRecord(e0, stream));
+    CHECK(cudaGraphLaunch(exec, stream));
+    CHECK(cudaEventRecord(e1, stream));
+    CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    times.push_back(ms * 1000.0 / chain);
+  }
+  CHECK(cudaEventDestroy(e0));
+  CHECK(cudaEventDestroy(e1));
+  CHECK(cudaGraphExecDestroy(exec));
+  CHECK(cudaGraphDestroy(graph));
+  return median(times);
+}
+
+// Median µs a call of a CUDA graph of `chain` floor_kernel launches over the weight copies.
+double time_floor(cudaStream_t stream, const std::vector<NbitsProblem>& probs, size_t code_bytes, size_t scale_bytes,
+                  int chain, int replays, int sm_count, unsigned* out) {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  for (int c = 0; c < chain; ++c) {
+    const uint4* a = reinterpret_cast<const uint4*>(probs[c % probs.size()].b);
+    const uint4* b = static_cast<const uint4*>(probs[c % probs.size()].scales);
+    size_t n1 = code_bytes / 16, n2 = scale_bytes / 16;
+    void* kargs[] = {&a, &n1, &b, &n2, &out};
+    CHECK(cudaLaunchKernel(reinterpret_cast<const void*>(floor_kernel), dim3(sm_count * 4), dim3(512), kargs, 0,
+                           stream));
+  }
+  CHECK(cudaStreamEndCapture(stream, &graph));
+  CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int w = 0; w < 3; ++w) CHECK(cudaGraphLaunch(exec, stream));
+  cudaEvent_t e0, e1;
+  CHECK(cudaEventCreate(&e0));
+  CHECK(cudaEventCreate(&e1));
+  std::vector<double> times;
+  for (int r = 0; r < replays; ++r) {
+    CHECK(cudaEventRecord(e0, stream));
+    CHECK(cudaGraphLaunch(exec, stream));
+    CHECK(cudaEventRecord(e1, stream));
+    CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    times.push_back(ms * 1000.0 / chain);
+  }
+  CHECK(cudaEventDestroy(e0));
+  CHECK(cudaEventDestroy(e1));
+  CHECK(cudaGraphExecDestroy(exec));
+  CHECK(cudaGraphDestroy(graph));
+  return median(times);
 }
 
 // Read bandwidth of the GPU: 2 GiB read by read_kernel, median of 20, GB/s.
@@ -529,8 +653,13 @@ int bench_all(bool quick) {
               prop.major, prop.minor);
   std::printf("read bandwidth: %.0f GB/s (2 GiB streaming read, median of 20)\n", peak);
   std::printf("bytes read: kept rows' codes + every block's scales (+ zero points); GB/s against that\n");
-  const int64_t shapes[][2] = {{4096, 4096}, {4096, 14336}, {14336, 4096}};
-  const float sparsities[] = {0.0f, 0.25f, 0.4f, 0.5f, 0.65f};
+  const int64_t all_shapes[][2] = {{4096, 4096}, {4096, 14336}, {14336, 4096}};
+  const float all_sparsities[] = {0.0f, 0.25f, 0.4f, 0.5f, 0.65f};
+  // WINA_NB_SHAPES, WINA_NB_SPARSITIES: indices into the two lists above (default all).
+  std::vector<std::vector<int64_t>> shapes;
+  for (int i : env_ints("WINA_NB_SHAPES", {0, 1, 2})) shapes.push_back({all_shapes[i][0], all_shapes[i][1]});
+  std::vector<float> sparsities;
+  for (int i : env_ints("WINA_NB_SPARSITIES", {0, 1, 2, 3, 4})) sparsities.push_back(all_sparsities[i]);
   const int chain = 32;
   const int replays = quick ? 10 : 30;
   // WINA_NB_G (block size), WINA_NB_ZP (0 none, 1 uint8, 2 typed), WINA_NB_CT (column threads),
@@ -551,11 +680,19 @@ int bench_all(bool quick) {
   const std::vector<int> prefetches = env_ints("WINA_NB_PREFETCH", {0});
   const std::vector<int> probes = env_ints("WINA_NB_PROBE", {0});
   const std::vector<int> carveouts = env_ints("WINA_NB_CARVEOUT", {0});
+  // WINA_NB_RING (1: the ring kernel where it applies, 0: the other), WINA_NB_SLOTS (its ring
+  // slots; 0 = the plan's), WINA_NB_FLOOR (1: also time a plain read of the same bytes, the
+  // same way: the floor of a call that streams them).
+  const std::vector<int> bulks = env_ints("WINA_NB_RING", {1});
+  const std::vector<int> slot_list = env_ints("WINA_NB_SLOTS", {0});
+  const bool floor_rows = env_ints("WINA_NB_FLOOR", {0})[0] != 0;
   const char* modes_env = std::getenv("WINA_NB_MODES");
   const std::string modes = modes_env != nullptr ? modes_env : "threshold";
   std::printf("block size %lld, zero points %d\n", (long long)G, static_cast<int>(zk));
-  std::printf("%-12s %-9s %5s %3s %4s %3s %5s %5s %3s %3s %3s %3s %9s %9s %9s %6s %7s\n", "shape", "gating", "s", "ct",
-              "bpsm", "cl", "split", "rows", "pf", "stg", "pre", "prb/co", "us/call", "MB read", "GB/s", "%peak", "kept");
+  std::printf("%-12s %-9s %5s %4s %3s %4s %3s %5s %5s %3s %3s %3s %3s %9s %9s %9s %6s %7s\n", "shape", "gating", "s",
+              "kern", "ct", "bpsm", "cl", "split", "rows", "pf", "stg", "pre", "prb/co", "us/call", "MB read", "GB/s",
+              "%peak", "kept");
+  std::printf("(kern ring: ct = tile bytes / 8, cl = split = cluster size, stg = ring slots of 8 KiB)\n");
   for (const auto& shape : shapes) {
     const int64_t K = shape[0], N = shape[1];
     Rng rng(K * 31 + N);
@@ -602,6 +739,33 @@ int bench_all(bool quick) {
       CHECK(cudaMemcpy(dcuts, cuts.data(), 4, cudaMemcpyHostToDevice));
       int64_t kept_thr = 0;
       for (int64_t i = 0; i < K; ++i) kept_thr += host_score(fx[i], scale[i]) > thr;
+      if (floor_rows) {
+        const size_t kept_bytes = static_cast<size_t>(kept_thr) * static_cast<size_t>(wt.row_bytes());
+        unsigned* out = static_cast<unsigned*>(buf.alloc(4096 * 4));
+        const double us = time_floor(stream, probs, kept_bytes, scale_bytes, chain, replays, prop.multiProcessorCount,
+                                     out);
+        const double bytes = static_cast<double>(kept_bytes + scale_bytes);
+        std::printf("%lldx%lld    floor     %5.2f  (a plain read of the same bytes, graph of %d)        %9.2f %9.2f %9.0f "
+                    "%6.1f %7lld\n", (long long)K, (long long)N, s, chain, us, bytes / 1e6, bytes / us / 1e3,
+                    100.0 * bytes / us / 1e3 / peak, (long long)kept_thr);
+        // The kept rows' codes alone in the kernels' pattern: W bytes of a row a block, slabs of K.
+        std::vector<int> kept_rows;
+        for (int64_t i = 0; i < K; ++i)
+          if (host_score(fx[i], scale[i]) > thr) kept_rows.push_back(static_cast<int>(i));
+        const int* dkept = buf.upload(kept_rows);
+        for (int W : env_ints("WINA_NB_GATHER_W", {128, 512, 2048})) {
+          for (int slabs : env_ints("WINA_NB_GATHER_SLABS", {8, 32})) {
+            if (W > wt.row_bytes()) continue;
+            const double gus = time_gather_floor(stream, probs, wt.row_bytes(), dkept, static_cast<int>(kept_rows.size()),
+                                                 W, slabs, chain, replays, out);
+            const double gbytes = static_cast<double>(kept_bytes);
+            std::printf("%lldx%lld    gather    %5.2f  W=%-4d slabs=%-3d blocks=%-5lld (codes only)           %9.2f %9.2f "
+                        "%9.0f %6.1f %7lld\n", (long long)K, (long long)N, s, W, slabs,
+                        (long long)((wt.row_bytes() + W - 1) / W * slabs), gus, gbytes / 1e6, gbytes / gus / 1e3,
+                        100.0 * gbytes / gus / 1e3 / peak, (long long)kept_thr);
+          }
+        }
+      }
       for (Gating gating : {Gating::kThreshold, Gating::kTopK}) {
         if (modes.find(gating == Gating::kTopK ? "topk" : "threshold") == std::string::npos) continue;
         const int64_t kept = gating == Gating::kTopK ? kk : kept_thr;
@@ -613,6 +777,8 @@ int bench_all(bool quick) {
                 for (int prefetch : prefetches) {
                  for (int probe : probes) {
                   for (int carveout : carveouts) {
+                   for (int bulk : bulks) {
+                    for (int slots : slot_list) {
                 if (quick && ct != cts[0]) continue;
                 NbitsProblem p = probs[0];
                 p.x = dx;
@@ -622,13 +788,15 @@ int bench_all(bool quick) {
                 p.N = N;
                 p.block_size = G;
                 p.gating = gating;
-                NbitsPlan plan = wina::cuda::MakeNbitsPlan<__half>(p, dev, bpsm, ct, cl != 0);
+                NbitsPlan plan = wina::cuda::MakeNbitsPlan<__half>(p, dev, bpsm, ct, cl != 0, bulk != 0);
+                if (bulk != 0 && plan.ring_tile == 0) continue;  // not eligible: the other kernel's rows
+                if (slots > 0 && plan.ring_tile > 0) plan.ring_slots = slots;
                 if (pf >= 0) plan.pdl_first = plan.pdl && pf != 0;
                 plan.stages = stages;
                 plan.prefetch_rows = prefetch;
                 plan.probe = probe;
                 plan.max_carveout = carveout != 0;
-                if (cl != 0 && plan.cluster == 0) continue;  // the same plan as split-K
+                if (cl != 0 && plan.cluster == 0 && plan.ring_tile == 0) continue;  // the same plan as split-K
                 NbitsGate gate{dthr, dkeys, dcuts};
                 const size_t ws_bytes = wina::cuda::NbitsDecodeWorkspaceBytes<__half>(p, plan);
                 void* ws[chain];
@@ -674,16 +842,22 @@ int bench_all(bool quick) {
                                      static_cast<double>(scale_bytes + zero_bytes);
                 char shape_name[32];
                 std::snprintf(shape_name, sizeof shape_name, "%lldx%lld", (long long)K, (long long)N);
-                std::printf("%-12s %-9s %5.2f %3d %4d %3d %5lld %5lld %3d %3d %3d %3d %9.2f %9.2f %9.0f %6.1f %7lld\n",
-                            shape_name, gating == Gating::kTopK ? "topk" : "threshold", s, plan.col_threads, bpsm,
-                            plan.cluster, (long long)plan.splits, (long long)plan.rows_per_split, plan.pdl_first ? 1 : 0,
-                            plan.stages, plan.prefetch_rows, plan.probe * 10 + (plan.max_carveout ? 1 : 0), us,
-                            bytes / 1e6, bytes / us / 1e3, 100.0 * bytes / us / 1e3 / peak, (long long)kept);
+                const bool bk = plan.ring_tile > 0;
+                std::printf("%-12s %-9s %5.2f %4s %3d %4d %3d %5lld %5lld %3d %3d %3d %3d %9.2f %9.2f %9.0f %6.1f %7lld\n",
+                            shape_name, gating == Gating::kTopK ? "topk" : "threshold", s, bk ? "ring" : "ksum",
+                            bk ? plan.ring_tile / 8 : plan.col_threads, bpsm, bk ? plan.ring_splits : plan.cluster,
+                            (long long)(bk ? plan.ring_splits : plan.splits),
+                            (long long)(bk ? plan.ring_rows : plan.rows_per_split), plan.pdl_first ? 1 : 0,
+                            bk ? plan.ring_slots : plan.stages, plan.prefetch_rows,
+                            plan.probe * 10 + (plan.max_carveout ? 1 : 0), us, bytes / 1e6, bytes / us / 1e3,
+                            100.0 * bytes / us / 1e3 / peak, (long long)kept);
                 std::fflush(stdout);
                 CHECK(cudaEventDestroy(e0));
                 CHECK(cudaEventDestroy(e1));
                 CHECK(cudaGraphExecDestroy(exec));
                 CHECK(cudaGraphDestroy(graph));
+                    }
+                   }
                   }
                  }
                 }
