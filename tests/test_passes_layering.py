@@ -14,8 +14,9 @@ import wina_onnx
 from wina_onnx.passes import GateConfig, PassResult, Sequential, Skipped, apply_wina_gates, group_shared_inputs
 
 PASSES = Path(wina_onnx.__file__).parent / "passes"
-# What a pass may use of the package besides passes/ itself: the ops' schema, their oracle, errors.
-ALLOWED = {"wina_onnx.schema", "wina_onnx.reference", "wina_onnx.errors"}
+# What a pass may use of the package besides passes/ itself: the ops' schema, the gate reader,
+# their oracle, errors.
+ALLOWED = {"wina_onnx.schema", "wina_onnx.gates", "wina_onnx.reference", "wina_onnx.errors"}
 
 
 def _imports(path: Path) -> set[str]:

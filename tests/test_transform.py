@@ -15,13 +15,14 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+from wina_onnx import schema
 from wina_onnx.passes.allocation import Allocation
 from wina_onnx.calibrate.calibration import calibrate_model
 from wina_onnx.errors import ConfigError
 from wina_onnx.modelio import save_model_atomic
 from wina_onnx.optimize import optimize_model
 from wina_onnx.passes import GateConfig, TransformError, rotate_residual_stream
-from wina_onnx.passes.rotate import META_TRANSFORM, find_rms_norms
+from wina_onnx.passes.rotate import find_rms_norms
 
 from helpers.pipeline_helpers import logits
 
@@ -70,7 +71,7 @@ def test_transformed_model_passes_the_checker_and_records_what_it_did(tiny_varia
     model = onnx.load(tiny_variants["rotated"])
     onnx.checker.check_model(model, full_check=True)
     props = {p.key: p.value for p in model.metadata_props}
-    assert '"shortcut_matmuls": 3' in props[META_TRANSFORM]
+    assert '"shortcut_matmuls": 3' in props[schema.META_TRANSFORM]
     # The scales were folded: every norm now multiplies by ones.
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     for norm in find_rms_norms(model.graph):

@@ -27,10 +27,6 @@ from .progress import stage
 if TYPE_CHECKING:
     from .calibrate.refine import Refinement
 
-META_VERSION = schema.META_PREFIX + "version"
-META_CONFIG = schema.META_PREFIX + "config"
-META_GATED = schema.META_PREFIX + "gated"
-META_GROUPS = schema.META_PREFIX + "groups"  # member node names of each WinaSparseMatMulGroup (--group)
 REFINE_PASS = "refine"
 # The files beside a model that make its folder complete (tokenizer, config, chat template).
 SIDECAR_PATTERNS = ("*.json", "*.jinja", "*.txt")
@@ -38,7 +34,7 @@ SIDECAR_PATTERNS = ("*.json", "*.jinja", "*.txt")
 
 def is_optimized(model: onnx.ModelProto) -> bool:
     """Whether wina-onnx already rewrote this model (its metadata or its op domain)."""
-    if any(prop.key == META_VERSION for prop in model.metadata_props):
+    if any(prop.key == schema.META_VERSION for prop in model.metadata_props):
         return True
     return any(opset.domain == schema.DOMAIN for opset in model.opset_import)
 
@@ -95,13 +91,13 @@ def _record_metadata(model: onnx.ModelProto, config: GateConfig, gated: list[Gat
     if quantized is not None:  # optimize --quantize: the float projections were quantized first
         settings["quantize"] = quantized
     entries = {
-        META_VERSION: __version__,
-        META_CONFIG: json.dumps(settings),
-        META_GATED: json.dumps([r.to_json() for r in gated]),
+        schema.META_VERSION: __version__,
+        schema.META_CONFIG: json.dumps(settings),
+        schema.META_GATED: json.dumps([r.to_json() for r in gated]),
     }
     if groups is not None:
-        entries[META_GROUPS] = json.dumps(groups)
-    kept = [p for p in model.metadata_props if p.key not in entries and p.key != META_GROUPS]
+        entries[schema.META_GROUPS] = json.dumps(groups)
+    kept = [p for p in model.metadata_props if p.key not in entries and p.key != schema.META_GROUPS]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     for key, value in entries.items():
@@ -288,9 +284,8 @@ def copy_sidecar_files(model: Path, output: Path) -> None:
 
 def is_transformed(model: onnx.ModelProto) -> bool:
     """Whether the residual stream of this model was rotated by --transform."""
-    from .passes.rotate import META_TRANSFORM
 
-    return any(prop.key == META_TRANSFORM for prop in model.metadata_props)
+    return any(prop.key == schema.META_TRANSFORM for prop in model.metadata_props)
 
 
 def _check_calibration_fits(model: onnx.ModelProto, config: GateConfig) -> None:

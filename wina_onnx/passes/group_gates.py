@@ -21,11 +21,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .. import schema
+from ..gates import read_gate
 
 from .names import NameSpace
 from .result import PassResult
 
-ATTR_MEMBERS = "members"  # the names of the WinaSparseMatMul nodes a group replaced
 
 
 PASS_NAME = "group_gates"
@@ -67,15 +67,11 @@ class _Gate:
 
 
 def _groupable(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> _Gate | None:
-    if node.op_type != schema.OP_TYPE or node.domain != schema.DOMAIN:
+    gate = read_gate(node)
+    if gate is None or gate.op_type != schema.OP_TYPE or gate.gating != schema.GATING_THRESHOLD:
         return None
-    gating = next((helper.get_attribute_value(a) for a in node.attribute if a.name == schema.ATTR_GATING), b"")
-    if gating != schema.GATING_THRESHOLD.encode():
-        return None
-    inputs = list(node.input) + [""] * (schema.NUM_INPUTS - len(node.input))
-    weight, scale, threshold = inputs[schema.INPUT_B], inputs[schema.INPUT_SCORE_SCALE], inputs[schema.INPUT_THRESHOLD]
-    bias = inputs[schema.INPUT_BIAS]
-    if inputs[schema.INPUT_K] or not all(n in inits for n in (weight, scale, threshold)):
+    weight, scale, threshold, bias = gate.weights[0], gate.score_scale, gate.threshold, gate.bias
+    if gate.k or not all(n in inits for n in (weight, scale, threshold)):
         return None
     if bias and bias not in inits:
         return None
@@ -140,7 +136,7 @@ def group_shared_inputs(model: onnx.ModelProto, *, max_weights: int = schema.GRO
             name=group_name,
             domain=schema.DOMAIN,
         )
-        node.attribute.append(helper.make_attribute(ATTR_MEMBERS, member_names))
+        node.attribute.append(helper.make_attribute(schema.GROUP_ATTR_MEMBERS, member_names))
         placed[chunk[0].index] = node
         replaced.update(g.index for g in chunk)
         report.records.append(GroupRecord(group_name, member_names))

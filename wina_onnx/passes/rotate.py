@@ -36,6 +36,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .. import schema
 from ..errors import WinaError
 
 from . import roles
@@ -46,7 +47,6 @@ _KEY_ROLES = ("k_proj", "qkv_proj", "gate_proj", "gate_up_proj")
 # Ops that may read the residual stream besides the norm and the residual Add: they only
 # look at its shape, which the rotation keeps.
 _SHAPE_OPS = {"Shape", "Size"}
-META_TRANSFORM = "wina_onnx.transform"
 PASS_NAME = "rotate"
 
 
@@ -281,10 +281,10 @@ def rotate_residual_stream(model: onnx.ModelProto) -> PassResult[RotatedWeight]:
     """Apply the tensor transformation to `model` in place (see the module docstring).
 
     The result's records are the replaced weights; its details the sizes and the cost
-    (rotation_facts), also written to the model's metadata (META_TRANSFORM).
+    (rotation_facts), also written to the model's metadata (schema.META_TRANSFORM).
     """
     graph = model.graph
-    if any(p.key == META_TRANSFORM for p in model.metadata_props):
+    if any(p.key == schema.META_TRANSFORM for p in model.metadata_props):
         raise TransformError("the model was already transformed; transform the original model")
     norms = find_rms_norms(graph)
     if len(norms) < 2:
@@ -351,7 +351,7 @@ def rotate_residual_stream(model: onnx.ModelProto) -> PassResult[RotatedWeight]:
     graph.initializer.extend(new_inits)
     _drop_unused(graph)
     facts = rotation_facts(len(norms) - 1, d, shortcuts, added_bytes)
-    model.metadata_props.add(key=META_TRANSFORM, value=_json(facts))
+    model.metadata_props.add(key=schema.META_TRANSFORM, value=_json(facts))
     return PassResult(PASS_NAME, records=records, headline=_headline(facts), details=facts)
 
 
