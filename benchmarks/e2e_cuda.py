@@ -250,7 +250,7 @@ def prepare(family: Family, args, shape, work: Path) -> dict[str, Path] | None:
     if not first.is_file():
         log(f"{family.key}: WINA pass at sparsity {family.sparsities[0]} (threshold gating)")
         config = GateConfig(gating=schema.GATING_THRESHOLD, allocation=Allocation.uniform(family.sparsities[0]),
-                            calibration=calibration)
+                            calibration=calibration, group=False)  # grouped separately (write_grouped)
         report = optimize_model(dense, first, config, progress=False)
         log(f"{family.key}: " + report.summary().splitlines()[0])
     done("optimize_s", time.perf_counter() - start)

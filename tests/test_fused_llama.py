@@ -61,7 +61,8 @@ def test_wina_pass_and_calibration_accept_the_fused_graph(dense, tmp_path):
     calibration = calibrate_model(dense, token_ids=ids, windows=2, window=32, progress=False)
     assert len(calibration.features) == 14  # every projection; the LM head is refused
     out = tmp_path / "wina" / "model.onnx"
-    config = GateConfig(gating=schema.GATING_THRESHOLD, allocation=Allocation.uniform(0.5), calibration=calibration)
+    config = GateConfig(gating=schema.GATING_THRESHOLD, allocation=Allocation.uniform(0.5), calibration=calibration,
+                        group=False)
     report = optimize_model(dense, out, config, progress=False)
     assert len(report.records) == 14
     counts = node_counts(out)
@@ -132,7 +133,8 @@ def test_int4_every_projection_becomes_winasparsematmulnbits(int4, tmp_path):
     ids = np.random.default_rng(0).integers(0, TINY.vocab_size, size=64)
     calibration = calibrate_model(int4, token_ids=ids, windows=2, window=32, progress=False)
     out = tmp_path / "wina" / "model.onnx"
-    config = GateConfig(gating=schema.GATING_THRESHOLD, allocation=Allocation.uniform(0.5), calibration=calibration)
+    config = GateConfig(gating=schema.GATING_THRESHOLD, allocation=Allocation.uniform(0.5), calibration=calibration,
+                        group=False)
     report = optimize_model(int4, out, config, progress=False)
     assert len(report.records) == 5 * TINY.num_hidden_layers
     counts = node_counts(out)

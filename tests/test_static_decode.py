@@ -100,7 +100,8 @@ def wina(models, tmp_path_factory):
     ids = np.random.default_rng(0).integers(0, TINY.vocab_size, size=64)
     calibration = calibrate_model(dense, token_ids=ids, windows=2, window=32, progress=False)
     out = tmp_path_factory.mktemp("static") / "wina" / "model.onnx"
-    config = GateConfig(gating=schema.GATING_THRESHOLD, allocation=Allocation.uniform(0.5), calibration=calibration)
+    config = GateConfig(gating=schema.GATING_THRESHOLD, allocation=Allocation.uniform(0.5), calibration=calibration,
+                        group=False)
     optimize_model(dense, out, config, progress=False)
     return out, write_static_cache_model(out, out.parent / "model_static.onnx")
 

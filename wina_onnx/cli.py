@@ -220,7 +220,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     gate_up) whose weight is a 2-D float constant; never the LM head or embeddings.
     The input is left untouched; tokenizer and config files are copied beside the output.
 
-    The defaults are the best configuration measured (benchmarks/results/quality.json:
+    The defaults (wina_onnx.recipe, shared with the demo and the Python API's
+    wina_onnx.Recipe) are the best configuration measured (benchmarks/results/quality.json:
     SmolLM2-135M, WikiText-2 test, calibrated on the validation split): WINA scores with
     weight norms on the k/gate projections as in WINA's reference code (--norm-on
     reference), calibrated thresholds (--gating threshold) with greedy per-MatMul
@@ -253,7 +254,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                                       gating=recipe.expected_gating(args.model, calibrated=bool(args.calibration)))
     check_library_needed(Path(args.model), Path(args.output), recipe.backend, refine=rounds > 0)
     options = dict(data=args.data, force=args.force, external_data=args.external_data, progress=not args.quiet,
-                   **files)
+                   threads=args.threads, **files)
     if getattr(args, "quantize", None):
         from .export.quantize import QuantizedCopy, quantize_config_from_args
 
@@ -266,7 +267,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         report = recipe.optimize(args.model, args.output, header=header, **options)
     if args.json:
         print(json.dumps({"gated": [r.to_json() for r in report.records],
-                          "skipped": [s.to_json() for s in report.skipped]}))
+                          "skipped": [{"node": s.node_name, "reason": s.reason} for s in report.skipped]}))
     else:
         print(report.summary())
         print(f"wrote {args.output}")
@@ -517,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the output keeps its weights: auto (default: as the input did; inline under 2 GiB), "
                         "single (<output>.data), per-tensor (a file per weight in <output>.data.d/) or inline")
     p.add_argument("--json", action="store_true", help="machine-readable report")
+    _add_threads(p)
     _add_quiet(p)
 
     p = add("eval", cmd_eval)

@@ -218,10 +218,6 @@ class ThresholdChange:
     node_name: str
     threshold: float
 
-    def to_json(self) -> dict:
-        """A JSON-friendly dict."""
-        return {"node": self.node_name, "threshold": self.threshold}
-
 
 class _Refine:
     """Refinement as a step of optimize's sequence: its targets are the gate pass's records."""

@@ -38,10 +38,6 @@ class GroupRecord:
     node_name: str
     members: list[str]
 
-    def to_json(self) -> dict:
-        """A JSON-friendly dict."""
-        return {"node": self.node_name, "members": list(self.members)}
-
 
 def groups_of(result: PassResult[GroupRecord]) -> list[list[str]]:
     """The member names of each group node (as optimize records them in the metadata)."""

@@ -1,7 +1,7 @@
 """The one result type of every graph pass, and passes run as a sequence.
 
 A graph pass is a callable that rewrites an `onnx.ModelProto` in place and returns a
-`PassResult`: a record of each change (of a type the pass defines, with `to_json()`),
+`PassResult`: a record of each change (a dataclass the pass defines, or one with `to_json()`),
 the nodes it left alone and why, a headline for people and the pass-wide facts.
 `Sequential` runs passes in order on one model, each on the graph the one before left,
 and is itself a pass of the same shape (`onnx_ir.passes` has the same two ideas).
@@ -9,7 +9,7 @@ and is itself a pass of the same shape (`onnx_ir.passes` has the same two ideas)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Generic, Iterable, Protocol, TypeVar
 
 import onnx
@@ -21,10 +21,6 @@ class Skipped:
 
     node_name: str
     reason: str
-
-    def to_json(self) -> dict:
-        """A JSON-friendly dict."""
-        return {"node": self.node_name, "reason": self.reason}
 
 
 RecordT = TypeVar("RecordT")
@@ -69,8 +65,8 @@ class PassResult(Generic[RecordT]):
         """The records, the skipped nodes and the details as one JSON-friendly dict."""
         return {
             "pass": self.name,
-            "records": [r.to_json() if hasattr(r, "to_json") else r for r in self.records],
-            "skipped": [s.to_json() for s in self.skipped],
+            "records": [r.to_json() if hasattr(r, "to_json") else asdict(r) for r in self.records],
+            "skipped": [asdict(s) for s in self.skipped],
             "details": dict(self.details),
         }
 

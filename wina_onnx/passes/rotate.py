@@ -72,10 +72,6 @@ class RotatedWeight:
     node_name: str
     weight_name: str
 
-    def to_json(self) -> dict:
-        """A JSON-friendly dict."""
-        return {"node": self.node_name, "weight": self.weight_name}
-
 
 def rotation_facts(blocks: int, hidden_size: int, shortcut_matmuls: int, added_weight_bytes: int) -> dict:
     """The pass-wide facts of a rotation (its result's details, recorded in the model's metadata)."""
