@@ -475,13 +475,9 @@ __global__ void __launch_bounds__(kReduceCols * kReduceLanes)
 }
 
 // ---------------------------------------------------------------------------------
-// Ring decode (sm_90, one token), an experiment measured against the kernel above
-// (benchmarks/results/kernel_cuda_nbits_variants_h200.txt): a block of 256 threads takes a
-// column tile of W bytes (2 W columns) and a K slab, gates its slab (8 consecutive rows a
-// thread, one block-wide scan), and each thread streams 8 bytes (16 columns) of its row
-// group's contiguous share of the kept rows, the next D rows always in flight in registers.
-// The slabs of a tile are added by one thread-block cluster (<= 8 slabs, DSMEM) or through
-// partial sums and nbits_reduce_kernel.
+// Ring decode (sm_90, one token; nbits_decode.cuh describes it). Measured against the kernel
+// above and the variants that led to it (TMA bulk copies, shared-memory rings, 512 threads):
+// benchmarks/results/kernel_cuda_nbits_variants_h200.txt and docs/cuda-notes.md.
 
 constexpr int kRingThreads = 256;
 constexpr int kRingMaxSlab = 2048;
@@ -984,7 +980,7 @@ template <typename T>
 bool make_ring_plan(const NbitsProblem& p, const DeviceInfo& device, int blocks_per_sm, int col_threads,
                     bool cluster, NbitsPlan* plan) {
   if (device.cc_major < 9 || !ring_eligible(p)) return false;
-  const int bpsm = blocks_per_sm > 0 ? std::min(blocks_per_sm, 16) : (cluster ? 2 : 4);
+  const int bpsm = blocks_per_sm > 0 ? std::min(blocks_per_sm, 16) : 2;
   const int max_splits = cluster ? kRingMaxCluster : 64;
   const int64_t limit = static_cast<int64_t>(bpsm) * std::max(device.sm_count, 1);
   // Among the plans of at most `limit` blocks the one with most blocks (widest tile on ties); if

@@ -4,20 +4,25 @@
 // is given (never the default stream). Semantics: docs/op-schema.md; the NumPy oracle
 // wina_onnx.reference.wina_sparse_matmul_nbits.
 //
-//   decode  (M <= kNbitsMaxDecodeTokens): one kernel, blocks of (column tile, K slab). Before it
-//           waits for the kernel before it on the stream (programmatic dependent launch), a block
-//           already copies its slab's block scales and zero points into shared memory and its
-//           score scales into registers: they are weights, not outputs of earlier kernels. Then it
-//           gates the slab's rows for every token, lists the rows kept by any token, and streams
-//           only those rows' 4-bit codes (16 bytes = 32 codes a thread and row, cp.async, two
-//           batches in flight). Each thread accumulates x_i * (1 + c / 16) in float over its
-//           rows of one quantization block (the code shifted into a float's top mantissa bits
-//           and or-ed with 1.0f: no integer-to-float conversion), and at the block's end adds
-//           s * (16 * (acc - Σx) - z * Σx) = Σ x (c - z) s to its sums, so scale and zero point
-//           are applied once per block of G rows. The slabs of a column tile are then added in
-//           a fixed order, either by one thread-block cluster through distributed shared memory
-//           (Plan::cluster, sm_90: no second kernel) or through per-slab partial sums and a
-//           small reduction kernel. Deterministic: no atomics on data.
+//   decode, one token, sm_90, ceil(N / 2) a multiple of 16 (the ring kernel, NbitsPlan::ring_*):
+//           blocks of (column tile of 64-256 bytes, K slab), 256 threads, about two blocks a
+//           multiprocessor. Before it waits for the kernel before it on the stream (programmatic
+//           dependent launch), a block copies its slab's block scales and zero points into shared
+//           memory and its score scales into registers: they are weights, not outputs of earlier
+//           kernels. It gates its slab (8 consecutive rows a thread, one block-wide scan) and lists
+//           the kept rows in order; row group g of the 256 / (tile / 8) groups takes the g-th
+//           contiguous share of them, and each thread streams 8 bytes (16 codes) of each of its
+//           rows with plain loads, the next 8 rows always in flight in registers (96 registers,
+//           two blocks a multiprocessor). The slabs are added by partial sums and a small
+//           reduction kernel in slab order (or, as an option, by one thread-block cluster).
+//   decode, otherwise (up to kNbitsMaxDecodeTokens): the same steps with 16 bytes (32 codes) a
+//           thread and row staged through shared memory by cp.async, two batches of 4 rows in
+//           flight, for every token at once; split-K or cluster sums as above.
+//   Both accumulate x_i * (1 + c / 16) in float over a thread's rows of one quantization block
+//           (the code shifted into a float's top mantissa bits and or-ed with 1.0f: no
+//           integer-to-float conversion), and at the block's end add s * (16 * (acc - Σx) - z *
+//           Σx) = Σ x (c - z) s to their sums: scale and zero point once per block of G rows.
+//           Deterministic: no atomics on data.
 //   prefill (more tokens): the weight is dequantized into a T [K, N] scratch
 //           (LaunchNbitsDequantize), and the float op's path multiplies the gated X by it.
 //   top-k:  the caller runs the float op's top-k select first; the decode kernel applies its
