@@ -76,7 +76,7 @@ def _add_norm_on(group, help_prefix: str) -> None:
 
 def _add_gate_options(parser: argparse.ArgumentParser) -> None:
     from .passes import BACKENDS
-    from .recipe import Recipe
+    from .recipe import ALLOCATES, Recipe
 
     group = parser.add_argument_group("gating")
     group.add_argument("--mode", choices=schema.MODES, default=schema.MODE_WINA,
@@ -91,7 +91,7 @@ def _add_gate_options(parser: argparse.ArgumentParser) -> None:
                                "--allocate uniform, each layer's average weighted by weight bytes with greedy")
     sparsity.add_argument("--allocation", default=None, metavar="FILE",
                           help="per-MatMul sparsities (JSON allocation file; default: none, see --allocate)")
-    group.add_argument("--allocate", choices=["greedy", "uniform"], default=None,
+    group.add_argument("--allocate", choices=ALLOCATES, default=None,
                        help="without --allocation: greedy (default: per-MatMul sparsities from the "
                             "calibration's error curves, each layer averaging --sparsity by weight bytes) "
                             "or uniform (--sparsity everywhere)")
@@ -517,8 +517,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external-data", choices=["auto", "single", "per-tensor", "inline"], default="auto",
                    help="where the output keeps its weights: auto (default: as the input did; inline under 2 GiB), "
                         "single (<output>.data), per-tensor (a file per weight in <output>.data.d/) or inline")
-    p.add_argument("--json", action="store_true", help="machine-readable report")
     _add_threads(p)
+    p.add_argument("--json", action="store_true", help="machine-readable report")
     _add_quiet(p)
 
     p = add("eval", cmd_eval)
