@@ -100,3 +100,26 @@ def test_genai_folder_needs_the_op_library_before_any_work(tiny_llama_dir: Path,
     assert err == [f"wina-onnx optimize: error: the output's GenAI folder gets a copy of the op library, but "
                    f"WINA_ONNX_LIBRARY={tmp_path / 'missing.so'} is not a file"]
     assert not out.parent.exists()  # nothing calibrated, nothing written
+
+
+def test_optimize_checks_the_paths_and_reads_the_header_once(tiny_llama_dir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    import wina_onnx.optimize as optimize
+
+    calls: list[str] = []
+    real_check, real_load = optimize.check_paths, optimize.load_model
+
+    def check_paths(*args, **kwargs):
+        calls.append("check_paths")
+        return real_check(*args, **kwargs)
+
+    def load_model(path, *args, **kwargs):
+        calls.append("header" if kwargs.get("load_weights") is False else "weights")
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(optimize, "check_paths", check_paths)
+    monkeypatch.setattr(optimize, "load_model", load_model)
+    out = tmp_path / "out" / "model.onnx"
+    assert cli_main(["optimize", str(tiny_llama_dir / "model.onnx"), "-o", str(out), "--gating", "topk",
+                     "--allocate", "uniform", "-q"]) == 0
+    assert calls == ["check_paths", "header", "weights"]
