@@ -137,6 +137,55 @@ __device__ __forceinline__ void unpack16(const uint4& u, float* f) {
 // The scale of column v's accumulator: x (1 + c / code_factor(v)) (see the product loop).
 __device__ __forceinline__ constexpr float code_factor(int v) { return v % 8 == 4 ? 128.0f : 16.0f; }
 
+// The 8 codes of a 32-bit word as floats 1 + c / code_factor(k), one shift and one logical
+// operation each: code k into the mantissa of 1.0f (bits 19-22, factor 16; code 4 is at bits
+// 16-19 already, factor 128, no shift).
+__device__ __forceinline__ void word_floats(uint32_t word, float (&f)[8]) {
+  constexpr uint32_t kMask16 = 0x00780000u, kMask128 = 0x000f0000u, kOne = 0x3f800000u;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    if (k == 4) {
+      f[k] = __uint_as_float(and_or(word, kMask128, kOne));
+    } else {
+      const uint32_t bits = k < 4 ? (word << (19 - 4 * k)) : (word >> (4 * k - 19));
+      f[k] = __uint_as_float(and_or(bits, kMask16, kOne));
+    }
+  }
+}
+
+// Scales s and zero points z of group g (V = 16 / sizeof(T) consecutive columns) of a thread's
+// columns in a staged block row: scales and typed zero points from shared memory, packed zero
+// points from zw (nibble v of word v / 8; 0x88888888 words when there are none).
+template <typename T>
+__device__ __forceinline__ void group_scale_zero(const T* scales, const T* zero_typed, const uint32_t* zw,
+                                                 int zero_kind, int g, float* s, float* z) {
+  constexpr int V = 16 / static_cast<int>(sizeof(T));
+  unpack16<T>(reinterpret_cast<const uint4*>(scales)[g], s);
+  if (zero_kind == static_cast<int>(ZeroPointKind::kTyped)) {
+    unpack16<T>(reinterpret_cast<const uint4*>(zero_typed)[g], z);
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const int v = g * V + i;
+      z[i] = static_cast<float>((zw[v / 8] >> (4 * (v % 8))) & 0xfu);
+    }
+  }
+}
+
+// Rows [r0, r1) of K slab `split` and its quantization blocks [q0, q0 + nq).
+struct Slab {
+  int r0, r1, q0, nq;
+};
+
+__device__ __forceinline__ Slab slab_of(int split, int rows_per_split, int K, int log_g) {
+  Slab sl;
+  sl.r0 = split * rows_per_split;
+  sl.r1 = min(sl.r0 + rows_per_split, K);
+  sl.q0 = sl.r0 >> log_g;
+  sl.nq = ((sl.r1 - 1) >> log_g) - sl.q0 + 1;
+  return sl;
+}
+
 // Block (tile, split): columns [tile * 32 CT, +32 CT) of rows [split * rows_per_split, +rows_per_split).
 // CT threads across the tile (16 bytes of codes each) x kThreads / CT row groups; row group g takes
 // the g-th contiguous share of the slab's kept rows, in row order, so a thread crosses few block
@@ -157,12 +206,10 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
   const int warp = tid >> 5;
   const int tile = blockIdx.x;
   const int split = blockIdx.y;
-  const int r0 = split * a.rows_per_split;
-  const int r1 = min(r0 + a.rows_per_split, a.K);
+  const Slab sl = slab_of(split, a.rows_per_split, a.K, a.log_g);
+  const int r0 = sl.r0, r1 = sl.r1, q0 = sl.q0, nq = sl.nq;
   const int64_t col0 = static_cast<int64_t>(tile) * TC;
   const int64_t byte0 = static_cast<int64_t>(tile) * CT * kCodeBytes;
-  const int q0 = r0 >> a.log_g;
-  const int nq = ((r1 - 1) >> a.log_g) - q0 + 1;
   const bool hints = a.l2_hints != 0;
   const uint64_t stream_policy = l2_policy(hints);
   const uint64_t keep_policy = hints ? l2_policy_keep() : l2_policy(false);
@@ -298,7 +345,6 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
   // = s (f (acc - Σx) - z Σx), acc being Σ x (1 + c / f); then clears acc and Σx.
   auto flush = [&](int qi) {
     constexpr int V = 16 / static_cast<int>(sizeof(T));
-    const uint4* sv = reinterpret_cast<const uint4*>(s_scale + qi * TC + ct * kColsPerThread);
     uint4 zp_packed = make_uint4(0x88888888u, 0x88888888u, 0x88888888u, 0x88888888u);
     if (a.zero_kind == static_cast<int>(ZeroPointKind::kPacked))
       zp_packed = *reinterpret_cast<const uint4*>(s_zero_p + qi * (TC / 2) + ct * kCodeBytes);
@@ -306,16 +352,8 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
 #pragma unroll
     for (int g = 0; g < kColsPerThread / V; ++g) {
       float s[V], z[V];
-      unpack16<T>(sv[g], s);
-      if (a.zero_kind == static_cast<int>(ZeroPointKind::kTyped)) {
-        unpack16<T>(reinterpret_cast<const uint4*>(s_zero_t + qi * TC + ct * kColsPerThread)[g], z);
-      } else {
-#pragma unroll
-        for (int i = 0; i < V; ++i) {
-          const int v = g * V + i;
-          z[i] = static_cast<float>((zw[v / 8] >> (4 * (v % 8))) & 0xfu);
-        }
-      }
+      group_scale_zero<T>(s_scale + qi * TC + ct * kColsPerThread, s_zero_t + qi * TC + ct * kColsPerThread, zw,
+                          a.zero_kind, g, s, z);
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         const int v = g * V + i;
@@ -338,7 +376,6 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
   wait_async_groups<S - 1>();  // this thread's share of the staged scales has landed
   __syncthreads();             // ... and everyone's
 
-  const uint32_t kMask16 = 0x00780000u, kMask128 = 0x000f0000u, kOne = 0x3f800000u;
   int q_cur = -1;
   int stage = 0;
   for (int j0 = jb; j0 < je; j0 += kBatchRows) {
@@ -364,20 +401,12 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
       if (a.probe == 1) continue;
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
+        float f[8];
+        word_floats(wd[t], f);
 #pragma unroll
         for (int k = 0; k < 8; ++k) {
-          // Code k of the word into the mantissa of 1.0f, one shift and one logical operation: the
-          // float 1 + c / code_factor (bits 19-22, factor 16; code 4 is at bits 16-19 already,
-          // factor 128, no shift).
-          float f;
-          if (k == 4) {
-            f = __uint_as_float(and_or(wd[t], kMask128, kOne));
-          } else {
-            const uint32_t bits = k < 4 ? (wd[t] << (19 - 4 * k)) : (wd[t] >> (4 * k - 19));
-            f = __uint_as_float(and_or(bits, kMask16, kOne));
-          }
 #pragma unroll
-          for (int m = 0; m < MT; ++m) acc[m][8 * t + k] = fmaf(xm[m], f, acc[m][8 * t + k]);
+          for (int m = 0; m < MT; ++m) acc[m][8 * t + k] = fmaf(xm[m], f[k], acc[m][8 * t + k]);
         }
       }
     }
@@ -531,12 +560,10 @@ __global__ void __launch_bounds__(kRingThreads, 2)
   const int warp = tid >> 5;
   const int tile = blockIdx.x;
   const int split = blockIdx.y;
-  const int r0 = split * a.rows_per_split;
-  const int r1 = min(r0 + a.rows_per_split, a.K);
+  const Slab sl = slab_of(split, a.rows_per_split, a.K, a.log_g);
+  const int r0 = sl.r0, r1 = sl.r1, q0 = sl.q0, nq = sl.nq;
   const int64_t col0 = static_cast<int64_t>(tile) * TC;
   const int64_t byte0 = static_cast<int64_t>(tile) * W;
-  const int q0 = r0 >> a.log_g;
-  const int nq = ((r1 - 1) >> a.log_g) - q0 + 1;
 
   // 0. Before waiting for the kernel before this one: the slab's block scales and zero points
   // into shared memory (one cp.async group), its score scales into registers.
@@ -630,7 +657,6 @@ __global__ void __launch_bounds__(kRingThreads, 2)
   // Adds block qi's share: sum over the thread's rows of x (c - z) s = s (f (acc - Σx) - z Σx).
   auto flush = [&](int qi) {
     constexpr int V = 16 / static_cast<int>(sizeof(T));
-    const uint4* sv = reinterpret_cast<const uint4*>(s_scale + qi * TC + ct * 16);
     uint2 zp = make_uint2(0x88888888u, 0x88888888u);
     if (a.zero_kind == static_cast<int>(ZeroPointKind::kPacked))
       zp = *reinterpret_cast<const uint2*>(s_zero_p + qi * (TC / 2) + ct * 8);
@@ -638,16 +664,7 @@ __global__ void __launch_bounds__(kRingThreads, 2)
 #pragma unroll
     for (int g = 0; g < 16 / V; ++g) {
       float s[V], z[V];
-      unpack16<T>(sv[g], s);
-      if (a.zero_kind == static_cast<int>(ZeroPointKind::kTyped)) {
-        unpack16<T>(reinterpret_cast<const uint4*>(s_zero_t + qi * TC + ct * 16)[g], z);
-      } else {
-#pragma unroll
-        for (int i = 0; i < V; ++i) {
-          const int v = g * V + i;
-          z[i] = static_cast<float>((zw[v / 8] >> (4 * (v % 8))) & 0xfu);
-        }
-      }
+      group_scale_zero<T>(s_scale + qi * TC + ct * 16, s_zero_t + qi * TC + ct * 16, zw, a.zero_kind, g, s, z);
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         const int v = g * V + i;
@@ -658,7 +675,6 @@ __global__ void __launch_bounds__(kRingThreads, 2)
     }
     sx = 0.0f;
   };
-  const uint32_t kMask16 = 0x00780000u, kMask128 = 0x000f0000u, kOne = 0x3f800000u;
   int q_cur = -1;
   for (int j0 = jb; j0 < je; j0 += D) {
 #pragma unroll
@@ -681,18 +697,10 @@ __global__ void __launch_bounds__(kRingThreads, 2)
         const uint32_t wd[2] = {w.x, w.y};
 #pragma unroll
         for (int t = 0; t < 2; ++t) {
+          float f[8];
+          word_floats(wd[t], f);
 #pragma unroll
-          for (int k = 0; k < 8; ++k) {
-            // Code k of the word as the float 1 + c / code_factor (see nbits_decode_kernel).
-            float f;
-            if (k == 4) {
-              f = __uint_as_float(and_or(wd[t], kMask128, kOne));
-            } else {
-              const uint32_t bits = k < 4 ? (wd[t] << (19 - 4 * k)) : (wd[t] >> (4 * k - 19));
-              f = __uint_as_float(and_or(bits, kMask16, kOne));
-            }
-            acc[8 * t + k] = fmaf(xj, f, acc[8 * t + k]);
-          }
+          for (int k = 0; k < 8; ++k) acc[8 * t + k] = fmaf(xj, f[k], acc[8 * t + k]);
         }
       }
     }

@@ -16,7 +16,12 @@
 //                                        several plans; each case is a CUDA graph of 32 calls on
 //                                        rotating weight copies (>= 512 MiB, past the L2), timed by
 //                                        events over its replays; median per call. Also the read
-//                                        bandwidth of the GPU in the same run (a 2 GiB read kernel)
+//                                        bandwidth of the GPU in the same run (a 2 GiB read kernel).
+//                                        WINA_NB_* variables (see bench_all) pick shapes, sparsities,
+//                                        kernels and plans, probes (the kernels without arithmetic or
+//                                        loads), and the floor (a plain read of the bytes a call
+//                                        reads) and gather (the kept rows' codes in the kernels'
+//                                        pattern) reads that bound them
 //
 // Exit status 1 when a check fails or a CUDA call errs.
 #include <cuda_bf16.h>
@@ -540,21 +545,8 @@ __global__ void gather_floor_kernel(const uint8_t* __restrict__ b, int64_t row_b
   if (acc == 0x12345678u) out[blockIdx.x] = acc;
 }
 
-// Median µs a call of a CUDA graph of `chain` gather_floor_kernel launches (tile W, `slabs` slabs).
-double time_gather_floor(cudaStream_t stream, const std::vector<NbitsProblem>& probs, int64_t row_bytes,
-                         const int* kept, int count, int W, int slabs, int chain, int replays, unsigned* out) {
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  int per = (count + slabs - 1) / slabs;
-  for (int c = 0; c < chain; ++c) {
-    const uint8_t* b = probs[c % probs.size()].b;
-    void* kargs[] = {&b, &row_bytes, &kept, &count, &per, &W, &out};
-    const dim3 grid(static_cast<unsigned>((row_bytes + W - 1) / W), static_cast<unsigned>(slabs));
-    CHECK(cudaLaunchKernel(reinterpret_cast<const void*>(gather_floor_kernel), grid, dim3(256), kargs, 0, stream));
-  }
-  CHECK(cudaStreamEndCapture(stream, &graph));
-  CHECK(cudaGraphInstantiate(&exec, graph, 0));
+// Median µs a call over `replays` replays (after 3 untimed) of a graph of `chain` calls, timed by events.
+double replay_median_us(cudaStream_t stream, cudaGraphExec_t exec, int chain, int replays) {
   for (int w = 0; w < 3; ++w) CHECK(cudaGraphLaunch(exec, stream));
   cudaEvent_t e0, e1;
   CHECK(cudaEventCreate(&e0));
@@ -571,46 +563,47 @@ double time_gather_floor(cudaStream_t stream, const std::vector<NbitsProblem>& p
   }
   CHECK(cudaEventDestroy(e0));
   CHECK(cudaEventDestroy(e1));
+  return median(times);
+}
+
+// Captures launch(c) for c = 0 .. chain - 1 into one graph and times it (replay_median_us).
+template <typename Launch>
+double time_chain(cudaStream_t stream, int chain, int replays, Launch&& launch) {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  for (int c = 0; c < chain; ++c) launch(c);
+  CHECK(cudaStreamEndCapture(stream, &graph));
+  CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  const double us = replay_median_us(stream, exec, chain, replays);
   CHECK(cudaGraphExecDestroy(exec));
   CHECK(cudaGraphDestroy(graph));
-  return median(times);
+  return us;
+}
+
+// Median µs a call of a CUDA graph of `chain` gather_floor_kernel launches (tile W, `slabs` slabs).
+double time_gather_floor(cudaStream_t stream, const std::vector<NbitsProblem>& probs, int64_t row_bytes,
+                         const int* kept, int count, int W, int slabs, int chain, int replays, unsigned* out) {
+  int per = (count + slabs - 1) / slabs;
+  return time_chain(stream, chain, replays, [&](int c) {
+    const uint8_t* b = probs[c % probs.size()].b;
+    void* kargs[] = {&b, &row_bytes, &kept, &count, &per, &W, &out};
+    const dim3 grid(static_cast<unsigned>((row_bytes + W - 1) / W), static_cast<unsigned>(slabs));
+    CHECK(cudaLaunchKernel(reinterpret_cast<const void*>(gather_floor_kernel), grid, dim3(256), kargs, 0, stream));
+  });
 }
 
 // Median µs a call of a CUDA graph of `chain` floor_kernel launches over the weight copies.
 double time_floor(cudaStream_t stream, const std::vector<NbitsProblem>& probs, size_t code_bytes, size_t scale_bytes,
                   int chain, int replays, int sm_count, unsigned* out) {
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  for (int c = 0; c < chain; ++c) {
+  return time_chain(stream, chain, replays, [&](int c) {
     const uint4* a = reinterpret_cast<const uint4*>(probs[c % probs.size()].b);
     const uint4* b = static_cast<const uint4*>(probs[c % probs.size()].scales);
     size_t n1 = code_bytes / 16, n2 = scale_bytes / 16;
     void* kargs[] = {&a, &n1, &b, &n2, &out};
     CHECK(cudaLaunchKernel(reinterpret_cast<const void*>(floor_kernel), dim3(sm_count * 4), dim3(512), kargs, 0,
                            stream));
-  }
-  CHECK(cudaStreamEndCapture(stream, &graph));
-  CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  for (int w = 0; w < 3; ++w) CHECK(cudaGraphLaunch(exec, stream));
-  cudaEvent_t e0, e1;
-  CHECK(cudaEventCreate(&e0));
-  CHECK(cudaEventCreate(&e1));
-  std::vector<double> times;
-  for (int r = 0; r < replays; ++r) {
-    CHECK(cudaEventRecord(e0, stream));
-    CHECK(cudaGraphLaunch(exec, stream));
-    CHECK(cudaEventRecord(e1, stream));
-    CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    times.push_back(ms * 1000.0 / chain);
-  }
-  CHECK(cudaEventDestroy(e0));
-  CHECK(cudaEventDestroy(e1));
-  CHECK(cudaGraphExecDestroy(exec));
-  CHECK(cudaGraphDestroy(graph));
-  return median(times);
+  });
 }
 
 // Read bandwidth of the GPU: 2 GiB read by read_kernel, median of 20, GB/s.
@@ -822,22 +815,8 @@ int bench_all(bool quick) {
                   if (graph) cudaGraphDestroy(graph);
                   continue;
                 }
-                for (int w = 0; w < 3; ++w) CHECK(cudaGraphLaunch(exec, stream));
-                cudaEvent_t e0, e1;
-                CHECK(cudaEventCreate(&e0));
-                CHECK(cudaEventCreate(&e1));
-                std::vector<double> times;
-                for (int r = 0; r < replays; ++r) {
-                  CHECK(cudaEventRecord(e0, stream));
-                  CHECK(cudaGraphLaunch(exec, stream));
-                  CHECK(cudaEventRecord(e1, stream));
-                  CHECK(cudaEventSynchronize(e1));
-                  float ms = 0;
-                  CHECK(cudaEventElapsedTime(&ms, e0, e1));
-                  times.push_back(ms * 1000.0 / chain);
-                }
+                const double us = replay_median_us(stream, exec, chain, replays);
                 CHECK(cudaGetLastError());
-                const double us = median(times);
                 const double bytes = static_cast<double>(kept) * static_cast<double>(wt.row_bytes()) +
                                      static_cast<double>(scale_bytes + zero_bytes);
                 char shape_name[32];
@@ -852,8 +831,6 @@ int bench_all(bool quick) {
                             plan.probe * 10 + (plan.max_carveout ? 1 : 0), us, bytes / 1e6, bytes / us / 1e3,
                             100.0 * bytes / us / 1e3 / peak, (long long)kept);
                 std::fflush(stdout);
-                CHECK(cudaEventDestroy(e0));
-                CHECK(cudaEventDestroy(e1));
                 CHECK(cudaGraphExecDestroy(exec));
                 CHECK(cudaGraphDestroy(graph));
                     }
