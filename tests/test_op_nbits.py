@@ -2,14 +2,19 @@
 wina_onnx.reference.wina_sparse_matmul_nbits and against ONNX Runtime's MatMulNBits.
 
 Every test takes a `provider` (tests/helpers/providers.py): "cpu" always runs; "cuda" is
-marked `gpu`, runs with the CPU fallback disabled and skips with the reason where ONNX Runtime
-has no CUDA provider or no GPU. Models, weights and the oracle: tests/helpers/nbits_op_models.py.
+marked `gpu`, runs with the CPU fallback disabled (a node without a CUDA kernel fails instead
+of running on the CPU) and skips with the reason where ONNX Runtime has no CUDA provider or no
+GPU. Models, weights and the oracle: tests/helpers/nbits_op_models.py.
 
-CPU-only cases (their ids start with "cpu"): every instruction-set path (WINA_ONNX_ISA), block
-sizes 16 to 512, zero points absent / packed uint8 / float, float32 / float16 / bfloat16, both
-gatings, 0, 1 and many tokens, and accuracy_level 0 (float arithmetic) and 4 (the decode, which
-also runs up to 8 tokens one by one, quantizes x to int8 per block with AVX2 or AVX-512 VNNI;
-its error is checked against the bound that quantization allows), and the pool size.
+Cases that belong to one provider are parametrized over it only, so their ids name it:
+* CPU: every instruction-set path (WINA_ONNX_ISA), block sizes 16 to 512, zero points absent /
+  packed uint8 / float, float32 / float16 / bfloat16, both gatings, 0, 1 and many tokens, and
+  accuracy_level 0 (float arithmetic) and 4 (the decode, which also runs up to 8 tokens one by
+  one, quantizes x to int8 per block with AVX2 or AVX-512 VNNI; its error is checked against
+  the bound that quantization allows), and the thread pool's size;
+* CUDA: the fused 4-bit decode kernel (one and two tokens) and the dequantize-then-GEMM path
+  (more) for block sizes 16 to 256 on shapes of several column tiles and K slabs (top-k goes
+  through the float op's select kernel).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from helpers.nbits_models import initializers, matmul_nbits_model, nbits_node, q
 from helpers.nbits_op_models import (  # noqa: E402
     ZERO_KINDS, assert_within, gating_params, int8_error_bound, nbits_model, oracle, random_weight, run_op,
 )
-from helpers.op_models import DTYPES, gating_for  # noqa: E402
+from helpers.op_models import DTYPES, TOLERANCE, assert_close, gating_for  # noqa: E402
 from helpers.providers import CPU, CUDA, ISAS, provider_cases, provider_session, providers  # noqa: E402
 
 from wina_onnx.passes import nbits  # noqa: E402
@@ -302,3 +307,154 @@ def test_bfloat16_model_types(provider: str) -> None:
     y = run_op(sess, x, "threshold", 0.5)
     assert y.dtype == dtype
     assert_within(y, oracle(x, weight, score_scale, bias, threshold=0.5), "bfloat16", "bf16")
+
+
+# --- shared cases from the CUDA kernels' tests ------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("m", [1, 2, 9])
+@pytest.mark.parametrize("provider", providers())
+def test_ties_nan_and_empty_gates(provider: str, m: int, dtype_name: str) -> None:
+    """Few distinct magnitudes (ties at the k-th score), NaN in x (kept, propagates), and gates
+    that keep nothing (the bias, or zeros)."""
+    dtype = DTYPES[dtype_name]
+    rng = np.random.default_rng(m)
+    k, n = 200, 96
+    weight = random_weight(rng, k, n, 32, "uint8", dtype)
+    score_scale = rng.choice(np.array([0.5, 1.0, 2.0], np.float32), size=k)
+    x = (rng.integers(-4, 5, size=(m, k)) * 0.5).astype(np.float32).astype(dtype)
+    for kk in (1, 37, 100, 199):
+        sess = provider_session(nbits_model(weight, score_scale, gating="topk", dtype=dtype, k=kk), provider)
+        assert_close(run_op(sess, x), oracle(x, weight, score_scale, k=kk), dtype_name, f"k={kk}")
+    xn = x.copy()
+    xn[:, 5] = np.nan
+    for params in ({"k": 50}, {"threshold": 0.6}):
+        gating = "topk" if "k" in params else "threshold"
+        y = run_op(provider_session(nbits_model(weight, score_scale, gating=gating, dtype=dtype, **params), provider), xn)
+        assert np.isnan(y.astype(np.float32)).all(), params  # feature 5 (score NaN = +inf) is kept
+    bias = rng.standard_normal(n).astype(np.float32).astype(dtype)
+    for params in ({"k": 0}, {"k": -5}, {"threshold": np.inf}, {"threshold": np.nan}):
+        gating = "topk" if "k" in params else "threshold"
+        y = run_op(provider_session(nbits_model(weight, score_scale, gating=gating, dtype=dtype, **params), provider), x)
+        np.testing.assert_array_equal(y.astype(np.float32), np.zeros((m, n), np.float32))
+        model = nbits_model(weight, score_scale, gating=gating, dtype=dtype, bias=bias, **params)
+        y = run_op(provider_session(model, provider), x)
+        np.testing.assert_array_equal(y, np.broadcast_to(bias, (m, n)))
+
+
+@pytest.mark.parametrize("m", [1, 2, 5])
+@pytest.mark.parametrize("provider", providers())
+def test_repeated_runs_are_bit_equal(provider: str, m: int) -> None:
+    """The same call gives the same bits (CUDA: no atomics on the data, split-K sums in a fixed order)."""
+    rng = np.random.default_rng(11)
+    weight = random_weight(rng, 4096, 1024, 32, "none", np.float16)
+    score_scale = weight.row_norms()
+    x = rng.standard_normal((m, 4096)).astype(np.float16)
+    sess = provider_session(nbits_model(weight, score_scale, gating="threshold", dtype=np.float16,
+                                        **gating_for("threshold", 0.5, x, score_scale)), provider)
+    first = run_op(sess, x)
+    for _ in range(3):
+        np.testing.assert_array_equal(run_op(sess, x), first)
+
+
+def matmul_nbits_session(weight: nbits.FeatureMajor, dtype, provider: str):
+    """ONNX Runtime's own MatMulNBits on `provider`, on the same codes (column-major again)."""
+    b, scales, zeros = nbits.column_major(weight)
+    model = matmul_nbits_model(b, scales, zeros, k=weight.k, n=weight.n, block_size=weight.block_size, dtype=dtype)
+    try:
+        return provider_session(model, provider)
+    except Exception as e:  # noqa: BLE001 (ORT's MatMulNBits does not take every type on every provider)
+        pytest.skip(f"ONNX Runtime's MatMulNBits on {provider} refused this case: {e}")
+
+
+@pytest.mark.parametrize("dtype_name", ["float16", "float32"])
+@pytest.mark.parametrize("zero_kind", ZERO_KINDS)
+@pytest.mark.parametrize("block", [32, 128])
+@pytest.mark.parametrize("provider", providers())
+def test_sparsity_zero_equals_matmul_nbits(provider: str, block: int, zero_kind: str, dtype_name: str) -> None:
+    """Re-packing is lossless: with nothing masked the op gives MatMulNBits' product on the same
+    provider and codes, within float tolerance plus MatMulNBits' own distance from the exact product
+    (ONNX Runtime 1.31's CUDA kernel with float32 X and float zero points is 2e-4 of the scale
+    off the float32 product that the oracle and its CPU kernel compute)."""
+    dtype = DTYPES[dtype_name]
+    rng = np.random.default_rng(block + len(zero_kind))
+    k, n = 1024, 768
+    weight = random_weight(rng, k, n, block, zero_kind, dtype)
+    score_scale = weight.row_norms()
+    theirs = matmul_nbits_session(weight, dtype, provider)
+    for gating, params in (("threshold", {"threshold": -1.0}), ("topk", {"k": k})):
+        ours = provider_session(nbits_model(weight, score_scale, gating=gating, dtype=dtype, **params), provider)
+        for m in (1, 2, 7):
+            x = rng.standard_normal((m, k)).astype(np.float32).astype(dtype)
+            exact = oracle(x, weight, score_scale, **params).astype(np.float32)
+            want = theirs.run(None, {"x": x})[0].astype(np.float32)
+            got = run_op(ours, x).astype(np.float32)
+            scale = max(float(np.abs(exact).max()), 1e-3)
+            theirs_off = float(np.abs(want - exact).max())
+            assert theirs_off <= 1e-2 * scale, f"MatMulNBits itself is off: {theirs_off} of {scale}"
+            assert_close(got.astype(dtype), exact.astype(dtype), dtype_name, f"{gating} m={m} (oracle)")
+            diff = float(np.abs(got - want).max())
+            assert diff <= TOLERANCE[dtype_name] * scale + theirs_off, (
+                f"{gating} m={m}: {diff} from MatMulNBits, which is {theirs_off} from exact (scale {scale})")
+
+
+@pytest.mark.parametrize("provider", providers())
+def test_model_input_types_are_checked(provider: str) -> None:
+    """A float zero point of another type than X is refused in one line (the CPU op's checks)."""
+    rng = np.random.default_rng(5)
+    weight = random_weight(rng, 64, 32, 32, "float", np.float32)
+    score_scale = weight.row_norms()
+    model = nbits_model(weight, score_scale, gating="threshold", dtype=np.float16, threshold=0.1)
+    with pytest.raises(Exception, match=r"(?i)zero|type"):
+        sess = provider_session(model, provider)
+        run_op(sess, np.zeros((1, 64), np.float16))
+
+
+@pytest.mark.parametrize("provider", providers())
+def test_large_k_topk(provider: str) -> None:
+    """K past the CUDA select kernel's register variants (more than 16384 features)."""
+    rng = np.random.default_rng(8)
+    k, n = 17000, 64
+    weight = random_weight(rng, k, n, 128, "none", np.float16)
+    score_scale = np.ones(k, np.float32)
+    x = (rng.integers(-3, 4, size=(2, k)) * 0.25).astype(np.float16)
+    for kk in (1, k // 3, k - 1):
+        sess = provider_session(nbits_model(weight, score_scale, gating="topk", dtype=np.float16, k=kk), provider)
+        assert_close(run_op(sess, x), oracle(x, weight, score_scale, k=kk), "float16", f"k={kk}")
+
+
+# --- CUDA only: the kernels' block sizes, tile and slab shapes, decode and prefill paths -------
+
+# (K, N) per block size: N odd (a half-used last byte) and not a multiple of 32 (byte loads),
+# K off the block size, and shapes wide and deep enough for several column tiles and K slabs.
+CUDA_SHAPES = {16: ((40, 77), (1000, 576)), 32: ((96, 64), (4096, 1056)), 64: ((300, 1000), (2048, 513)),
+               128: ((1, 33), (1500, 2048)), 256: ((257, 130), (3000, 640))}
+# Tokens: none, the fused decode kernel (1, 2; 2 as rank 3), the dequantize-then-GEMM path (more).
+CUDA_TOKENS = (0, 1, 2, 3, 17)
+
+
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+@pytest.mark.parametrize("zero_kind", ZERO_KINDS)
+@pytest.mark.parametrize(("provider", "block"), provider_cases({CUDA: list(CUDA_SHAPES)}))
+def test_matches_oracle_on_each_block_size(provider: str, block: int, zero_kind: str, dtype_name: str) -> None:
+    dtype = DTYPES[dtype_name]
+    rng = np.random.default_rng(block * 7 + ZERO_KINDS.index(zero_kind) * 3 + list(DTYPES).index(dtype_name))
+    for k, n in CUDA_SHAPES[block]:
+        weight = random_weight(rng, k, n, block, zero_kind, dtype)
+        score_scale = weight.row_norms()
+        bias = rng.standard_normal(n).astype(np.float32).astype(dtype)
+        x_all = rng.standard_normal((max(CUDA_TOKENS), k)).astype(np.float32).astype(dtype)
+        for gi, gating in enumerate(("topk", "threshold")):
+            for si, sparsity in enumerate((0.0, 0.5, 0.9)):
+                with_bias = (gi + si) % 2 == 0
+                params = gating_for(gating, sparsity, x_all, score_scale)
+                sess = provider_session(nbits_model(weight, score_scale, gating=gating, dtype=dtype,
+                                                    bias=bias if with_bias else None, **params), provider)
+                for m in CUDA_TOKENS:
+                    x = x_all[:m]
+                    if m == 2:
+                        x = x.reshape(1, 2, k)  # rank 3: every leading index is a token
+                    want = oracle(x, weight, score_scale, bias=bias if with_bias else None, **params)
+                    assert_close(run_op(sess, x), want, dtype_name,
+                                 f"{k}x{n} G={block} zp={zero_kind} {gating} s={sparsity} bias={with_bias} X{x.shape}")
