@@ -60,28 +60,34 @@ constexpr int kMaxStageBytes = 64 * 1024;  // block scales + zero points of one 
 constexpr int kMaxDynamicSmem = kWorkBytes + kMaxStageBytes + 64;
 static_assert(kMaxSlab % kThreads == 0, "whole gating rounds");
 
-struct DecodeArgs {
+// The arguments of both decode kernels (DecodeArgs, RingArgs add their own).
+struct WeightArgs {
   const uint8_t* b;
   const void* scales;
   const void* zero_points;
   const float* score_scale;
   const void* bias;
   void* y;
-  float* partial;  // split-K: [splits, M, N]
+  float* partial;  // split-K partial sums (each kernel says its layout)
   int64_t N;
   int64_t row_bytes;  // ceil(N / 2)
-  int M, K;
+  int K;
   int log_g;
   int rows_per_split;
   int zero_kind;
   int cluster;
-  int l2_hints;
-  int prefetch_rows;  // the slab's first kept rows prefetched into the L2 while gating
-  int probe;          // timing only: 1 skips the arithmetic of the product, 2 the product
-  int vec_codes;   // rows of codes in whole, aligned 16-byte vectors
-  int vec_scales;  // rows of scales (and typed zero points) likewise
+  int probe;       // timing only (each kernel says what it skips)
+  int vec_scales;  // rows of scales (and typed zero points) in whole, aligned 16-byte vectors
   int vec_zero;    // rows of packed zero points likewise
   int scale_offset, zero_offset;  // bytes into the dynamic shared memory
+};
+
+// partial: [splits, M, N] (split-K); probe 1 skips the arithmetic of the product, 2 the product.
+struct DecodeArgs : WeightArgs {
+  int M;
+  int l2_hints;
+  int prefetch_rows;  // the slab's first kept rows prefetched into the L2 while gating
+  int vec_codes;      // rows of codes in whole, aligned 16-byte vectors
 };
 
 // Copies rows [q0, q0 + nq) x columns [col0, col0 + cols) of a T [*, N] matrix into dst [nq][cols]
@@ -186,6 +192,110 @@ __device__ __forceinline__ Slab slab_of(int split, int rows_per_split, int K, in
   return sl;
 }
 
+// A decode block's thread (tid, its lane and warp) and work: columns tile blockIdx.x, K slab
+// blockIdx.y.
+struct BlockWork {
+  int tid, lane, warp, tile, split;
+  Slab sl;
+};
+
+__device__ __forceinline__ BlockWork block_work(int rows_per_split, int K, int log_g) {
+  BlockWork w;
+  w.tid = threadIdx.x;
+  w.lane = w.tid & 31;
+  w.warp = w.tid >> 5;
+  w.tile = blockIdx.x;
+  w.split = blockIdx.y;
+  w.sl = slab_of(w.split, rows_per_split, K, log_g);
+  return w;
+}
+
+// A thread's share of the product: column thread ct of cts, row group rg of rgs, kept rows
+// [jb, je) of count (none when probe == 2: timing without the product).
+struct RowShare {
+  int ct, rg, jb, je;
+};
+
+__device__ __forceinline__ RowShare row_share(int tid, int cts, int rgs, int count, int probe) {
+  RowShare s;
+  s.ct = tid % cts;
+  s.rg = tid / cts;
+  s.jb = s.rg * count / rgs;
+  s.je = probe == 2 ? s.jb : (s.rg + 1) * count / rgs;
+  return s;
+}
+
+// Stages slab sl's block scales and zero points (of a tile of tc columns from col0, byte0) into
+// the dynamic shared memory at a.scale_offset and a.zero_offset, threads t of nthreads sharing
+// the copies; then commits them as one cp.async group.
+template <typename T>
+__device__ __forceinline__ void stage_slab_weights(unsigned char* s_dyn, const WeightArgs& a, const Slab& sl, int64_t col0,
+                                                   int64_t byte0, int tc, uint64_t policy, int t, int nthreads) {
+  stage_typed<T>(reinterpret_cast<T*>(s_dyn + a.scale_offset), static_cast<const T*>(a.scales), sl.q0, sl.nq, col0, tc,
+                 a.N, a.vec_scales != 0, policy, t, nthreads);
+  if (a.zero_kind == static_cast<int>(ZeroPointKind::kPacked)) {
+    stage_bytes(s_dyn + a.zero_offset, static_cast<const uint8_t*>(a.zero_points), sl.q0, sl.nq, byte0, tc / 2,
+                a.row_bytes, a.vec_zero != 0, t, nthreads);
+  } else if (a.zero_kind == static_cast<int>(ZeroPointKind::kTyped)) {
+    stage_typed<T>(reinterpret_cast<T*>(s_dyn + a.zero_offset), static_cast<const T*>(a.zero_points), sl.q0, sl.nq,
+                   col0, tc, a.N, a.vec_scales != 0, policy, t, nthreads);
+  }
+  commit_async_copies();
+}
+
+// Adds a quantization block's share to the sums of a thread's NC columns for MT tokens: sum over
+// the thread's rows of x (c - z) s = s (f (acc - Σx) - z Σx), acc being Σ x (1 + c / f); then
+// clears acc and Σx (sx). scale, zero_typed: the block's staged scales and typed zero points at
+// the thread's first column; zero_packed: its packed zero points (NC / 2 bytes).
+template <typename T, int MT, int NC>
+__device__ __forceinline__ void flush_block(const T* scale, const T* zero_typed, const uint8_t* zero_packed,
+                                            int zero_kind, float (&acc)[MT][NC], float (&sx)[MT],
+                                            float (&tot)[MT][NC]) {
+  constexpr int V = 16 / static_cast<int>(sizeof(T));
+  static_assert(NC == 32 || NC == 16, "16 or 8 bytes of packed zero points");
+  uint32_t zw[NC / 8];
+  if constexpr (NC == 32) {
+    uint4 zp = make_uint4(0x88888888u, 0x88888888u, 0x88888888u, 0x88888888u);
+    if (zero_kind == static_cast<int>(ZeroPointKind::kPacked)) zp = *reinterpret_cast<const uint4*>(zero_packed);
+    zw[0] = zp.x, zw[1] = zp.y, zw[2] = zp.z, zw[3] = zp.w;
+  } else {
+    uint2 zp = make_uint2(0x88888888u, 0x88888888u);
+    if (zero_kind == static_cast<int>(ZeroPointKind::kPacked)) zp = *reinterpret_cast<const uint2*>(zero_packed);
+    zw[0] = zp.x, zw[1] = zp.y;
+  }
+#pragma unroll
+  for (int g = 0; g < NC / V; ++g) {
+    float s[V], z[V];
+    group_scale_zero<T>(scale, zero_typed, zw, zero_kind, g, s, z);
+#pragma unroll
+    for (int i = 0; i < V; ++i) {
+      const int v = g * V + i;
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        const float t = fmaf(code_factor(v), acc[m][v] - sx[m], -z[i] * sx[m]);
+        tot[m][v] = fmaf(s[i], t, tot[m][v]);
+        acc[m][v] = 0.0f;
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MT; ++m) sx[m] = 0.0f;
+}
+
+// The sum over cluster ranks 0 .. ranks - 1 (at most MAXC) of the float at `local` in each
+// rank's shared memory, in rank order.
+template <int MAXC>
+__device__ __forceinline__ float cluster_sum(const float* local, int ranks) {
+  float part[MAXC];
+#pragma unroll
+  for (int q = 0; q < MAXC; ++q) part[q] = q < ranks ? load_cluster_shared(local, static_cast<unsigned>(q)) : 0.0f;
+  float total = 0.0f;
+#pragma unroll
+  for (int q = 0; q < MAXC; ++q)
+    if (q < ranks) total += part[q];
+  return total;
+}
+
 // Block (tile, split): columns [tile * 32 CT, +32 CT) of rows [split * rows_per_split, +rows_per_split).
 // CT threads across the tile (16 bytes of codes each) x kThreads / CT row groups; row group g takes
 // the g-th contiguous share of the slab's kept rows, in row order, so a thread crosses few block
@@ -201,31 +311,19 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
   __shared__ __align__(16) float s_x[MT][kMaxSlab];
   __shared__ int s_warp_count[kThreads / 32];
 
-  const int tid = threadIdx.x;
-  const int lane = tid & 31;
-  const int warp = tid >> 5;
-  const int tile = blockIdx.x;
-  const int split = blockIdx.y;
-  const Slab sl = slab_of(split, a.rows_per_split, a.K, a.log_g);
-  const int r0 = sl.r0, r1 = sl.r1, q0 = sl.q0, nq = sl.nq;
-  const int64_t col0 = static_cast<int64_t>(tile) * TC;
-  const int64_t byte0 = static_cast<int64_t>(tile) * CT * kCodeBytes;
+  const BlockWork bw = block_work(a.rows_per_split, a.K, a.log_g);
+  const int tid = bw.tid, lane = bw.lane, warp = bw.warp, split = bw.split;
+  const int r0 = bw.sl.r0, r1 = bw.sl.r1, q0 = bw.sl.q0;
+  const int64_t col0 = static_cast<int64_t>(bw.tile) * TC;
+  const int64_t byte0 = static_cast<int64_t>(bw.tile) * CT * kCodeBytes;
   const bool hints = a.l2_hints != 0;
   const uint64_t stream_policy = l2_policy(hints);
   const uint64_t keep_policy = hints ? l2_policy_keep() : l2_policy(false);
 
   // 0. Weights, before waiting for the kernel before this one: the slab's block scales and zero
   // points into shared memory (one cp.async group), its score scales into registers.
-  T* s_scale = reinterpret_cast<T*>(s_dyn + a.scale_offset);
-  stage_typed<T>(s_scale, static_cast<const T*>(a.scales), q0, nq, col0, TC, a.N, a.vec_scales != 0, stream_policy);
-  if (a.zero_kind == static_cast<int>(ZeroPointKind::kPacked)) {
-    stage_bytes(s_dyn + a.zero_offset, static_cast<const uint8_t*>(a.zero_points), q0, nq, byte0, TC / 2,
-                a.row_bytes, a.vec_zero != 0);
-  } else if (a.zero_kind == static_cast<int>(ZeroPointKind::kTyped)) {
-    stage_typed<T>(reinterpret_cast<T*>(s_dyn + a.zero_offset), static_cast<const T*>(a.zero_points), q0, nq, col0,
-                   TC, a.N, a.vec_scales != 0, stream_policy);
-  }
-  commit_async_copies();
+  const T* s_scale = reinterpret_cast<const T*>(s_dyn + a.scale_offset);
+  stage_slab_weights<T>(s_dyn, a, bw.sl, col0, byte0, TC, stream_policy, tid, kThreads);
   float sc[kGateRows];
 #pragma unroll
   for (int q = 0; q < kGateRows; ++q) {
@@ -244,15 +342,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
   }
   uint32_t gate_key[MT];
   int gate_cut[MT];
-#pragma unroll
-  for (int m = 0; m < MT; ++m) {
-    if (m < a.M) {
-      token_gate<GATING>(gate, m, gate_key[m], gate_cut[m]);
-    } else {
-      gate_key[m] = 0xffffffffu;
-      gate_cut[m] = -1;
-    }
-  }
+  token_gates<GATING>(gate, a.M, gate_key, gate_cut);
 
   // 1. Gate the slab's rows for every token; list the rows kept by any token, in row order.
   int count = 0;
@@ -262,27 +352,8 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
     if (rb >= r1) break;  // uniform over the block
     const int r = rb + tid;
     float xv[MT];
-    bool any = false;
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      xv[m] = 0.0f;
-      if (m < a.M && r < r1 && keep(score_key(xs[q][m], sc[q]), r, gate_key[m], gate_cut[m])) {
-        xv[m] = xs[q][m];
-        any = true;
-      }
-    }
-    const unsigned ballot = __ballot_sync(kFullMask, any);
-    if (lane == 0) s_warp_count[warp] = __popc(ballot);
-    __syncthreads();
-    int offset = 0, total = 0;
-#pragma unroll
-    for (int w = 0; w < kThreads / 32; ++w) {
-      const int c = s_warp_count[w];
-      offset += w < warp ? c : 0;
-      total += c;
-    }
-    if (any) {
-      const int pos = count + offset + __popc(ballot & ((1u << lane) - 1u));
+    const bool any = gate_row(xs[q], sc[q], r, r < r1, a.M, gate_key, gate_cut, xv);
+    count += block_compact<kThreads>(any, count, lane, warp, s_warp_count, [&](int pos) {
       s_rows[pos] = r;
 #pragma unroll
       for (int m = 0; m < MT; ++m) s_x[m][pos] = xv[m];
@@ -291,17 +362,14 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
         const uint8_t* row = a.b + static_cast<int64_t>(r) * a.row_bytes + byte0;
         for (int o = 0; o < CT * kCodeBytes && byte0 + o < a.row_bytes; o += 128) prefetch_line_l2(row + o);
       }
-    }
-    count += total;
+    });
     __syncthreads();
   }
   allow_dependent_launch();
 
   // 2. Multiply: row group rg takes kept rows [jb, je).
-  const int ct = tid % CT;
-  const int rg = tid / CT;
-  const int jb = rg * count / RG;
-  const int je = a.probe == 2 ? jb : (rg + 1) * count / RG;
+  const RowShare share = row_share(tid, CT, RG, count, a.probe);
+  const int ct = share.ct, rg = share.rg, jb = share.jb, je = share.je;
   const int64_t my_byte = byte0 + ct * kCodeBytes;
   const bool has_codes = my_byte < a.row_bytes;
   const uint8_t* __restrict__ bcol = a.b + my_byte;
@@ -341,32 +409,10 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
 
   const T* s_zero_t = reinterpret_cast<const T*>(s_dyn + a.zero_offset);
   const uint8_t* s_zero_p = s_dyn + a.zero_offset;
-  // Adds block qi's share to the sums: sum over the thread's rows of x (c - z) s
-  // = s (f (acc - Σx) - z Σx), acc being Σ x (1 + c / f); then clears acc and Σx.
+  // Adds block qi's share to the sums.
   auto flush = [&](int qi) {
-    constexpr int V = 16 / static_cast<int>(sizeof(T));
-    uint4 zp_packed = make_uint4(0x88888888u, 0x88888888u, 0x88888888u, 0x88888888u);
-    if (a.zero_kind == static_cast<int>(ZeroPointKind::kPacked))
-      zp_packed = *reinterpret_cast<const uint4*>(s_zero_p + qi * (TC / 2) + ct * kCodeBytes);
-    const uint32_t zw[4] = {zp_packed.x, zp_packed.y, zp_packed.z, zp_packed.w};
-#pragma unroll
-    for (int g = 0; g < kColsPerThread / V; ++g) {
-      float s[V], z[V];
-      group_scale_zero<T>(s_scale + qi * TC + ct * kColsPerThread, s_zero_t + qi * TC + ct * kColsPerThread, zw,
-                          a.zero_kind, g, s, z);
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const int v = g * V + i;
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          const float t = fmaf(code_factor(v), acc[m][v] - sx[m], -z[i] * sx[m]);
-          tot[m][v] = fmaf(s[i], t, tot[m][v]);
-          acc[m][v] = 0.0f;
-        }
-      }
-    }
-#pragma unroll
-    for (int m = 0; m < MT; ++m) sx[m] = 0.0f;
+    const int e = qi * TC + ct * kColsPerThread;
+    flush_block<T>(s_scale + e, s_zero_t + e, s_zero_p + qi * (TC / 2) + ct * kCodeBytes, a.zero_kind, acc, sx, tot);
   };
 
   // S - 1 batches in flight ahead of the one multiplied; every thread commits the same groups
@@ -454,14 +500,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
       const int c = first + e % per_rank;
       const int64_t gcol = col0 + c;
       if (c < TC && gcol < a.N) {
-        float part[kMaxCluster];
-#pragma unroll
-        for (int q = 0; q < kMaxCluster; ++q)
-          part[q] = q < a.cluster ? load_cluster_shared(s_part + m * TC + c, static_cast<unsigned>(q)) : 0.0f;
-        float total = 0.0f;
-#pragma unroll
-        for (int q = 0; q < kMaxCluster; ++q)
-          if (q < a.cluster) total += part[q];
+        float total = cluster_sum<kMaxCluster>(s_part + m * TC + c, a.cluster);
         if (bias != nullptr) total += Elem<T>::to_float(bias[gcol]);
         y[static_cast<int64_t>(m) * a.N + gcol] = Elem<T>::from_float(total);
       }
@@ -484,23 +523,7 @@ __global__ void __launch_bounds__(kReduceCols * kReduceLanes)
   grid_dependency_wait();
   allow_dependent_launch();
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kReduceCols + threadIdx.x;
-  for (int m = blockIdx.y; m < M; m += gridDim.y) {
-    float acc = 0.0f;
-    if (n < N) {
-#pragma unroll 4
-      for (int s = threadIdx.y; s < splits; s += kReduceLanes) acc += partial[(static_cast<int64_t>(s) * M + m) * N + n];
-    }
-    s_sum[threadIdx.y][threadIdx.x] = acc;
-    __syncthreads();
-    if (threadIdx.y == 0 && n < N) {
-      float total = 0.0f;
-#pragma unroll
-      for (int i = 0; i < kReduceLanes; ++i) total += s_sum[i][threadIdx.x];
-      if (bias != nullptr) total += Elem<T>::to_float(bias[n]);
-      y[static_cast<int64_t>(m) * N + n] = Elem<T>::from_float(total);
-    }
-    __syncthreads();
-  }
+  reduce_splits<T>(partial, splits, M, N, n, s_sum, bias, y, N, n);
 }
 
 // ---------------------------------------------------------------------------------
@@ -522,25 +545,11 @@ __device__ __forceinline__ uint2 load_codes8(const uint8_t* p) {
   return v;
 }
 
-struct RingArgs {
-  const uint8_t* b;
-  const void* scales;
-  const void* zero_points;
-  const float* score_scale;
-  const void* bias;
-  void* y;
-  int64_t N;
-  int64_t row_bytes;  // ceil(N / 2), a multiple of 16
-  int K;
-  int log_g;
-  int rows_per_split;
-  int splits;     // K slabs
-  int cluster;    // 1: the slabs are one cluster (splits <= 8); 0: partial sums, reduction kernel
-  float* partial;  // cluster == 0, splits > 1: [splits, N]
-  int zero_kind;
-  int probe;   // timing only: 1 skips the arithmetic, 2 the loads and the arithmetic
-  int vec_scales, vec_zero;
-  int scale_offset, zero_offset;  // bytes into the dynamic shared memory (after the ring)
+// row_bytes: a multiple of 16; cluster 1: the slabs are one cluster (splits <= 8), 0: partial
+// sums [splits, N] (splits > 1) for the reduction kernel; probe 1 skips the arithmetic, 2 the
+// loads and the arithmetic; the staged scales and zero points lie after the ring.
+struct RingArgs : WeightArgs {
+  int splits;  // K slabs
 };
 
 template <typename T, int W, int D, Gating GATING>
@@ -555,30 +564,16 @@ __global__ void __launch_bounds__(kRingThreads, 2)
   __shared__ float s_part[TC];
   __shared__ int s_warp_count[kRingThreads / 32];
 
-  const int tid = threadIdx.x;
-  const int lane = tid & 31;
-  const int warp = tid >> 5;
-  const int tile = blockIdx.x;
-  const int split = blockIdx.y;
-  const Slab sl = slab_of(split, a.rows_per_split, a.K, a.log_g);
-  const int r0 = sl.r0, r1 = sl.r1, q0 = sl.q0, nq = sl.nq;
-  const int64_t col0 = static_cast<int64_t>(tile) * TC;
-  const int64_t byte0 = static_cast<int64_t>(tile) * W;
+  const BlockWork bw = block_work(a.rows_per_split, a.K, a.log_g);
+  const int tid = bw.tid, lane = bw.lane, warp = bw.warp, split = bw.split;
+  const int r0 = bw.sl.r0, r1 = bw.sl.r1, q0 = bw.sl.q0;
+  const int64_t col0 = static_cast<int64_t>(bw.tile) * TC;
+  const int64_t byte0 = static_cast<int64_t>(bw.tile) * W;
 
   // 0. Before waiting for the kernel before this one: the slab's block scales and zero points
   // into shared memory (one cp.async group), its score scales into registers.
-  T* s_scale = reinterpret_cast<T*>(s_dyn + a.scale_offset);
-  const uint64_t stream_policy = l2_policy(true);
-  stage_typed<T>(s_scale, static_cast<const T*>(a.scales), q0, nq, col0, TC, a.N, a.vec_scales != 0, stream_policy,
-                 tid, kRingThreads);
-  if (a.zero_kind == static_cast<int>(ZeroPointKind::kPacked)) {
-    stage_bytes(s_dyn + a.zero_offset, static_cast<const uint8_t*>(a.zero_points), q0, nq, byte0, TC / 2, a.row_bytes,
-                a.vec_zero != 0, tid, kRingThreads);
-  } else if (a.zero_kind == static_cast<int>(ZeroPointKind::kTyped)) {
-    stage_typed<T>(reinterpret_cast<T*>(s_dyn + a.zero_offset), static_cast<const T*>(a.zero_points), q0, nq, col0,
-                   TC, a.N, a.vec_scales != 0, stream_policy, tid, kRingThreads);
-  }
-  commit_async_copies();
+  const T* s_scale = reinterpret_cast<const T*>(s_dyn + a.scale_offset);
+  stage_slab_weights<T>(s_dyn, a, bw.sl, col0, byte0, TC, l2_policy(true), tid, kRingThreads);
   const int gr0 = r0 + tid * kRingGateRows;  // this thread's rows to gate
   float sc[kRingGateRows];
   const uint64_t keep_policy = l2_policy_keep();
@@ -600,12 +595,7 @@ __global__ void __launch_bounds__(kRingThreads, 2)
   for (int i = 0; i < kRingGateRows; ++i)
     if (gr0 + i < r1 && keep(score_key(xv[i], sc[i]), gr0 + i, gate_key, gate_cut)) mask |= 1u << i;
   const int mine = __popc(mask);
-  int incl = mine;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int n = __shfl_up_sync(kFullMask, incl, o);
-    if (lane >= o) incl += n;
-  }
+  const int incl = warp_inclusive_scan(mine, lane);
   if (lane == 31) s_warp_count[warp] = incl;
   __syncthreads();
   int pos = incl - mine, count = 0;
@@ -628,10 +618,8 @@ __global__ void __launch_bounds__(kRingThreads, 2)
 
   // 2. Stream and multiply. Row group rg takes kept rows [jb, je); a thread keeps the next D
   // rows' 8 bytes in flight in registers (a ring of D loads, refilled as each row is used).
-  const int ct = tid % CTB;
-  const int rg = tid / CTB;
-  const int jb = rg * count / RG;
-  const int je = a.probe == 2 ? jb : (rg + 1) * count / RG;
+  const RowShare share = row_share(tid, CTB, RG, count, a.probe);
+  const int ct = share.ct, rg = share.rg, jb = share.jb, je = share.je;
   const bool has_codes = byte0 + ct * 8 < a.row_bytes;
   const uint8_t* __restrict__ bcol = a.b + byte0 + ct * 8;
   auto load_row = [&](int j) {
@@ -645,35 +633,19 @@ __global__ void __launch_bounds__(kRingThreads, 2)
   wait_async_groups<0>();  // this thread's share of the staged scales has landed
   __syncthreads();         // ... and everyone's
 
-  float tot[16], acc[16];
-  float sx = 0.0f;
+  float tot[1][16], acc[1][16];
+  float sx[1] = {0.0f};
 #pragma unroll
   for (int v = 0; v < 16; ++v) {
-    tot[v] = 0.0f;
-    acc[v] = 0.0f;
+    tot[0][v] = 0.0f;
+    acc[0][v] = 0.0f;
   }
   const T* s_zero_t = reinterpret_cast<const T*>(s_dyn + a.zero_offset);
   const uint8_t* s_zero_p = s_dyn + a.zero_offset;
-  // Adds block qi's share: sum over the thread's rows of x (c - z) s = s (f (acc - Σx) - z Σx).
+  // Adds block qi's share to the sums (one token).
   auto flush = [&](int qi) {
-    constexpr int V = 16 / static_cast<int>(sizeof(T));
-    uint2 zp = make_uint2(0x88888888u, 0x88888888u);
-    if (a.zero_kind == static_cast<int>(ZeroPointKind::kPacked))
-      zp = *reinterpret_cast<const uint2*>(s_zero_p + qi * (TC / 2) + ct * 8);
-    const uint32_t zw[2] = {zp.x, zp.y};
-#pragma unroll
-    for (int g = 0; g < 16 / V; ++g) {
-      float s[V], z[V];
-      group_scale_zero<T>(s_scale + qi * TC + ct * 16, s_zero_t + qi * TC + ct * 16, zw, a.zero_kind, g, s, z);
-#pragma unroll
-      for (int i = 0; i < V; ++i) {
-        const int v = g * V + i;
-        const float t = fmaf(code_factor(v), acc[v] - sx, -z[i] * sx);
-        tot[v] = fmaf(s[i], t, tot[v]);
-        acc[v] = 0.0f;
-      }
-    }
-    sx = 0.0f;
+    const int e = qi * TC + ct * 16;
+    flush_block<T>(s_scale + e, s_zero_t + e, s_zero_p + qi * (TC / 2) + ct * 8, a.zero_kind, acc, sx, tot);
   };
   int q_cur = -1;
   for (int j0 = jb; j0 < je; j0 += D) {
@@ -689,9 +661,9 @@ __global__ void __launch_bounds__(kRingThreads, 2)
           q_cur = q;
         }
         const float xj = s_x[j];
-        sx += xj;
+        sx[0] += xj;
         if (a.probe == 1) {
-          acc[0] += __uint_as_float((w.x ^ w.y) & 0x007fffffu);  // keeps the load, no product
+          acc[0][0] += __uint_as_float((w.x ^ w.y) & 0x007fffffu);  // keeps the load, no product
           continue;
         }
         const uint32_t wd[2] = {w.x, w.y};
@@ -700,7 +672,7 @@ __global__ void __launch_bounds__(kRingThreads, 2)
           float f[8];
           word_floats(wd[t], f);
 #pragma unroll
-          for (int k = 0; k < 8; ++k) acc[8 * t + k] = fmaf(xj, f[k], acc[8 * t + k]);
+          for (int k = 0; k < 8; ++k) acc[0][8 * t + k] = fmaf(xj, f[k], acc[0][8 * t + k]);
         }
       }
     }
@@ -712,7 +684,7 @@ __global__ void __launch_bounds__(kRingThreads, 2)
   float* s_red = reinterpret_cast<float*>(s_dyn);
   __syncthreads();
 #pragma unroll
-  for (int v = 0; v < 16; ++v) s_red[(rg * 16 + v) * (CTB + 1) + ct] = tot[v];
+  for (int v = 0; v < 16; ++v) s_red[(rg * 16 + v) * (CTB + 1) + ct] = tot[0][v];
   __syncthreads();
   const T* __restrict__ bias = static_cast<const T*>(a.bias);
   T* __restrict__ y = static_cast<T*>(a.y);
@@ -739,14 +711,7 @@ __global__ void __launch_bounds__(kRingThreads, 2)
       const int c = first + e;
       const int64_t gcol = col0 + c;
       if (c < TC && gcol < a.N) {
-        float part[kRingMaxCluster];
-#pragma unroll
-        for (int r = 0; r < kRingMaxCluster; ++r)
-          part[r] = r < a.splits ? load_cluster_shared(&s_part[c], static_cast<unsigned>(r)) : 0.0f;
-        float total = 0.0f;
-#pragma unroll
-        for (int r = 0; r < kRingMaxCluster; ++r)
-          if (r < a.splits) total += part[r];
+        float total = cluster_sum<kRingMaxCluster>(&s_part[c], a.splits);
         if (bias != nullptr) total += Elem<T>::to_float(bias[gcol]);
         y[gcol] = Elem<T>::from_float(total);
       }
@@ -904,14 +869,11 @@ cudaError_t launch_reduce(const NbitsProblem& p, const float* partial, int split
                           static_cast<const T*>(p.bias), static_cast<T*>(p.y), static_cast<int>(p.M), p.N);
 }
 
-template <typename T, int W, int D, Gating GATING>
-cudaError_t launch_ring_kernel(const NbitsProblem& p, const NbitsPlan& plan, const NbitsGate& gate, void* workspace,
-                               Stream stream) {
-  auto* kernel = nbits_ring_kernel<T, W, D, GATING>;
-  static std::atomic<uint64_t> done{0};
-  cudaError_t err = allow_dynamic_smem_once(kernel, kRingMaxDynamicSmem, done);
-  if (err != cudaSuccess) return err;
-  RingArgs a = {};
+// The kernel arguments that both decode kernels take alike from the problem: its pointers,
+// shape and zero points, and whether the scale and zero-point rows are whole aligned 16-byte
+// vectors.
+template <typename T>
+void set_problem_args(const NbitsProblem& p, WeightArgs& a) {
   a.b = p.b;
   a.scales = p.scales;
   a.zero_points = p.zero_points;
@@ -922,15 +884,26 @@ cudaError_t launch_ring_kernel(const NbitsProblem& p, const NbitsPlan& plan, con
   a.row_bytes = row_bytes_of(p);
   a.K = static_cast<int>(p.K);
   a.log_g = log2_exact(p.block_size);
+  a.zero_kind = static_cast<int>(p.zero_kind);
+  a.vec_scales = (p.N * static_cast<int64_t>(sizeof(T))) % 16 == 0 && aligned16(p.scales) &&
+                 (p.zero_kind != ZeroPointKind::kTyped || aligned16(p.zero_points));
+  a.vec_zero = a.row_bytes % 16 == 0 && aligned16(p.zero_points);
+}
+
+template <typename T, int W, int D, Gating GATING>
+cudaError_t launch_ring_kernel(const NbitsProblem& p, const NbitsPlan& plan, const NbitsGate& gate, void* workspace,
+                               Stream stream) {
+  auto* kernel = nbits_ring_kernel<T, W, D, GATING>;
+  static std::atomic<uint64_t> done{0};
+  cudaError_t err = allow_dynamic_smem_once(kernel, kRingMaxDynamicSmem, done);
+  if (err != cudaSuccess) return err;
+  RingArgs a = {};
+  set_problem_args<T>(p, a);
   a.rows_per_split = static_cast<int>(plan.ring_rows);
   a.splits = plan.ring_splits;
   a.cluster = plan.ring_cluster ? 1 : 0;
   a.partial = static_cast<float*>(workspace);
-  a.zero_kind = static_cast<int>(p.zero_kind);
   a.probe = plan.probe;
-  a.vec_scales = (p.N * static_cast<int64_t>(sizeof(T))) % 16 == 0 && aligned16(p.scales) &&
-                 (p.zero_kind != ZeroPointKind::kTyped || aligned16(p.zero_points));
-  a.vec_zero = a.row_bytes % 16 == 0 && aligned16(p.zero_points);
   int scale_bytes = 0, zero_bytes = 0;
   stage_layout<T>(p, W / 16, plan.ring_rows, &scale_bytes, &zero_bytes);  // W / 16 threads of 32 columns = 2 W
   if (scale_bytes + zero_bytes > kMaxStageBytes) return cudaErrorInvalidValue;
@@ -1126,26 +1099,13 @@ cudaError_t LaunchNbitsDecode(const NbitsProblem& p, const NbitsPlan& plan, cons
   if (workspace == nullptr && NbitsDecodeWorkspaceBytes<T>(p, plan) > 0) return cudaErrorInvalidValue;
 
   DecodeArgs a = {};
-  a.b = p.b;
-  a.scales = p.scales;
-  a.zero_points = p.zero_points;
-  a.score_scale = p.score_scale;
-  a.bias = p.bias;
-  a.y = p.y;
+  set_problem_args<T>(p, a);
   a.partial = static_cast<float*>(workspace);
-  a.N = p.N;
-  a.row_bytes = row_bytes_of(p);
   a.M = static_cast<int>(p.M);
-  a.K = static_cast<int>(p.K);
-  a.log_g = log2_exact(p.block_size);
   a.rows_per_split = static_cast<int>(plan.rows_per_split);
-  a.zero_kind = static_cast<int>(p.zero_kind);
   a.cluster = plan.cluster;
   a.l2_hints = plan.l2_hints ? 1 : 0;
   a.vec_codes = a.row_bytes % 16 == 0 && aligned16(p.b);
-  a.vec_scales = (p.N * static_cast<int64_t>(sizeof(T))) % 16 == 0 && aligned16(p.scales) &&
-                 (p.zero_kind != ZeroPointKind::kTyped || aligned16(p.zero_points));
-  a.vec_zero = a.row_bytes % 16 == 0 && aligned16(p.zero_points);
   int scale_bytes = 0, zero_bytes = 0;
   stage_layout<T>(p, plan.col_threads, plan.rows_per_split, &scale_bytes, &zero_bytes);
   if (scale_bytes + zero_bytes > kMaxStageBytes) return cudaErrorInvalidValue;
