@@ -29,98 +29,15 @@
 #include <vector>
 
 #include "cuda/launchers.cuh"
+#include "cuda/tools/bench_common.cuh"
 
 using wina::Gating;
 using wina::cuda::Plan;
 using wina::cuda::Problem;
 
-#define CHECK(call)                                                                          \
-  do {                                                                                       \
-    cudaError_t err_ = (call);                                                               \
-    if (err_ != cudaSuccess) {                                                               \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                          \
-    }                                                                                        \
-  } while (0)
-
 namespace {
 
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint64_t next() {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    return s;
-  }
-  float uniform() { return (next() >> 40) * (1.0f / 16777216.0f); }        // [0, 1)
-  float normal() {                                                          // approx. N(0, 1)
-    float a = 0;
-    for (int i = 0; i < 4; ++i) a += uniform();
-    return (a - 2.0f) * 1.7320508f;
-  }
-};
-
-template <typename T> T from_f(float v);
-template <> float from_f<float>(float v) { return v; }
-template <> __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-float to_f(float v) { return v; }
-float to_f(__half v) { return __half2float(v); }
-float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> const char* type_name();
-template <> const char* type_name<float>() { return "float32"; }
-template <> const char* type_name<__half>() { return "float16"; }
-template <> const char* type_name<__nv_bfloat16>() { return "bfloat16"; }
-
-float host_score(float x, float scale) {
-  float s = std::fabs(x) * scale;
-  return std::isnan(s) ? INFINITY : s;
-}
-
-// keep[m * K + i] by the oracle's rules.
-std::vector<char> host_keep(const std::vector<float>& x, const std::vector<float>& scale, int64_t M, int64_t K,
-                            Gating gating, float threshold, int64_t k) {
-  std::vector<char> keep(static_cast<size_t>(M * K), 0);
-  std::vector<float> s(static_cast<size_t>(K));
-  std::vector<int64_t> order(static_cast<size_t>(K));
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t i = 0; i < K; ++i) s[i] = host_score(x[m * K + i], scale[i]);
-    if (gating == Gating::kThreshold) {
-      for (int64_t i = 0; i < K; ++i) keep[m * K + i] = s[i] > threshold;
-    } else {
-      const int64_t kk = std::min<int64_t>(std::max<int64_t>(k, 0), K);
-      std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return s[a] > s[b]; });
-      for (int64_t r = 0; r < kk; ++r) keep[m * K + order[r]] = 1;
-    }
-  }
-  return keep;
-}
-
-struct DeviceBuffers {
-  std::vector<void*> ptrs;
-  void* alloc(size_t bytes) {
-    void* p = nullptr;
-    CHECK(cudaMalloc(&p, bytes ? bytes : 1));
-    ptrs.push_back(p);
-    return p;
-  }
-  ~DeviceBuffers() {
-    for (void* p : ptrs) cudaFree(p);
-  }
-};
-
-wina::cuda::DeviceInfo device_info() {
-  int dev = 0;
-  CHECK(cudaGetDevice(&dev));
-  wina::cuda::DeviceInfo info;
-  CHECK(cudaDeviceGetAttribute(&info.sm_count, cudaDevAttrMultiProcessorCount, dev));
-  CHECK(cudaDeviceGetAttribute(&info.cc_major, cudaDevAttrComputeCapabilityMajor, dev));
-  return info;
-}
+using namespace wina_bench;
 
 // ---------------------------------------------------------------------------------
 // check
@@ -164,31 +81,14 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
   const int64_t M = c.M, K = c.K, N = c.N;
   std::vector<T> hx(static_cast<size_t>(M * K)), hb(static_cast<size_t>(K * N)), hbias(static_cast<size_t>(N));
   std::vector<float> fx(hx.size()), fb(hb.size()), fbias(hbias.size()), scale(static_cast<size_t>(K));
-  for (size_t i = 0; i < hx.size(); ++i) {
-    float v = c.special == 1 ? std::floor(rng.uniform() * 9.0f - 4.0f) * 0.5f : rng.normal();
-    if (c.special == 2 && i % 97 == 5) v = NAN;
-    hx[i] = from_f<T>(v);
-    fx[i] = to_f(hx[i]);
-  }
+  random_x(rng, c.special, hx, fx);
   random_fill(rng, 1.0f / std::sqrt(static_cast<float>(std::max<int64_t>(K, 1))), hb, fb);
   random_fill(rng, 1.0f, hbias, fbias);
-  for (int64_t i = 0; i < K; ++i) scale[i] = c.special == 1 ? 0.5f * (1 + (rng.next() % 3)) : 0.5f + rng.uniform();
+  random_score_scale(rng, c.special, scale);
 
-  float threshold = 0.0f;
-  int64_t k = K - static_cast<int64_t>(std::lround(c.sparsity * K));
-  if (c.gating == Gating::kThreshold) {
-    std::vector<float> s;
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t i = 0; i < K; ++i) {
-        const float v = host_score(fx[m * K + i], scale[i]);
-        if (std::isfinite(v)) s.push_back(v);
-      }
-    std::sort(s.begin(), s.end());
-    threshold = c.sparsity <= 0.0f || s.empty() ? -1.0f : s[std::min(s.size() - 1, static_cast<size_t>(c.sparsity * s.size()))];
-    if (c.special == 3) threshold = NAN;
-  } else if (c.special == 3) {
-    k = -3;
-  }
+  float threshold;
+  int64_t k;
+  case_gate(fx, scale, M, K, c.gating, c.sparsity, c.special, &threshold, &k);
 
   const std::vector<char> keep = host_keep(fx, scale, M, K, c.gating, threshold, k);
   std::vector<double> ref(static_cast<size_t>(M * N), 0.0);
@@ -451,11 +351,6 @@ struct BenchResult {
   double gbs;
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
 // A comma-separated list of integers from the environment ("4x2" reads as 42), or `fallback`.
 std::vector<int> env_ints(const char* name, std::vector<int> fallback) {
   const char* text = std::getenv(name);
@@ -504,12 +399,7 @@ int bench_all(bool quick) {
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const wina::cuda::DeviceInfo dev = device_info();
-  cudaDeviceProp prop;
-  int dev_id = 0;
-  CHECK(cudaGetDevice(&dev_id));
-  CHECK(cudaGetDeviceProperties(&prop, dev_id));
-  std::printf("device: %s, %d SMs, L2 %d MiB, cc %d.%d\n", prop.name, prop.multiProcessorCount,
-              prop.l2CacheSize >> 20, prop.major, prop.minor);
+  print_device(device_props());
   const int64_t shapes[][2] = {{4096, 4096}, {4096, 14336}, {14336, 4096}};
   const float sparsities[] = {0.0f, 0.5f, 0.65f};
   const int chain = 32;
@@ -541,13 +431,9 @@ int bench_all(bool quick) {
     Rng rng(K * 31 + N);
     std::vector<__half> hb(static_cast<size_t>(K * N));
     for (auto& v : hb) v = __float2half_rn(rng.normal() * 0.02f);
-    std::vector<__half> hx(static_cast<size_t>(K));
-    std::vector<float> fx(static_cast<size_t>(K)), scale(static_cast<size_t>(K));
-    for (int64_t i = 0; i < K; ++i) {
-      hx[i] = __float2half_rn(rng.normal());
-      fx[i] = __half2float(hx[i]);
-      scale[i] = 0.5f + rng.uniform();
-    }
+    std::vector<__half> hx;
+    std::vector<float> fx, scale;
+    random_token(rng, K, hx, fx, scale);
     if (even_spread) spread_scores_evenly(hx, fx, scale);
     DeviceBuffers buf;
     std::vector<__half*> dbs;
@@ -563,9 +449,7 @@ int bench_all(bool quick) {
     int64_t* dk = static_cast<int64_t*>(buf.alloc(sizeof(int64_t)));
     CHECK(cudaMemcpy(dx, hx.data(), K * sizeof(__half), cudaMemcpyHostToDevice));
     CHECK(cudaMemcpy(dscale, scale.data(), K * sizeof(float), cudaMemcpyHostToDevice));
-    std::vector<float> sorted(static_cast<size_t>(K));
-    for (int64_t i = 0; i < K; ++i) sorted[i] = host_score(fx[i], scale[i]);
-    std::sort(sorted.begin(), sorted.end());
+    const std::vector<float> sorted = sorted_scores(fx, scale);
 
     for (float s : sparsities) {
       const float thr = s <= 0.0f ? -1.0f : sorted[static_cast<size_t>(s * K)];
@@ -586,15 +470,8 @@ int bench_all(bool quick) {
             const int pdl = dev.cc_major >= 9 ? 1 : 0;
             if (quick && (bpsm == 1 || bpsm == 8)) continue;
             Problem p;
-            p.x = dx;
-            p.score_scale = dscale;
-            p.threshold = dthr;
-            p.k = dk;
-            p.M = 1;
-            p.K = K;
-            p.N = N;
-            p.gating = gating;
-            p.b = dbs[0];
+            p.x = dx; p.score_scale = dscale; p.threshold = dthr; p.k = dk;
+            p.M = 1; p.K = K; p.N = N; p.gating = gating; p.b = dbs[0];
             Plan plan = wina::cuda::MakePlan<__half>(p, dev, bpsm);
             plan.pdl = pdl != 0;
             plan.unroll = unroll;
@@ -628,22 +505,8 @@ int bench_all(bool quick) {
               if (graph) cudaGraphDestroy(graph);
               continue;
             }
-            for (int w = 0; w < 3; ++w) CHECK(cudaGraphLaunch(exec, stream));
-            cudaEvent_t e0, e1;
-            CHECK(cudaEventCreate(&e0));
-            CHECK(cudaEventCreate(&e1));
-            std::vector<double> times;
-            for (int r = 0; r < replays; ++r) {
-              CHECK(cudaEventRecord(e0, stream));
-              CHECK(cudaGraphLaunch(exec, stream));
-              CHECK(cudaEventRecord(e1, stream));
-              CHECK(cudaEventSynchronize(e1));
-              float ms = 0;
-              CHECK(cudaEventElapsedTime(&ms, e0, e1));
-              times.push_back(ms * 1000.0 / chain);
-            }
+            const double us = replay_median_us(stream, exec, chain, replays);
             CHECK(cudaGetLastError());
-            const double us = median(times);
             const double bytes = static_cast<double>(kept) * N * sizeof(__half);
             char shape_name[32];
             std::snprintf(shape_name, sizeof shape_name, "%lldx%lld", (long long)K, (long long)N);
@@ -652,8 +515,6 @@ int bench_all(bool quick) {
                         plan.l2_hints ? 1 : 0, plan.pdl_first ? 1 : 0, plan.cluster, plan.prefetch_rows, (long long)plan.rows_per_split, us,
                         bytes / us / 1e3, (long long)kept);
             std::fflush(stdout);
-            CHECK(cudaEventDestroy(e0));
-            CHECK(cudaEventDestroy(e1));
             CHECK(cudaGraphExecDestroy(exec));
             CHECK(cudaGraphDestroy(graph));
             }
@@ -722,11 +583,4 @@ int profile_all() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  const std::string what = argc > 1 ? argv[1] : "check";
-  if (what == "check") return check_all(argc > 2 && std::string(argv[2]) == "quick");
-  if (what == "bench") return bench_all(argc > 2 && std::string(argv[2]) == "quick");
-  if (what == "profile") return profile_all();
-  std::fprintf(stderr, "usage: %s check [quick] | bench [quick] | profile\n", argv[0]);
-  return 2;
-}
+int main(int argc, char** argv) { return wina_bench::tool_main(argc, argv, check_all, bench_all, profile_all); }

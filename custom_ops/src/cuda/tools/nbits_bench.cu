@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "cuda/nbits_decode.cuh"
+#include "cuda/tools/bench_common.cuh"
 
 using wina::Gating;
 using wina::cuda::NbitsGate;
@@ -46,124 +47,14 @@ using wina::cuda::NbitsPlan;
 using wina::cuda::NbitsProblem;
 using wina::cuda::ZeroPointKind;
 
-#define CHECK(call)                                                                                  \
-  do {                                                                                               \
-    cudaError_t err_ = (call);                                                                       \
-    if (err_ != cudaSuccess) {                                                                       \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                                  \
-    }                                                                                                \
-  } while (0)
-
 namespace {
 
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint64_t next() {
-    s ^= s << 13;
-    s ^= s >> 7;
-    s ^= s << 17;
-    return s;
-  }
-  float uniform() { return (next() >> 40) * (1.0f / 16777216.0f); }
-  float normal() {
-    float a = 0;
-    for (int i = 0; i < 4; ++i) a += uniform();
-    return (a - 2.0f) * 1.7320508f;
-  }
-  int below(int n) { return static_cast<int>(next() % static_cast<uint64_t>(n)); }
-};
-
-template <typename T> T from_f(float v);
-template <> float from_f<float>(float v) { return v; }
-template <> __half from_f<__half>(float v) { return __float2half_rn(v); }
-template <> __nv_bfloat16 from_f<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-float to_f(float v) { return v; }
-float to_f(__half v) { return __half2float(v); }
-float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T> const char* type_name();
-template <> const char* type_name<float>() { return "float32"; }
-template <> const char* type_name<__half>() { return "float16"; }
-template <> const char* type_name<__nv_bfloat16>() { return "bfloat16"; }
+using namespace wina_bench;
 
 template <typename T> double tolerance();  // of the result's scale: one rounding to T and the sums
 template <> double tolerance<float>() { return 5e-5; }
 template <> double tolerance<__half>() { return 2e-3; }
 template <> double tolerance<__nv_bfloat16>() { return 1.6e-2; }
-
-float host_score(float x, float scale) {
-  const float s = std::fabs(x) * scale;
-  return std::isnan(s) ? INFINITY : s;
-}
-
-uint32_t host_order_key(float s) {
-  uint32_t u;
-  std::memcpy(&u, &s, 4);
-  if (std::isnan(s)) u = 0x7f800000u;
-  if (u == 0x80000000u) u = 0u;
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
-// keep[m * K + i] by the oracle's rules, and for top-k the per-token rule (key, cut) that the
-// float op's select kernel writes: keep(i) = key_i > key || (key_i == key && i <= cut).
-std::vector<char> host_keep(const std::vector<float>& x, const std::vector<float>& scale, int64_t M, int64_t K,
-                            Gating gating, float threshold, int64_t k, std::vector<uint32_t>* keys,
-                            std::vector<int32_t>* cuts) {
-  std::vector<char> keep(static_cast<size_t>(M * K), 0);
-  std::vector<float> s(static_cast<size_t>(K));
-  std::vector<int64_t> order(static_cast<size_t>(K));
-  for (int64_t m = 0; m < M; ++m) {
-    for (int64_t i = 0; i < K; ++i) s[i] = host_score(x[m * K + i], scale[i]);
-    if (gating == Gating::kThreshold) {
-      for (int64_t i = 0; i < K; ++i) keep[m * K + i] = s[i] > threshold;
-      continue;
-    }
-    const int64_t kk = std::min<int64_t>(std::max<int64_t>(k, 0), K);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return s[a] > s[b]; });
-    uint32_t key = 0xffffffffu;
-    int32_t cut = -1;
-    if (kk > 0) {
-      key = host_order_key(s[order[kk - 1]]);
-      for (int64_t r = 0; r < kk; ++r)
-        if (host_order_key(s[order[r]]) == key) cut = std::max<int32_t>(cut, static_cast<int32_t>(order[r]));
-    }
-    for (int64_t r = 0; r < kk; ++r) keep[m * K + order[r]] = 1;
-    keys->push_back(key);
-    cuts->push_back(cut);
-  }
-  return keep;
-}
-
-struct DeviceBuffers {
-  std::vector<void*> ptrs;
-  void* alloc(size_t bytes) {
-    void* p = nullptr;
-    CHECK(cudaMalloc(&p, bytes ? bytes : 1));
-    ptrs.push_back(p);
-    return p;
-  }
-  template <typename V>
-  V* upload(const std::vector<V>& h) {
-    V* d = static_cast<V*>(alloc(h.size() * sizeof(V)));
-    if (!h.empty()) CHECK(cudaMemcpy(d, h.data(), h.size() * sizeof(V), cudaMemcpyHostToDevice));
-    return d;
-  }
-  ~DeviceBuffers() {
-    for (void* p : ptrs) cudaFree(p);
-  }
-};
-
-wina::cuda::DeviceInfo device_info() {
-  int dev = 0;
-  CHECK(cudaGetDevice(&dev));
-  wina::cuda::DeviceInfo info;
-  CHECK(cudaDeviceGetAttribute(&info.sm_count, cudaDevAttrMultiProcessorCount, dev));
-  CHECK(cudaDeviceGetAttribute(&info.cc_major, cudaDevAttrComputeCapabilityMajor, dev));
-  return info;
-}
 
 // A random 4-bit weight in the op's layout, with its float32 dequantization (the oracle's).
 template <typename T>
@@ -241,29 +132,13 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
   const Weight<T> wt = random_weight<T>(rng, K, N, c.G, c.zero_kind);
   std::vector<T> hx(static_cast<size_t>(M * K)), hbias(static_cast<size_t>(N));
   std::vector<float> fx(hx.size()), scale(static_cast<size_t>(K));
-  for (size_t i = 0; i < hx.size(); ++i) {
-    float v = c.special == 1 ? std::floor(rng.uniform() * 9.0f - 4.0f) * 0.5f : rng.normal();
-    if (c.special == 2 && i % 97 == 5) v = NAN;
-    hx[i] = from_f<T>(v);
-    fx[i] = to_f(hx[i]);
-  }
+  random_x(rng, c.special, hx, fx);
   for (auto& b : hbias) b = from_f<T>(rng.normal());
-  for (int64_t i = 0; i < K; ++i) scale[i] = c.special == 1 ? 0.5f * (1 + (rng.next() % 3)) : 0.5f + rng.uniform();
+  random_score_scale(rng, c.special, scale);
 
-  float threshold = 0.0f;
-  int64_t k = K - static_cast<int64_t>(std::lround(c.sparsity * K));
-  if (c.gating == Gating::kThreshold) {
-    std::vector<float> s;
-    for (int64_t i = 0; i < M * K; ++i) {
-      const float v = host_score(fx[i], scale[i % std::max<int64_t>(K, 1)]);
-      if (std::isfinite(v)) s.push_back(v);
-    }
-    std::sort(s.begin(), s.end());
-    threshold = c.sparsity <= 0.0f || s.empty() ? -1.0f : s[std::min(s.size() - 1, static_cast<size_t>(c.sparsity * s.size()))];
-    if (c.special == 3) threshold = NAN;
-  } else if (c.special == 3) {
-    k = -3;
-  }
+  float threshold;
+  int64_t k;
+  case_gate(fx, scale, M, K, c.gating, c.sparsity, c.special, &threshold, &k);
   std::vector<uint32_t> keys;
   std::vector<int32_t> cuts;
   const std::vector<char> keep = host_keep(fx, scale, M, K, c.gating, threshold, k, &keys, &cuts);
@@ -487,11 +362,6 @@ std::vector<int> env_ints(const char* name, std::vector<int> fallback) {
   return out.empty() ? fallback : out;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
-
 // Sum of 16-byte words, one partial per block: a plain streaming read.
 __global__ void read_kernel(const uint4* __restrict__ p, size_t n, unsigned* out) {
   unsigned acc = 0;
@@ -543,27 +413,6 @@ __global__ void gather_floor_kernel(const uint8_t* __restrict__ b, int64_t row_b
     }
   }
   if (acc == 0x12345678u) out[blockIdx.x] = acc;
-}
-
-// Median µs a call over `replays` replays (after 3 untimed) of a graph of `chain` calls, timed by events.
-double replay_median_us(cudaStream_t stream, cudaGraphExec_t exec, int chain, int replays) {
-  for (int w = 0; w < 3; ++w) CHECK(cudaGraphLaunch(exec, stream));
-  cudaEvent_t e0, e1;
-  CHECK(cudaEventCreate(&e0));
-  CHECK(cudaEventCreate(&e1));
-  std::vector<double> times;
-  for (int r = 0; r < replays; ++r) {
-    CHECK(cudaEventRecord(e0, stream));
-    CHECK(cudaGraphLaunch(exec, stream));
-    CHECK(cudaEventRecord(e1, stream));
-    CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    times.push_back(ms * 1000.0 / chain);
-  }
-  CHECK(cudaEventDestroy(e0));
-  CHECK(cudaEventDestroy(e1));
-  return median(times);
 }
 
 // Captures launch(c) for c = 0 .. chain - 1 into one graph and times it (replay_median_us).
@@ -637,13 +486,9 @@ int bench_all(bool quick) {
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const wina::cuda::DeviceInfo dev = device_info();
-  cudaDeviceProp prop;
-  int dev_id = 0;
-  CHECK(cudaGetDevice(&dev_id));
-  CHECK(cudaGetDeviceProperties(&prop, dev_id));
+  const cudaDeviceProp prop = device_props();
   const double peak = measure_read_gbs(stream, prop.multiProcessorCount);
-  std::printf("device: %s, %d SMs, L2 %d MiB, cc %d.%d\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize >> 20,
-              prop.major, prop.minor);
+  print_device(prop);
   std::printf("read bandwidth: %.0f GB/s (2 GiB streaming read, median of 20)\n", peak);
   std::printf("bytes read: kept rows' codes + every block's scales (+ zero points); GB/s against that\n");
   const int64_t all_shapes[][2] = {{4096, 4096}, {4096, 14336}, {14336, 4096}};
@@ -704,22 +549,16 @@ int bench_all(bool quick) {
                              : zk == ZeroPointKind::kTyped ? static_cast<const void*>(buf.upload(wt.zp_typed))
                                                            : nullptr;
     }
-    std::vector<__half> hx(static_cast<size_t>(K));
-    std::vector<float> fx(static_cast<size_t>(K)), scale(static_cast<size_t>(K));
-    for (int64_t i = 0; i < K; ++i) {
-      hx[i] = __float2half_rn(rng.normal());
-      fx[i] = __half2float(hx[i]);
-      scale[i] = 0.5f + rng.uniform();
-    }
+    std::vector<__half> hx;
+    std::vector<float> fx, scale;
+    random_token(rng, K, hx, fx, scale);
     const __half* dx = buf.upload(hx);
     const float* dscale = buf.upload(scale);
     __half* dy = static_cast<__half*>(buf.alloc(N * sizeof(__half) * chain));
     float* dthr = static_cast<float*>(buf.alloc(sizeof(float)));
     uint32_t* dkeys = static_cast<uint32_t*>(buf.alloc(4));
     int32_t* dcuts = static_cast<int32_t*>(buf.alloc(4));
-    std::vector<float> sorted(static_cast<size_t>(K));
-    for (int64_t i = 0; i < K; ++i) sorted[i] = host_score(fx[i], scale[i]);
-    std::sort(sorted.begin(), sorted.end());
+    const std::vector<float> sorted = sorted_scores(fx, scale);
 
     for (float s : sparsities) {
       const float thr = s <= 0.0f ? -1.0f : sorted[static_cast<size_t>(s * K)];
@@ -852,11 +691,4 @@ int bench_all(bool quick) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  const std::string what = argc > 1 ? argv[1] : "check";
-  const bool quick = argc > 2 && std::string(argv[2]) == "quick";
-  if (what == "check") return check_all(quick);
-  if (what == "bench") return bench_all(quick);
-  std::fprintf(stderr, "usage: %s check [quick] | bench [quick]\n", argv[0]);
-  return 2;
-}
+int main(int argc, char** argv) { return wina_bench::tool_main(argc, argv, check_all, bench_all); }
