@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import re
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -43,43 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from script_log import REPO, Log, relative, run  # noqa: E402 (benchmarks/ is sys.path[0])
 SPARSITIES = (0.5, 0.4)
 ROLE = re.compile(r"(lm_head|qkv_proj|q_proj|k_proj|v_proj|o_proj|gate_up_proj|gate_proj|up_proj|down_proj)")
-
-
-class Log:
-    """Collects the lines of the results file (and echoes them)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, text: str = "") -> None:
-        print(text, flush=True)
-        self.lines.extend(text.splitlines() or [""])
-
-
-def _relative(arg: str) -> str:
-    """A path inside the repo as the repo-relative path (the log names no machine's folders)."""
-    if os.path.isabs(arg) and Path(arg).is_relative_to(REPO):
-        return os.path.relpath(arg, REPO)
-    return arg
-
-
-def run(log: Log, command: list, *, tail: int = 12) -> str:
-    """Run `command` from the repo root; log it and the last `tail` lines of its output."""
-    shown = " ".join(shlex.quote(_relative(str(c))) for c in command)
-    log(f"$ {shown}")
-    start = time.perf_counter()
-    result = subprocess.run([_relative(str(c)) for c in command], cwd=REPO, capture_output=True, text=True)
-    output = (result.stdout + result.stderr).replace("\r", "\n").replace(f"{REPO}{os.sep}", "")
-    lines = [line for line in output.splitlines() if line.strip()]
-    for line in lines[-tail:]:
-        log(f"  {line}")
-    log(f"  (exit {result.returncode}, {time.perf_counter() - start:.1f} s)")
-    if result.returncode != 0:
-        raise SystemExit(f"failed: {shown}")
-    return result.stdout
 
 
 def library_commit(library: Path) -> str:
@@ -236,9 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 
     log("\n## 1. The GenAI builder's int4 model")
     if not (dense / "genai_config.json").is_file():
-        run(log, [sys.executable, "benchmarks/genai_smollm2_builder.py", "--work", _relative(str(work))], tail=4)
+        run(log, [sys.executable, "benchmarks/genai_smollm2_builder.py", "--work", relative(str(work))], tail=4)
     else:
-        log(f"(kept from an earlier run: {_relative(str(dense))})")
+        log(f"(kept from an earlier run: {relative(str(dense))})")
 
     log("\n## 2. wina-onnx optimize, defaults, calibrated on the calibration text")
     calibration = work / "smollm2-int4-calib.npz"
@@ -246,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         run(log, [*wina_cli, "calibrate", dense / "model.onnx", "-o", calibration, "--allocate", "greedy",
                   "--data", args.calib_data, "-q"])
     else:
-        log(f"(calibration kept from an earlier run: {_relative(str(calibration))})")
+        log(f"(calibration kept from an earlier run: {relative(str(calibration))})")
     folders = {"dense int4": dense}
     for sparsity in SPARSITIES:
         folder = work / f"smollm2-int4-wina{int(sparsity * 100)}"
@@ -254,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             run(log, [*wina_cli, "optimize", dense / "model.onnx", "-o", folder / "model.onnx", "--sparsity",
                       str(sparsity), "--calibration", calibration, "--data", args.calib_data, "-q"], tail=4)
         else:
-            log(f"(kept from an earlier run: {_relative(str(folder))})")
+            log(f"(kept from an earlier run: {relative(str(folder))})")
         shutil.copy2(library, folder / library.name)
         folders[f"WINA int4 {int(sparsity * 100)}%"] = folder
     log(f"op library of this run copied into the WINA folders ({library.name})")

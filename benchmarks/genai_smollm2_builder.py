@@ -21,52 +21,15 @@ import argparse
 import json
 import os
 import platform
-import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from script_log import REPO, Log, run  # noqa: E402 (benchmarks/ is sys.path[0])
 PROMPT = "The three primary colors are"
 MAX_NEW = 32
-
-
-class Log:
-    """Collects the lines of the results file (and echoes them)."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, text: str = "") -> None:
-        print(text, flush=True)
-        self.lines.extend(text.splitlines() or [""])
-
-
-def run(log: Log, command: list[str], *, tail: int = 12, env: dict | None = None) -> str:
-    """Run `command` from the repo root; log it and the last `tail` lines of its output."""
-    shown = " ".join(shlex.quote(_relative(str(c))) for c in command)
-    log(f"$ {shown}")
-    start = time.perf_counter()
-    result = subprocess.run([str(c) for c in command], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, **(env or {})})
-    output = (result.stdout + result.stderr).replace("\r", "\n")
-    lines = [line for line in output.splitlines() if line.strip()]
-    for line in lines[-tail:]:
-        log(f"  {line}")
-    log(f"  (exit {result.returncode}, {time.perf_counter() - start:.1f} s)")
-    if result.returncode != 0:
-        raise SystemExit(f"failed: {shown}")
-    return result.stdout
-
-
-def _relative(arg: str) -> str:
-    """A path inside the repo as the repo-relative path (the log names no machine's folders)."""
-    if os.path.isabs(arg) and Path(arg).is_relative_to(REPO):
-        return os.path.relpath(arg, REPO)
-    return arg
 
 
 def make_hf_folder(log: Log, hf: Path) -> None:
