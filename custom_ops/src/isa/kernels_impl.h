@@ -31,39 +31,42 @@ namespace {
 
 // ---------------------------------------------------------------------------
 // A minimal vector layer: vf holds VW floats.
+#if defined(__AVX512F__) || defined(__AVX2__)
+// AVX-512 and AVX2 share one list of wrappers: only the register width differs. WINA_MM(op) names
+// the full-width intrinsic; WINA_HALF_LOADU loads the half-width register that holds VW 16-bit values.
 #if defined(__AVX512F__)
 constexpr int VW = 16;
 using vf = __m512;
-static inline vf v_zero() { return _mm512_setzero_ps(); }
-static inline vf v_bcast(float x) { return _mm512_set1_ps(x); }
-static inline vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
-static inline vf v_loadu(const float* p) { return _mm512_loadu_ps(p); }
-static inline void v_storeu(float* p, vf v) { _mm512_storeu_ps(p, v); }
-static inline vf v_load_f16(const uint16_t* p) {
-  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-static inline vf v_load_bf16(const uint16_t* p) {
-  const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
-}
-#elif defined(__AVX2__)
+using vhalf = __m256i;
+#define WINA_MM(op) _mm512_##op
+#define WINA_HALF_LOADU _mm256_loadu_si256
+#define WINA_CAST_PS _mm512_castsi512_ps
+#else
 #if !defined(__FMA__) || !defined(__F16C__)
 #error "the AVX2 kernels are built with -mfma -mf16c"
 #endif
 constexpr int VW = 8;
 using vf = __m256;
-static inline vf v_zero() { return _mm256_setzero_ps(); }
-static inline vf v_bcast(float x) { return _mm256_set1_ps(x); }
-static inline vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
-static inline vf v_loadu(const float* p) { return _mm256_loadu_ps(p); }
-static inline void v_storeu(float* p, vf v) { _mm256_storeu_ps(p, v); }
+using vhalf = __m128i;
+#define WINA_MM(op) _mm256_##op
+#define WINA_HALF_LOADU _mm_loadu_si128
+#define WINA_CAST_PS _mm256_castsi256_ps
+#endif
+static inline vf v_zero() { return WINA_MM(setzero_ps)(); }
+static inline vf v_bcast(float x) { return WINA_MM(set1_ps)(x); }
+static inline vf v_fma(vf a, vf b, vf c) { return WINA_MM(fmadd_ps)(a, b, c); }
+static inline vf v_loadu(const float* p) { return WINA_MM(loadu_ps)(p); }
+static inline void v_storeu(float* p, vf v) { WINA_MM(storeu_ps)(p, v); }
 static inline vf v_load_f16(const uint16_t* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return WINA_MM(cvtph_ps)(WINA_HALF_LOADU(reinterpret_cast<const vhalf*>(p)));
 }
 static inline vf v_load_bf16(const uint16_t* p) {
-  const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  const auto w = WINA_MM(cvtepu16_epi32)(WINA_HALF_LOADU(reinterpret_cast<const vhalf*>(p)));
+  return WINA_CAST_PS(WINA_MM(slli_epi32)(w, 16));
 }
+#undef WINA_MM
+#undef WINA_HALF_LOADU
+#undef WINA_CAST_PS
 #elif defined(__SSE2__)  // part of every x86-64 CPU
 constexpr int VW = 4;
 using vf = __m128;
