@@ -33,35 +33,30 @@ namespace {
 // A minimal vector layer: vf holds VW floats.
 #if defined(__AVX512F__) || defined(__AVX2__)
 // AVX-512 and AVX2 share one list of wrappers: only the register width differs. WINA_MM(op) names
-// the full-width intrinsic; WINA_HALF_LOADU loads the half-width register that holds VW 16-bit values.
-#if defined(__AVX512F__)
-constexpr int VW = 16;
-using vf = __m512;
-using vhalf = __m256i;
-#define WINA_MM(op) _mm512_##op
-#define WINA_HALF_LOADU _mm256_loadu_si256
-#define WINA_CAST_PS _mm512_castsi512_ps
-#else
-#if !defined(__FMA__) || !defined(__F16C__)
+// the full-width intrinsic; WINA_HALF_LOADU loads VW 16-bit values into a half-width register.
+#if defined(__AVX2__) && !defined(__AVX512F__) && (!defined(__FMA__) || !defined(__F16C__))
 #error "the AVX2 kernels are built with -mfma -mf16c"
 #endif
-constexpr int VW = 8;
+#if defined(__AVX512F__)
+using vf = __m512;
+#define WINA_MM(op) _mm512_##op
+#define WINA_HALF_LOADU(p) _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+#define WINA_CAST_PS _mm512_castsi512_ps
+#else
 using vf = __m256;
-using vhalf = __m128i;
 #define WINA_MM(op) _mm256_##op
-#define WINA_HALF_LOADU _mm_loadu_si128
+#define WINA_HALF_LOADU(p) _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))
 #define WINA_CAST_PS _mm256_castsi256_ps
 #endif
+constexpr int VW = sizeof(vf) / sizeof(float);
 static inline vf v_zero() { return WINA_MM(setzero_ps)(); }
 static inline vf v_bcast(float x) { return WINA_MM(set1_ps)(x); }
 static inline vf v_fma(vf a, vf b, vf c) { return WINA_MM(fmadd_ps)(a, b, c); }
 static inline vf v_loadu(const float* p) { return WINA_MM(loadu_ps)(p); }
 static inline void v_storeu(float* p, vf v) { WINA_MM(storeu_ps)(p, v); }
-static inline vf v_load_f16(const uint16_t* p) {
-  return WINA_MM(cvtph_ps)(WINA_HALF_LOADU(reinterpret_cast<const vhalf*>(p)));
-}
+static inline vf v_load_f16(const uint16_t* p) { return WINA_MM(cvtph_ps)(WINA_HALF_LOADU(p)); }
 static inline vf v_load_bf16(const uint16_t* p) {
-  const auto w = WINA_MM(cvtepu16_epi32)(WINA_HALF_LOADU(reinterpret_cast<const vhalf*>(p)));
+  const auto w = WINA_MM(cvtepu16_epi32)(WINA_HALF_LOADU(p));
   return WINA_CAST_PS(WINA_MM(slli_epi32)(w, 16));
 }
 #undef WINA_MM
