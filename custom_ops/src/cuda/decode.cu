@@ -111,31 +111,22 @@ __global__ void __launch_bounds__(kDecodeThreads, 2)  // (256, 2): no spills (pt
   token_gates<GATING>(gate, M, gate_key, gate_cut);
 
   // 1. Gate the slab's rows for every token; list the rows kept by any token, in order.
-  int count = 0;
-#pragma unroll
-  for (int q = 0; q < kGateRows; ++q) {
-    const int rb = r0 + q * kDecodeThreads;
-    if (rb >= r1) break;  // uniform over the block
-    const int r = rb + tid;
-    float xv[MT];
-    const bool any = gate_row(xs[q], sc[q], r, r < r1, M, gate_key, gate_cut, xv);
-    count += block_compact<kDecodeThreads>(any, count, lane, warp, s_warp_count, [&](int pos) {
-      s_rows[pos] = r;
-      if constexpr (VEC) {
-        // The slab's first prefetch_rows kept rows start streaming into the L2 now: their DRAM
-        // latency then overlaps the listing of the rest of the slab.
-        const int64_t col0 = static_cast<int64_t>(tile) * TN;
-        if (pos < prefetch_rows && col0 < N) {
-          const char* row = reinterpret_cast<const char*>(b + static_cast<int64_t>(r) * N + col0);
-          const int64_t bytes = (N - col0 < TN ? N - col0 : TN) * static_cast<int64_t>(sizeof(T));
-          for (int64_t o = 0; o < bytes; o += 128) prefetch_line_l2(row + o);
+  const int count = compact_slab<kDecodeThreads>(
+      xs, sc, r0, r1, M, gate_key, gate_cut, tid, lane, warp, s_warp_count, [&](int pos, int r, const float(&xv)[MT]) {
+        s_rows[pos] = r;
+        if constexpr (VEC) {
+          // The slab's first prefetch_rows kept rows start streaming into the L2 now: their DRAM
+          // latency then overlaps the listing of the rest of the slab.
+          const int64_t col0 = static_cast<int64_t>(tile) * TN;
+          if (pos < prefetch_rows && col0 < N) {
+            const char* row = reinterpret_cast<const char*>(b + static_cast<int64_t>(r) * N + col0);
+            const int64_t bytes = (N - col0 < TN ? N - col0 : TN) * static_cast<int64_t>(sizeof(T));
+            for (int64_t o = 0; o < bytes; o += 128) prefetch_line_l2(row + o);
+          }
         }
-      }
 #pragma unroll
-      for (int m = 0; m < MT; ++m) s_x[m][pos] = xv[m];
-    });
-    __syncthreads();
-  }
+        for (int m = 0; m < MT; ++m) s_x[m][pos] = xv[m];
+      });
   allow_dependent_launch();
 
   // 2. Multiply: row group rg takes kept rows rg, rg + kRowGroups, ...

@@ -87,6 +87,28 @@ __device__ __forceinline__ bool gate_row(const float (&xs)[MT], float scale, int
   return any;
 }
 
+// Gates a slab of rows [r0, r1) for MT tokens and lists the rows that any token keeps, in row
+// order. Round q gives thread tid row r0 + q * THREADS + tid, its x for every token in xs[q] and its
+// score scale in sc[q]; place(pos, r, xv) stores kept row r at list position pos with its gated x.
+// Returns the length of the list; every round ends with a block sync.
+template <int THREADS, int ROWS, int MT, typename Place>
+__device__ __forceinline__ int compact_slab(const float (&xs)[ROWS][MT], const float (&sc)[ROWS], int r0, int r1,
+                                            int M, const uint32_t (&gate_key)[MT], const int (&gate_cut)[MT],
+                                            int tid, int lane, int warp, int* s_warp_count, Place&& place) {
+  int count = 0;
+#pragma unroll
+  for (int q = 0; q < ROWS; ++q) {
+    const int rb = r0 + q * THREADS;
+    if (rb >= r1) break;  // uniform over the block
+    const int r = rb + tid;
+    float xv[MT];
+    const bool any = gate_row(xs[q], sc[q], r, r < r1, M, gate_key, gate_cut, xv);
+    count += block_compact<THREADS>(any, count, lane, warp, s_warp_count, [&](int pos) { place(pos, r, xv); });
+    __syncthreads();
+  }
+  return count;
+}
+
 // Calls fn(std::integral_constant<Gating, G>{}) for the rule G == gating: a kernel template
 // per rule, chosen at run time.
 template <typename Fn>

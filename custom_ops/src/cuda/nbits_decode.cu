@@ -345,26 +345,18 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 2 : 1)
   token_gates<GATING>(gate, a.M, gate_key, gate_cut);
 
   // 1. Gate the slab's rows for every token; list the rows kept by any token, in row order.
-  int count = 0;
+  const int count = compact_slab<kThreads>(
+      xs, sc, r0, r1, a.M, gate_key, gate_cut, tid, lane, warp, s_warp_count,
+      [&](int pos, int r, const float(&xv)[MT]) {
+        s_rows[pos] = r;
 #pragma unroll
-  for (int q = 0; q < kGateRows; ++q) {
-    const int rb = r0 + q * kThreads;
-    if (rb >= r1) break;  // uniform over the block
-    const int r = rb + tid;
-    float xv[MT];
-    const bool any = gate_row(xs[q], sc[q], r, r < r1, a.M, gate_key, gate_cut, xv);
-    count += block_compact<kThreads>(any, count, lane, warp, s_warp_count, [&](int pos) {
-      s_rows[pos] = r;
-#pragma unroll
-      for (int m = 0; m < MT; ++m) s_x[m][pos] = xv[m];
-      // The slab's first kept rows start streaming into the L2 now, while the rest is gated.
-      if (pos < a.prefetch_rows) {
-        const uint8_t* row = a.b + static_cast<int64_t>(r) * a.row_bytes + byte0;
-        for (int o = 0; o < CT * kCodeBytes && byte0 + o < a.row_bytes; o += 128) prefetch_line_l2(row + o);
-      }
-    });
-    __syncthreads();
-  }
+        for (int m = 0; m < MT; ++m) s_x[m][pos] = xv[m];
+        // The slab's first kept rows start streaming into the L2 now, while the rest is gated.
+        if (pos < a.prefetch_rows) {
+          const uint8_t* row = a.b + static_cast<int64_t>(r) * a.row_bytes + byte0;
+          for (int o = 0; o < CT * kCodeBytes && byte0 + o < a.row_bytes; o += 128) prefetch_line_l2(row + o);
+        }
+      });
   allow_dependent_launch();
 
   // 2. Multiply: row group rg takes kept rows [jb, je).
