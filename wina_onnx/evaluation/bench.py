@@ -155,6 +155,28 @@ def bench_models(
             models[name] = CausalLM.from_path(
                 path, threads=threads, providers=providers, optimization_level=optimization_level, config=config
             )
+    return time_models(models, paths, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, repeats=repeats,
+                       threads=threads, warmup=warmup, seed=seed, progress=progress, device=device)
+
+
+def time_models(
+    models: dict,
+    paths: dict[str, Path],
+    *,
+    prompt_tokens: int = 128,
+    decode_tokens: int = 64,
+    repeats: int = 5,
+    threads: int | None = None,
+    warmup: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+    device: str = "cpu",
+) -> BenchResult:
+    """The timing loop of bench_models over models already loaded (name -> CausalLM, or
+    CudaCausalLM with device "cuda"); `paths` names their files for the report.
+
+    For a caller that loads its sessions itself, e.g. each with its own op library.
+    """
     vocab = min(int((lm.lm if device == "cuda" else lm).vocab_size or 1000) for lm in models.values())
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, vocab, size=(1, prompt_tokens), dtype=np.int64)
