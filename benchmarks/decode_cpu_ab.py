@@ -3,7 +3,7 @@
 What a refactoring must leave unchanged: the model `wina-onnx optimize` writes and the op
 library that runs it. Both commits build the op library the same way (CPU only, Release),
 both optimize the same dense export with their own package and library, and one process
-times every model in turn (wina_onnx.evaluation.bench.time_models), each session with its
+times every model in turn (wina_onnx.evaluation.bench.bench_models), each session with its
 commit's library.
 
 Usage (from the repo root, after scripts/setup.sh):
@@ -14,7 +14,8 @@ Usage (from the repo root, after scripts/setup.sh):
 Models: the dense export (--work/smollm2, `wina-onnx export` if missing); per commit,
 `optimize --sparsity 0.5` with the defaults (calibrated on --data) and with
 `--mode teal --gating topk` (no calibration). The base commit is checked out with
-`git worktree` under --work; its package runs from that tree (PYTHONPATH).
+`git worktree` under --work; its package runs from that tree (PYTHONPATH). Builds and
+models already in --work are reused: remove --work after changing the checkout.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def load(path: Path, library: Path, threads: int):
     from wina_onnx.runtime.session import CausalLM
 
     os.environ[LIBRARY_ENV] = str(library)
+    # As bench_models: the sessions take turns, so none keeps its pool threads spinning.
     return CausalLM.from_path(path, threads=threads, config={"session.force_spinning_stop": "1"})
 
 
@@ -83,7 +85,7 @@ def main() -> None:
     args = p.parse_args()
 
     sys.path.insert(0, str(REPO))
-    from wina_onnx.evaluation.bench import time_models
+    from wina_onnx.evaluation.bench import bench_models
 
     log = Log()
     log(f"# command: python benchmarks/decode_cpu_ab.py {' '.join(relative(a) for a in sys.argv[1:])}")
@@ -102,15 +104,15 @@ def main() -> None:
     trees = {"A": (tree_a, build_library(log, tree_a, work / "build-a")),
              "B": (REPO, build_library(log, REPO, work / "build-b"))}
 
-    models, paths = {}, {}
-    models["dense"], paths["dense"] = load(dense, trees["B"][1], args.threads), dense
+    paths, libraries = {"dense": dense}, {"dense": trees["B"][1]}
     for variant, extra in VARIANTS.items():
         for side, (tree, library) in trees.items():
             name = f"{variant}@{side}"
-            path = optimize(log, tree, library, dense, work / name, extra, args.data)
-            models[name], paths[name] = load(path, library, args.threads), path
-    result = time_models(models, paths, prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens,
-                         repeats=args.repeats, threads=args.threads, progress=False)
+            paths[name] = optimize(log, tree, library, dense, work / name, extra, args.data)
+            libraries[name] = library
+    result = bench_models(paths, prompt_tokens=args.prompt_tokens, decode_tokens=args.decode_tokens,
+                          repeats=args.repeats, threads=args.threads, progress=False,
+                          load=lambda name, path: load(path, libraries[name], args.threads))
     log()
     log(result.table())
     log()

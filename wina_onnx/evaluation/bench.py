@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -126,6 +126,7 @@ def bench_models(
     seed: int = 0,
     progress: bool = True,
     device: str = "cpu",
+    load: Callable[[str, Path], object] | None = None,
 ) -> BenchResult:
     """Benchmark every model in `paths` (name -> model.onnx or its folder), interleaved.
 
@@ -134,6 +135,8 @@ def bench_models(
     `warmup` unrecorded repetitions come first (first-run allocations, page faults).
     device "cuda": the CUDA provider with IOBinding (wina_onnx.runtime.session.CudaCausalLM):
     the KV cache and logits stay on the GPU, every step ends with the GPU done.
+    load(name, path): loads one model instead (a CausalLM, or a CudaCausalLM with device
+    "cuda"), e.g. with a session of its own; the default loads with the options above.
     """
     if not paths:
         raise ValueError("no model to benchmark")
@@ -147,7 +150,9 @@ def bench_models(
     config = {"session.force_spinning_stop": "1"}
     for name, path in paths.items():
         stage("bench", f"loading {name} from {path}", enabled=progress)
-        if device == "cuda":
+        if load is not None:
+            models[name] = load(name, path)
+        elif device == "cuda":
             from ..runtime.session import CudaCausalLM
 
             models[name] = CudaCausalLM.from_path(path, optimization_level=optimization_level, config=config)
@@ -155,28 +160,6 @@ def bench_models(
             models[name] = CausalLM.from_path(
                 path, threads=threads, providers=providers, optimization_level=optimization_level, config=config
             )
-    return time_models(models, paths, prompt_tokens=prompt_tokens, decode_tokens=decode_tokens, repeats=repeats,
-                       threads=threads, warmup=warmup, seed=seed, progress=progress, device=device)
-
-
-def time_models(
-    models: dict,
-    paths: dict[str, Path],
-    *,
-    prompt_tokens: int = 128,
-    decode_tokens: int = 64,
-    repeats: int = 5,
-    threads: int | None = None,
-    warmup: int = 1,
-    seed: int = 0,
-    progress: bool = True,
-    device: str = "cpu",
-) -> BenchResult:
-    """The timing loop of bench_models over models already loaded (name -> CausalLM, or
-    CudaCausalLM with device "cuda"); `paths` names their files for the report.
-
-    For a caller that loads its sessions itself, e.g. each with its own op library.
-    """
     vocab = min(int((lm.lm if device == "cuda" else lm).vocab_size or 1000) for lm in models.values())
     rng = np.random.default_rng(seed)
     prompt = rng.integers(0, vocab, size=(1, prompt_tokens), dtype=np.int64)
