@@ -81,6 +81,8 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--b-first", action="store_true",
+                   help="time B before A in every repetition (default A first): shows an order effect")
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
@@ -103,6 +105,8 @@ def main() -> None:
         run(log, ["wina-onnx", "export", "-o", dense.parent], tail=3)
     trees = {"A": (tree_a, build_library(log, tree_a, work / "build-a")),
              "B": (REPO, build_library(log, REPO, work / "build-b"))}
+    if args.b_first:
+        trees = {"B": trees["B"], "A": trees["A"]}
 
     paths, libraries = {"dense": dense}, {"dense": trees["B"][1]}
     for variant, extra in VARIANTS.items():
