@@ -742,6 +742,60 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The same, 16 columns (8 code bytes) of kDequantRows consecutive rows a thread: the rows share one
+// quantization block (kDequantRows divides every block size), so its scales and zero points are
+// loaded once; codes 8 bytes a row, W in 16-byte stores. Needs N % 16 == 0 and aligned buffers.
+constexpr int kDequantRows = 8;
+constexpr int kDequantThreads = 128;
+constexpr int kDequantCols = 16;
+
+template <typename T>
+__global__ void __launch_bounds__(kDequantThreads)
+    nbits_dequantize_vec_kernel(const uint8_t* __restrict__ b, const T* __restrict__ scales,
+                                const void* zero_points, int zero_kind, T* __restrict__ w, int K, int64_t N,
+                                int64_t row_bytes, int log_g) {
+  constexpr int kPerVec = 16 / sizeof(T);  // values of T in 16 bytes
+  const int64_t group = static_cast<int64_t>(blockIdx.x) * kDequantThreads + threadIdx.x;
+  const int64_t n0 = group * kDequantCols;
+  if (n0 >= N) return;
+  for (int64_t r0 = static_cast<int64_t>(blockIdx.y) * kDequantRows; r0 < K;
+       r0 += static_cast<int64_t>(gridDim.y) * kDequantRows) {
+    const int64_t q = r0 >> log_g;
+    float s[kDequantCols], z[kDequantCols];
+    const uint4* sv = reinterpret_cast<const uint4*>(scales + q * N + n0);
+#pragma unroll
+    for (int v = 0; v < kDequantCols / kPerVec; ++v) Elem<T>::unpack(sv[v], s + v * kPerVec);
+    if (zero_kind == static_cast<int>(ZeroPointKind::kTyped)) {
+      const uint4* zv = reinterpret_cast<const uint4*>(static_cast<const T*>(zero_points) + q * N + n0);
+#pragma unroll
+      for (int v = 0; v < kDequantCols / kPerVec; ++v) Elem<T>::unpack(zv[v], z + v * kPerVec);
+    } else {
+      uint2 zb = make_uint2(0x88888888u, 0x88888888u);  // no zero points: 8
+      if (zero_kind == static_cast<int>(ZeroPointKind::kPacked))
+        zb = *reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(zero_points) + q * row_bytes + group * 8);
+#pragma unroll
+      for (int i = 0; i < kDequantCols; ++i)
+        z[i] = static_cast<float>(((i < 8 ? zb.x : zb.y) >> (4 * (i % 8))) & 0xfu);
+    }
+#pragma unroll
+    for (int j = 0; j < kDequantRows; ++j) {
+      const int64_t r = r0 + j;
+      if (r >= K) break;
+      // Byte i / 2 of the 8 holds column i in its low (even i) or high nibble: bits 4i of the words.
+      const uint2 code = *reinterpret_cast<const uint2*>(b + r * row_bytes + group * 8);
+      alignas(16) T out[kDequantCols];
+#pragma unroll
+      for (int i = 0; i < kDequantCols; ++i) {
+        const float c = static_cast<float>(((i < 8 ? code.x : code.y) >> (4 * (i % 8))) & 0xfu);
+        out[i] = Elem<T>::from_float((c - z[i]) * s[i]);
+      }
+      uint4* dst = reinterpret_cast<uint4*>(w + r * N + n0);
+#pragma unroll
+      for (int v = 0; v < kDequantCols / kPerVec; ++v) dst[v] = reinterpret_cast<const uint4*>(out)[v];
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------
 // Host side
 
@@ -1117,23 +1171,37 @@ cudaError_t LaunchNbitsDecode(const NbitsProblem& p, const NbitsPlan& plan, cons
 }
 
 template <typename T>
-cudaError_t LaunchNbitsDequantize(const NbitsProblem& p, void* w, Stream stream) {
+cudaError_t LaunchNbitsDequantize(const NbitsProblem& p, void* w, Stream stream, bool bytewise) {
   if (!stream.valid()) return cudaErrorInvalidResourceHandle;
   if (bad_problem(p) || w == nullptr) return cudaErrorInvalidValue;
   if (p.K == 0 || p.N == 0) return cudaSuccess;
   const int64_t row_bytes = row_bytes_of(p);
+  const int log_g = log2_exact(p.block_size);
+  const auto* scales = static_cast<const T*>(p.scales);
+  const bool vec = !bytewise && p.N % kDequantCols == 0 && p.block_size % kDequantRows == 0 && aligned16(w) &&
+                   aligned16(p.scales) && reinterpret_cast<uintptr_t>(p.b) % 8 == 0 &&
+                   (p.zero_kind != ZeroPointKind::kTyped || aligned16(p.zero_points)) &&
+                   (p.zero_kind != ZeroPointKind::kPacked || reinterpret_cast<uintptr_t>(p.zero_points) % 8 == 0);
+  if (vec) {
+    const int64_t groups = p.N / kDequantCols;
+    const dim3 grid(static_cast<unsigned>((groups + kDequantThreads - 1) / kDequantThreads),
+                    static_cast<unsigned>(std::min<int64_t>((p.K + kDequantRows - 1) / kDequantRows, 65535)));
+    return launch_clustered(stream, nbits_dequantize_vec_kernel<T>, grid, dim3(kDequantThreads), 0, false, 0u, p.b,
+                            scales, p.zero_points, static_cast<int>(p.zero_kind), static_cast<T*>(w),
+                            static_cast<int>(p.K), p.N, row_bytes, log_g);
+  }
   const dim3 grid(static_cast<unsigned>((row_bytes + kThreads - 1) / kThreads),
                   static_cast<unsigned>(std::min<int64_t>(p.K, 65535)));
-  return launch_clustered(stream, nbits_dequantize_kernel<T>, grid, dim3(kThreads), 0, false, 0u, p.b,
-                          static_cast<const T*>(p.scales), p.zero_points, static_cast<int>(p.zero_kind),
-                          static_cast<T*>(w), static_cast<int>(p.K), p.N, row_bytes, log2_exact(p.block_size));
+  return launch_clustered(stream, nbits_dequantize_kernel<T>, grid, dim3(kThreads), 0, false, 0u, p.b, scales,
+                          p.zero_points, static_cast<int>(p.zero_kind), static_cast<T*>(w), static_cast<int>(p.K),
+                          p.N, row_bytes, log_g);
 }
 
 #define WINA_NBITS_INSTANTIATE(T)                                                                      \
   template NbitsPlan MakeNbitsPlan<T>(const NbitsProblem&, const DeviceInfo&, int, int, bool, bool);   \
   template size_t NbitsDecodeWorkspaceBytes<T>(const NbitsProblem&, const NbitsPlan&);                 \
   template cudaError_t LaunchNbitsDecode<T>(const NbitsProblem&, const NbitsPlan&, const NbitsGate&, void*, Stream); \
-  template cudaError_t LaunchNbitsDequantize<T>(const NbitsProblem&, void*, Stream);
+  template cudaError_t LaunchNbitsDequantize<T>(const NbitsProblem&, void*, Stream, bool);
 
 WINA_NBITS_INSTANTIATE(float)
 WINA_NBITS_INSTANTIATE(__half)

@@ -115,9 +115,11 @@ cudaError_t LaunchNbitsDecode(const NbitsProblem& p, const NbitsPlan& plan, cons
                               Stream stream);
 
 // Enqueues W [K, N] (T, row-major) = (code - zero point) * scale, computed in float32 and rounded
-// to T once: the weight the prefill path multiplies by.
+// to T once: the weight the prefill path multiplies by. With N a multiple of 16 and aligned
+// buffers a thread writes 16 columns of 8 rows in 16-byte stores; otherwise (or with bytewise, for
+// the checks) two columns of one row. Both give the same bits.
 template <typename T>
-cudaError_t LaunchNbitsDequantize(const NbitsProblem& p, void* w, Stream stream);
+cudaError_t LaunchNbitsDequantize(const NbitsProblem& p, void* w, Stream stream, bool bytewise = false);
 
 }  // namespace cuda
 }  // namespace wina

@@ -21,7 +21,8 @@
 //                                        kernels and plans, probes (the kernels without arithmetic or
 //                                        loads), and the floor (a plain read of the bytes a call
 //                                        reads) and gather (the kept rows' codes in the kernels'
-//                                        pattern) reads that bound them
+//                                        pattern) reads that bound them; WINA_NB_DEQ=1 times the
+//                                        prefill path's dequantization kernels instead
 //
 // Exit status 1 when a check fails or a CUDA call errs.
 #include <cuda_bf16.h>
@@ -259,16 +260,20 @@ bool run_dequantize_check(int64_t K, int64_t N, int64_t G, ZeroPointKind zk, cud
   p.M = 64;
   p.block_size = G;
   T* dw = static_cast<T*>(buf.alloc(static_cast<size_t>(K * N) * sizeof(T)));
-  CHECK(wina::cuda::LaunchNbitsDequantize<T>(p, dw, wina::cuda::Stream(stream)));
-  CHECK(cudaStreamSynchronize(stream));
   std::vector<T> hw(static_cast<size_t>(K * N));
-  if (!hw.empty()) CHECK(cudaMemcpy(hw.data(), dw, hw.size() * sizeof(T), cudaMemcpyDeviceToHost));
-  for (size_t i = 0; i < hw.size(); ++i) {
-    const T want = from_f<T>(wt.w[i]);
-    if (std::memcmp(&want, &hw[i], sizeof(T)) != 0) {
-      std::printf("FAIL dequantize %s K=%lld N=%lld G=%lld zp=%d at %zu: %g vs %g\n", type_name<T>(), (long long)K,
-                  (long long)N, (long long)G, static_cast<int>(zk), i, to_f(hw[i]), to_f(want));
-      return false;
+  for (const bool bytewise : {false, true}) {  // the vectorized kernel (where N allows) and the bytewise one
+    CHECK(cudaMemset(dw, 0xff, hw.size() * sizeof(T)));
+    CHECK(wina::cuda::LaunchNbitsDequantize<T>(p, dw, wina::cuda::Stream(stream), bytewise));
+    CHECK(cudaStreamSynchronize(stream));
+    if (!hw.empty()) CHECK(cudaMemcpy(hw.data(), dw, hw.size() * sizeof(T), cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < hw.size(); ++i) {
+      const T want = from_f<T>(wt.w[i]);
+      if (std::memcmp(&want, &hw[i], sizeof(T)) != 0) {
+        std::printf("FAIL dequantize %s K=%lld N=%lld G=%lld zp=%d bytewise=%d at %zu: %g vs %g\n", type_name<T>(),
+                    (long long)K, (long long)N, (long long)G, static_cast<int>(zk), bytewise ? 1 : 0, i, to_f(hw[i]),
+                    to_f(want));
+        return false;
+      }
     }
   }
   return true;
@@ -337,7 +342,10 @@ int check_all(bool quick) {
       deq_failed += run_dequantize_check<float>(100, 77, G, static_cast<ZeroPointKind>(zk), stream, seed++) ? 0 : 1;
       deq_failed += run_dequantize_check<__half>(257, 640, G, static_cast<ZeroPointKind>(zk), stream, seed++) ? 0 : 1;
       deq_failed += run_dequantize_check<__nv_bfloat16>(64, 33, G, static_cast<ZeroPointKind>(zk), stream, seed++) ? 0 : 1;
-      deq += 3;
+      // N a multiple of 16 (the vectorized kernel), K off the 8-row groups
+      deq_failed += run_dequantize_check<float>(100, 96, G, static_cast<ZeroPointKind>(zk), stream, seed++) ? 0 : 1;
+      deq_failed += run_dequantize_check<__nv_bfloat16>(203, 4112, G, static_cast<ZeroPointKind>(zk), stream, seed++) ? 0 : 1;
+      deq += 5;
     }
   }
   CHECK(cudaStreamDestroy(stream));
@@ -482,6 +490,49 @@ double measure_read_gbs(cudaStream_t stream, int sm_count) {
   return static_cast<double>(bytes) / median(times) / 1e9;
 }
 
+// WINA_NB_DEQ=1: the prefill path's dequantization instead, float16, block 32, no zero points; both
+// kernels on the projections of a Llama-3-8B layer (K x N): a graph of 8 calls on rotating weights
+// and outputs (past the L2), median µs a call; GB/s of the bytes written and read.
+int bench_dequantize(cudaStream_t stream, double peak) {
+  const int64_t shapes[][2] = {{4096, 6144}, {4096, 4096}, {4096, 14336}, {14336, 4096}};
+  constexpr int kChain = 8;
+  std::printf("shape        kernel       us/call   MB moved      GB/s  %%peak\n");
+  for (const auto& shape : shapes) {
+    const int64_t K = shape[0], N = shape[1], G = 32;
+    Rng rng(7);
+    const Weight<__half> wt = random_weight<__half>(rng, K, N, G, ZeroPointKind::kNone, false);
+    DeviceBuffers buf;
+    std::vector<NbitsProblem> ps(kChain);
+    std::vector<__half*> outs(kChain);
+    for (int c = 0; c < kChain; ++c) {
+      ps[c].b = buf.upload(wt.codes);
+      ps[c].scales = buf.upload(wt.scales);
+      ps[c].K = K;
+      ps[c].N = N;
+      ps[c].M = 64;
+      ps[c].block_size = G;
+      outs[c] = static_cast<__half*>(buf.alloc(static_cast<size_t>(K * N) * sizeof(__half)));
+    }
+    const double bytes = static_cast<double>(K * N) * 2 + static_cast<double>(K * wt.row_bytes()) +
+                         static_cast<double>(wt.scales.size()) * 2;
+    for (const bool bytewise : {false, true}) {
+      cudaGraph_t graph;
+      cudaGraphExec_t exec;
+      CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+      for (int c = 0; c < kChain; ++c)
+        CHECK(wina::cuda::LaunchNbitsDequantize<__half>(ps[c], outs[c], wina::cuda::Stream(stream), bytewise));
+      CHECK(cudaStreamEndCapture(stream, &graph));
+      CHECK(cudaGraphInstantiate(&exec, graph, 0));
+      const double us = replay_median_us(stream, exec, kChain, 20);
+      std::printf("%5lldx%-6lld %-10s %9.2f %10.2f %9.0f %6.1f\n", (long long)K, (long long)N,
+                  bytewise ? "bytewise" : "vectorized", us, bytes / 1e6, bytes / us / 1e3, 100.0 * bytes / us / 1e3 / peak);
+      CHECK(cudaGraphExecDestroy(exec));
+      CHECK(cudaGraphDestroy(graph));
+    }
+  }
+  return 0;
+}
+
 int bench_all(bool quick) {
   cudaStream_t stream;
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -490,6 +541,11 @@ int bench_all(bool quick) {
   const double peak = measure_read_gbs(stream, prop.multiProcessorCount);
   print_device(prop);
   std::printf("read bandwidth: %.0f GB/s (2 GiB streaming read, median of 20)\n", peak);
+  if (env_ints("WINA_NB_DEQ", {0})[0] == 1) {
+    const int status = bench_dequantize(stream, peak);
+    CHECK(cudaStreamDestroy(stream));
+    return status;
+  }
   std::printf("bytes read: kept rows' codes + every block's scales (+ zero points); GB/s against that\n");
   const int64_t all_shapes[][2] = {{4096, 4096}, {4096, 14336}, {14336, 4096}};
   const float all_sparsities[] = {0.0f, 0.25f, 0.4f, 0.5f, 0.65f};
