@@ -13,6 +13,7 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #include "cuda/common.cuh"
@@ -742,56 +743,66 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// The same, 16 columns (8 code bytes) of kDequantRows consecutive rows a thread: the rows share one
-// quantization block (kDequantRows divides every block size), so its scales and zero points are
-// loaded once; codes 8 bytes a row, W in 16-byte stores. Needs N % 16 == 0 and aligned buffers.
-constexpr int kDequantRows = 8;
+// The same, COLS columns (COLS / 2 code bytes) of ROWS consecutive rows a thread: the rows share one
+// quantization block (ROWS divides every block size), so its scales and zero points are loaded
+// once; every row's codes are loaded first, W goes out in 16-byte stores. Needs N % COLS == 0 and
+// aligned buffers.
 constexpr int kDequantThreads = 128;
-constexpr int kDequantCols = 16;
 
-template <typename T>
+template <typename T, int COLS, int ROWS>
 __global__ void __launch_bounds__(kDequantThreads)
     nbits_dequantize_vec_kernel(const uint8_t* __restrict__ b, const T* __restrict__ scales,
                                 const void* zero_points, int zero_kind, T* __restrict__ w, int K, int64_t N,
                                 int64_t row_bytes, int log_g) {
-  constexpr int kPerVec = 16 / sizeof(T);  // values of T in 16 bytes
+  static_assert(COLS == 8 || COLS == 16, "8 or 16 columns a thread");
+  using Codes = std::conditional_t<COLS == 16, uint2, uint32_t>;  // a row's COLS codes
+  constexpr int kPerVec = 16 / sizeof(T);                         // values of T in 16 bytes
+  const auto word = [](const Codes& c, int i) -> uint32_t {        // the 32 bits holding code i
+    if constexpr (COLS == 16) return i < 8 ? c.x : c.y;
+    else return c;
+  };
   const int64_t group = static_cast<int64_t>(blockIdx.x) * kDequantThreads + threadIdx.x;
-  const int64_t n0 = group * kDequantCols;
+  const int64_t n0 = group * COLS;
   if (n0 >= N) return;
-  for (int64_t r0 = static_cast<int64_t>(blockIdx.y) * kDequantRows; r0 < K;
-       r0 += static_cast<int64_t>(gridDim.y) * kDequantRows) {
+  for (int64_t r0 = static_cast<int64_t>(blockIdx.y) * ROWS; r0 < K; r0 += static_cast<int64_t>(gridDim.y) * ROWS) {
     const int64_t q = r0 >> log_g;
-    float s[kDequantCols], z[kDequantCols];
+    float s[COLS], z[COLS];
     const uint4* sv = reinterpret_cast<const uint4*>(scales + q * N + n0);
 #pragma unroll
-    for (int v = 0; v < kDequantCols / kPerVec; ++v) Elem<T>::unpack(sv[v], s + v * kPerVec);
+    for (int v = 0; v < COLS / kPerVec; ++v) Elem<T>::unpack(sv[v], s + v * kPerVec);
     if (zero_kind == static_cast<int>(ZeroPointKind::kTyped)) {
       const uint4* zv = reinterpret_cast<const uint4*>(static_cast<const T*>(zero_points) + q * N + n0);
 #pragma unroll
-      for (int v = 0; v < kDequantCols / kPerVec; ++v) Elem<T>::unpack(zv[v], z + v * kPerVec);
+      for (int v = 0; v < COLS / kPerVec; ++v) Elem<T>::unpack(zv[v], z + v * kPerVec);
     } else {
-      uint2 zb = make_uint2(0x88888888u, 0x88888888u);  // no zero points: 8
+      Codes zb;  // no zero points: 8
+      if constexpr (COLS == 16) zb = make_uint2(0x88888888u, 0x88888888u);
+      else zb = 0x88888888u;
       if (zero_kind == static_cast<int>(ZeroPointKind::kPacked))
-        zb = *reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(zero_points) + q * row_bytes + group * 8);
+        zb = *reinterpret_cast<const Codes*>(static_cast<const uint8_t*>(zero_points) + q * row_bytes +
+                                             group * (COLS / 2));
 #pragma unroll
-      for (int i = 0; i < kDequantCols; ++i)
-        z[i] = static_cast<float>(((i < 8 ? zb.x : zb.y) >> (4 * (i % 8))) & 0xfu);
+      for (int i = 0; i < COLS; ++i) z[i] = static_cast<float>((word(zb, i) >> (4 * (i % 8))) & 0xfu);
     }
+    Codes codes[ROWS];
 #pragma unroll
-    for (int j = 0; j < kDequantRows; ++j) {
+    for (int j = 0; j < ROWS; ++j)
+      codes[j] = r0 + j < K ? __ldcs(reinterpret_cast<const Codes*>(b + (r0 + j) * row_bytes + group * (COLS / 2)))
+                            : Codes{};
+#pragma unroll
+    for (int j = 0; j < ROWS; ++j) {
       const int64_t r = r0 + j;
       if (r >= K) break;
-      // Byte i / 2 of the 8 holds column i in its low (even i) or high nibble: bits 4i of the words.
-      const uint2 code = *reinterpret_cast<const uint2*>(b + r * row_bytes + group * 8);
-      alignas(16) T out[kDequantCols];
+      // Byte i / 2 holds column i in its low (even i) or high nibble: bits 4 (i % 8) of its word.
+      alignas(16) T out[COLS];
 #pragma unroll
-      for (int i = 0; i < kDequantCols; ++i) {
-        const float c = static_cast<float>(((i < 8 ? code.x : code.y) >> (4 * (i % 8))) & 0xfu);
+      for (int i = 0; i < COLS; ++i) {
+        const float c = static_cast<float>((word(codes[j], i) >> (4 * (i % 8))) & 0xfu);
         out[i] = Elem<T>::from_float((c - z[i]) * s[i]);
       }
       uint4* dst = reinterpret_cast<uint4*>(w + r * N + n0);
 #pragma unroll
-      for (int v = 0; v < kDequantCols / kPerVec; ++v) dst[v] = reinterpret_cast<const uint4*>(out)[v];
+      for (int v = 0; v < COLS / kPerVec; ++v) dst[v] = reinterpret_cast<const uint4*>(out)[v];
     }
   }
 }
@@ -1170,38 +1181,59 @@ cudaError_t LaunchNbitsDecode(const NbitsProblem& p, const NbitsPlan& plan, cons
   return launch_reduce<T>(p, a.partial, static_cast<int>(plan.splits), plan.pdl, plan.max_carveout, stream);
 }
 
+// The vectorized kernel with COLS columns and ROWS rows a thread, where p and the buffers allow it.
+template <typename T, int COLS, int ROWS>
+bool launch_dequantize_vec(const NbitsProblem& p, void* w, Stream stream, cudaError_t* err) {
+  const auto aligned = [](const void* ptr, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(ptr) % bytes == 0; };
+  if (p.N % COLS != 0 || p.block_size % ROWS != 0 || !aligned16(w) || !aligned16(p.scales) ||
+      !aligned(p.b, COLS / 2) || (p.zero_kind == ZeroPointKind::kTyped && !aligned16(p.zero_points)) ||
+      (p.zero_kind == ZeroPointKind::kPacked && !aligned(p.zero_points, COLS / 2)))
+    return false;
+  const int64_t groups = p.N / COLS;
+  const dim3 grid(static_cast<unsigned>((groups + kDequantThreads - 1) / kDequantThreads),
+                  static_cast<unsigned>(std::min<int64_t>((p.K + ROWS - 1) / ROWS, 65535)));
+  *err = launch_clustered(stream, nbits_dequantize_vec_kernel<T, COLS, ROWS>, grid, dim3(kDequantThreads), 0, false,
+                          0u, p.b, static_cast<const T*>(p.scales), p.zero_points, static_cast<int>(p.zero_kind),
+                          static_cast<T*>(w), static_cast<int>(p.K), p.N, row_bytes_of(p), log2_exact(p.block_size));
+  return true;
+}
+
 template <typename T>
-cudaError_t LaunchNbitsDequantize(const NbitsProblem& p, void* w, Stream stream, bool bytewise) {
+cudaError_t LaunchNbitsDequantize(const NbitsProblem& p, void* w, Stream stream, DequantKernel kernel) {
   if (!stream.valid()) return cudaErrorInvalidResourceHandle;
   if (bad_problem(p) || w == nullptr) return cudaErrorInvalidValue;
   if (p.K == 0 || p.N == 0) return cudaSuccess;
-  const int64_t row_bytes = row_bytes_of(p);
-  const int log_g = log2_exact(p.block_size);
-  const auto* scales = static_cast<const T*>(p.scales);
-  const bool vec = !bytewise && p.N % kDequantCols == 0 && p.block_size % kDequantRows == 0 && aligned16(w) &&
-                   aligned16(p.scales) && reinterpret_cast<uintptr_t>(p.b) % 8 == 0 &&
-                   (p.zero_kind != ZeroPointKind::kTyped || aligned16(p.zero_points)) &&
-                   (p.zero_kind != ZeroPointKind::kPacked || reinterpret_cast<uintptr_t>(p.zero_points) % 8 == 0);
-  if (vec) {
-    const int64_t groups = p.N / kDequantCols;
-    const dim3 grid(static_cast<unsigned>((groups + kDequantThreads - 1) / kDequantThreads),
-                    static_cast<unsigned>(std::min<int64_t>((p.K + kDequantRows - 1) / kDequantRows, 65535)));
-    return launch_clustered(stream, nbits_dequantize_vec_kernel<T>, grid, dim3(kDequantThreads), 0, false, 0u, p.b,
-                            scales, p.zero_points, static_cast<int>(p.zero_kind), static_cast<T*>(w),
-                            static_cast<int>(p.K), p.N, row_bytes, log_g);
+  cudaError_t err = cudaSuccess;
+  switch (kernel) {
+    case DequantKernel::kAuto:  // H200: 3.4 TB/s moved, 16 x 8 2.2 (kernel_cuda_nbits_dequantize_h200.txt)
+    case DequantKernel::kCols8Rows16:
+      if (launch_dequantize_vec<T, 8, 16>(p, w, stream, &err)) return err;
+      break;
+    case DequantKernel::kCols16Rows8:
+      if (launch_dequantize_vec<T, 16, 8>(p, w, stream, &err)) return err;
+      break;
+    case DequantKernel::kCols8Rows8:
+      if (launch_dequantize_vec<T, 8, 8>(p, w, stream, &err)) return err;
+      break;
+    case DequantKernel::kCols16Rows16:
+      if (launch_dequantize_vec<T, 16, 16>(p, w, stream, &err)) return err;
+      break;
+    case DequantKernel::kBytewise:
+      break;
   }
+  const int64_t row_bytes = row_bytes_of(p);
   const dim3 grid(static_cast<unsigned>((row_bytes + kThreads - 1) / kThreads),
                   static_cast<unsigned>(std::min<int64_t>(p.K, 65535)));
-  return launch_clustered(stream, nbits_dequantize_kernel<T>, grid, dim3(kThreads), 0, false, 0u, p.b, scales,
-                          p.zero_points, static_cast<int>(p.zero_kind), static_cast<T*>(w), static_cast<int>(p.K),
-                          p.N, row_bytes, log_g);
+  return launch_clustered(stream, nbits_dequantize_kernel<T>, grid, dim3(kThreads), 0, false, 0u, p.b,
+                          static_cast<const T*>(p.scales), p.zero_points, static_cast<int>(p.zero_kind),
+                          static_cast<T*>(w), static_cast<int>(p.K), p.N, row_bytes, log2_exact(p.block_size));
 }
 
 #define WINA_NBITS_INSTANTIATE(T)                                                                      \
   template NbitsPlan MakeNbitsPlan<T>(const NbitsProblem&, const DeviceInfo&, int, int, bool, bool);   \
   template size_t NbitsDecodeWorkspaceBytes<T>(const NbitsProblem&, const NbitsPlan&);                 \
   template cudaError_t LaunchNbitsDecode<T>(const NbitsProblem&, const NbitsPlan&, const NbitsGate&, void*, Stream); \
-  template cudaError_t LaunchNbitsDequantize<T>(const NbitsProblem&, void*, Stream, bool);
+  template cudaError_t LaunchNbitsDequantize<T>(const NbitsProblem&, void*, Stream, DequantKernel);
 
 WINA_NBITS_INSTANTIATE(float)
 WINA_NBITS_INSTANTIATE(__half)

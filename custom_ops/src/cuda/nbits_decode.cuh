@@ -114,12 +114,18 @@ template <typename T>
 cudaError_t LaunchNbitsDecode(const NbitsProblem& p, const NbitsPlan& plan, const NbitsGate& gate, void* workspace,
                               Stream stream);
 
+// The dequantization kernels: kAuto takes 8 columns x 16 rows a thread (the fastest on the H200)
+// where N % 8 == 0 and the buffers are aligned, else the bytewise kernel; the others force one
+// (checks, timing), falling back to bytewise where the shape does not allow it.
+enum class DequantKernel { kAuto, kBytewise, kCols16Rows8, kCols8Rows8, kCols8Rows16, kCols16Rows16 };
+
 // Enqueues W [K, N] (T, row-major) = (code - zero point) * scale, computed in float32 and rounded
-// to T once: the weight the prefill path multiplies by. With N a multiple of 16 and aligned
-// buffers a thread writes 16 columns of 8 rows in 16-byte stores; otherwise (or with bytewise, for
-// the checks) two columns of one row. Both give the same bits.
+// to T once: the weight the prefill path multiplies by. A vectorized kernel (N a multiple of its
+// columns a thread, aligned buffers) writes 8 or 16 columns of 8 or 16 rows a thread in 16-byte
+// stores; the bytewise one two columns of one row. All give the same bits.
 template <typename T>
-cudaError_t LaunchNbitsDequantize(const NbitsProblem& p, void* w, Stream stream, bool bytewise = false);
+cudaError_t LaunchNbitsDequantize(const NbitsProblem& p, void* w, Stream stream,
+                                  DequantKernel kernel = DequantKernel::kAuto);
 
 }  // namespace cuda
 }  // namespace wina

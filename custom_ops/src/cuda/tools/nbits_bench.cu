@@ -242,7 +242,24 @@ bool run_check(const CheckCase& c, cudaStream_t stream, const wina::cuda::Device
   return ok;
 }
 
-// The dequantization kernel against the host: bit for bit (the same float32 arithmetic, one rounding).
+using wina::cuda::DequantKernel;
+constexpr DequantKernel kDequantKernels[] = {DequantKernel::kAuto, DequantKernel::kBytewise,
+                                             DequantKernel::kCols16Rows8, DequantKernel::kCols8Rows8,
+                                             DequantKernel::kCols8Rows16, DequantKernel::kCols16Rows16};
+
+const char* dequant_name(DequantKernel kernel) {
+  switch (kernel) {
+    case DequantKernel::kAuto: return "auto";
+    case DequantKernel::kBytewise: return "bytewise";
+    case DequantKernel::kCols16Rows8: return "16x8";
+    case DequantKernel::kCols8Rows8: return "8x8";
+    case DequantKernel::kCols8Rows16: return "8x16";
+    case DequantKernel::kCols16Rows16: return "16x16";
+  }
+  return "?";
+}
+
+// The dequantization kernels against the host: bit for bit (the same float32 arithmetic, one rounding).
 template <typename T>
 bool run_dequantize_check(int64_t K, int64_t N, int64_t G, ZeroPointKind zk, cudaStream_t stream, uint64_t seed) {
   Rng rng(seed);
@@ -261,17 +278,17 @@ bool run_dequantize_check(int64_t K, int64_t N, int64_t G, ZeroPointKind zk, cud
   p.block_size = G;
   T* dw = static_cast<T*>(buf.alloc(static_cast<size_t>(K * N) * sizeof(T)));
   std::vector<T> hw(static_cast<size_t>(K * N));
-  for (const bool bytewise : {false, true}) {  // the vectorized kernel (where N allows) and the bytewise one
+  for (const DequantKernel kernel : kDequantKernels) {  // each kernel (vectorized ones where N allows)
     CHECK(cudaMemset(dw, 0xff, hw.size() * sizeof(T)));
-    CHECK(wina::cuda::LaunchNbitsDequantize<T>(p, dw, wina::cuda::Stream(stream), bytewise));
+    CHECK(wina::cuda::LaunchNbitsDequantize<T>(p, dw, wina::cuda::Stream(stream), kernel));
     CHECK(cudaStreamSynchronize(stream));
     if (!hw.empty()) CHECK(cudaMemcpy(hw.data(), dw, hw.size() * sizeof(T), cudaMemcpyDeviceToHost));
     for (size_t i = 0; i < hw.size(); ++i) {
       const T want = from_f<T>(wt.w[i]);
       if (std::memcmp(&want, &hw[i], sizeof(T)) != 0) {
-        std::printf("FAIL dequantize %s K=%lld N=%lld G=%lld zp=%d bytewise=%d at %zu: %g vs %g\n", type_name<T>(),
-                    (long long)K, (long long)N, (long long)G, static_cast<int>(zk), bytewise ? 1 : 0, i, to_f(hw[i]),
-                    to_f(want));
+        std::printf("FAIL dequantize %s K=%lld N=%lld G=%lld zp=%d kernel %s at %zu: %g vs %g\n", type_name<T>(),
+                    (long long)K, (long long)N, (long long)G, static_cast<int>(zk), dequant_name(kernel), i,
+                    to_f(hw[i]), to_f(want));
         return false;
       }
     }
@@ -345,7 +362,7 @@ int check_all(bool quick) {
       // N a multiple of 16 (the vectorized kernel), K off the 8-row groups
       deq_failed += run_dequantize_check<float>(100, 96, G, static_cast<ZeroPointKind>(zk), stream, seed++) ? 0 : 1;
       deq_failed += run_dequantize_check<__nv_bfloat16>(203, 4112, G, static_cast<ZeroPointKind>(zk), stream, seed++) ? 0 : 1;
-      deq += 5;
+      deq += 5;  // cases, each through every kernel
     }
   }
   CHECK(cudaStreamDestroy(stream));
@@ -490,8 +507,8 @@ double measure_read_gbs(cudaStream_t stream, int sm_count) {
   return static_cast<double>(bytes) / median(times) / 1e9;
 }
 
-// WINA_NB_DEQ=1: the prefill path's dequantization instead, float16, block 32, no zero points; both
-// kernels on the projections of a Llama-3-8B layer (K x N): a graph of 8 calls on rotating weights
+// WINA_NB_DEQ=1: the prefill path's dequantization instead, float16, block 32, no zero points; every
+// kernel (columns x rows a thread for the vectorized ones) on the projections of a Llama-3-8B layer (K x N): a graph of 8 calls on rotating weights
 // and outputs (past the L2), median µs a call; GB/s of the bytes written and read.
 int bench_dequantize(cudaStream_t stream, double peak) {
   const int64_t shapes[][2] = {{4096, 6144}, {4096, 4096}, {4096, 14336}, {14336, 4096}};
@@ -515,17 +532,17 @@ int bench_dequantize(cudaStream_t stream, double peak) {
     }
     const double bytes = static_cast<double>(K * N) * 2 + static_cast<double>(K * wt.row_bytes()) +
                          static_cast<double>(wt.scales.size()) * 2;
-    for (const bool bytewise : {false, true}) {
+    for (const DequantKernel kernel : kDequantKernels) {
       cudaGraph_t graph;
       cudaGraphExec_t exec;
       CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
       for (int c = 0; c < kChain; ++c)
-        CHECK(wina::cuda::LaunchNbitsDequantize<__half>(ps[c], outs[c], wina::cuda::Stream(stream), bytewise));
+        CHECK(wina::cuda::LaunchNbitsDequantize<__half>(ps[c], outs[c], wina::cuda::Stream(stream), kernel));
       CHECK(cudaStreamEndCapture(stream, &graph));
       CHECK(cudaGraphInstantiate(&exec, graph, 0));
       const double us = replay_median_us(stream, exec, kChain, 20);
       std::printf("%5lldx%-6lld %-10s %9.2f %10.2f %9.0f %6.1f\n", (long long)K, (long long)N,
-                  bytewise ? "bytewise" : "vectorized", us, bytes / 1e6, bytes / us / 1e3, 100.0 * bytes / us / 1e3 / peak);
+                  dequant_name(kernel), us, bytes / 1e6, bytes / us / 1e3, 100.0 * bytes / us / 1e3 / peak);
       CHECK(cudaGraphExecDestroy(exec));
       CHECK(cudaGraphDestroy(graph));
     }
