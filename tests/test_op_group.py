@@ -16,7 +16,7 @@ ort = pytest.importorskip("onnxruntime")
 from wina_onnx import reference  # noqa: E402
 
 from helpers.op_models import DTYPES, assert_close, group_model, run_group  # noqa: E402
-from helpers.providers import provider_session, providers  # noqa: E402
+from helpers.providers import error_message, provider_session, providers  # noqa: E402
 
 # Token counts: empty, decode (fused kernel up to 8 tokens on CUDA), prefill.
 TOKENS = (0, 1, 2, 5, 8, 9, 40)
@@ -83,17 +83,11 @@ def test_each_output_has_its_own_keep_set(provider):
     assert not ys[2].any()
 
 
-def _error(model, x, provider):
-    with pytest.raises(Exception) as info:
-        run_group(provider_session(model, provider), x)
-    return str(info.value)
-
-
 @pytest.mark.parametrize("provider", providers())
 def test_error_score_scale_rows_must_match_weights(provider):
     w = np.ones((8, 4), np.float32)
     model = group_model([w, w], np.ones((3, 8), np.float32), np.zeros(3, np.float32))
-    msg = _error(model, np.ones((1, 8), np.float32), provider)
+    msg = error_message(run_group, model, np.ones((1, 8), np.float32), provider)
     assert "score_scale has 3 rows, so the node needs 3 weights" in msg
 
 
@@ -101,13 +95,14 @@ def test_error_score_scale_rows_must_match_weights(provider):
 def test_error_threshold_shape(provider):
     w = np.ones((8, 4), np.float32)
     model = group_model([w, w], np.ones((2, 8), np.float32), np.zeros(3, np.float32))
-    msg = _error(model, np.ones((1, 8), np.float32), provider)
+    msg = error_message(run_group, model, np.ones((1, 8), np.float32), provider)
     assert "input 'threshold' (index 2) must have shape [2]" in msg
 
 
 @pytest.mark.parametrize("provider", providers())
 def test_error_weight_k_mismatch(provider):
-    msg = _error(
+    msg = error_message(
+        run_group,
         group_model([np.ones((8, 4), np.float32), np.ones((9, 4), np.float32)], np.ones((2, 8), np.float32),
                     np.zeros(2, np.float32)),
         np.ones((1, 8), np.float32), provider,
@@ -120,5 +115,5 @@ def test_error_bias_shape(provider):
     w = np.ones((8, 4), np.float32)
     model = group_model([w, w], np.ones((2, 8), np.float32), np.zeros(2, np.float32),
                         biases=[np.ones(4, np.float32), np.ones(5, np.float32)])
-    msg = _error(model, np.ones((1, 8), np.float32), provider)
+    msg = error_message(run_group, model, np.ones((1, 8), np.float32), provider)
     assert "input 'bias_1' (index 6) must have shape [4]" in msg

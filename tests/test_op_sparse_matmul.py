@@ -26,7 +26,7 @@ import wina_onnx  # noqa: E402
 from wina_onnx import reference  # noqa: E402
 
 from helpers.op_models import DTYPES, assert_close, gating_for, make_weights, run, session, wina_model  # noqa: E402
-from helpers.providers import CPU, CUDA, ISAS, provider_cases, provider_session, providers  # noqa: E402
+from helpers.providers import CPU, CUDA, ISAS, error_message, provider_cases, provider_session, providers  # noqa: E402
 
 GATINGS = ("topk", "threshold")
 
@@ -173,15 +173,26 @@ def test_masked_result_differs_from_dense(provider, dtype_name):
             assert_close(y.astype(dtype), expected.astype(dtype), dtype_name, gating)
 
 
-@pytest.mark.parametrize("dtype_name", list(DTYPES))
-@pytest.mark.parametrize("m", [1, 3, 20])
-@pytest.mark.parametrize("provider", providers())
+def over_extremes(test):
+    """The extreme gates' tests (everything masked, nothing masked): every provider, dtype, 1 / 3 / 20 tokens."""
+    for mark in (pytest.mark.parametrize("dtype_name", list(DTYPES)), pytest.mark.parametrize("m", [1, 3, 20]),
+                 pytest.mark.parametrize("provider", providers())):
+        test = mark(test)
+    return test
+
+
+def extreme_case(seed: int, k: int, n: int, m: int, dtype):
+    """Random weights [k, n], their score scale, and m tokens of x, in dtype (and the generator)."""
+    rng = np.random.default_rng(seed)
+    b, scale = make_weights(rng, k, n, dtype)
+    return b, scale, rng.standard_normal((m, k)).astype(np.float32).astype(dtype), rng
+
+
+@over_extremes
 def test_all_masked_gives_bias(provider, m, dtype_name):
     dtype = DTYPES[dtype_name]
-    rng = np.random.default_rng(3)
-    b, scale = make_weights(rng, 100, 70, dtype)
+    b, scale, x, rng = extreme_case(3, 100, 70, m, dtype)
     bias = rng.standard_normal(70).astype(np.float32).astype(dtype)
-    x = rng.standard_normal((m, 100)).astype(np.float32).astype(dtype)
     for params in ({"k": 0}, {"k": -5}, {"threshold": np.inf}, {"threshold": np.nan}):
         gating = "topk" if "k" in params else "threshold"
         y = run(provider_session(wina_model(b, scale, gating=gating, **params), provider), x)
@@ -190,14 +201,10 @@ def test_all_masked_gives_bias(provider, m, dtype_name):
         np.testing.assert_array_equal(y, np.broadcast_to(bias, (m, 70)))
 
 
-@pytest.mark.parametrize("dtype_name", list(DTYPES))
-@pytest.mark.parametrize("m", [1, 3, 20])
-@pytest.mark.parametrize("provider", providers())
+@over_extremes
 def test_nothing_masked_is_dense(provider, m, dtype_name):
     dtype = DTYPES[dtype_name]
-    rng = np.random.default_rng(4)
-    b, scale = make_weights(rng, 130, 90, dtype)
-    x = rng.standard_normal((m, 130)).astype(np.float32).astype(dtype)
+    b, scale, x, _ = extreme_case(4, 130, 90, m, dtype)
     dense = (x.astype(np.float32) @ b.astype(np.float32)).astype(dtype)
     for gating, params in (("topk", {"k": 130}), ("topk", {"k": 10**9}), ("threshold", {"threshold": -1.0})):
         y = run(provider_session(wina_model(b, scale, gating=gating, **params), provider), x)
@@ -391,32 +398,26 @@ def test_matches_the_cpu_kernel(provider):
 # --- errors: the same checks and messages on every provider --------------------------------
 
 
-def run_error(model, x, provider):
-    with pytest.raises(Exception) as info:
-        run(provider_session(model, provider), x)
-    return str(info.value)
-
-
 @pytest.mark.parametrize("provider", providers())
 def test_error_missing_k_for_topk(provider):
     b, scale = make_weights(np.random.default_rng(0), 8, 4, np.float32)
-    msg = run_error(wina_model(b, scale, gating="topk", threshold=0.5), np.ones((2, 8), np.float32), provider)
+    msg = error_message(run, wina_model(b, scale, gating="topk", threshold=0.5), np.ones((2, 8), np.float32), provider)
     assert "needs input 'k'" in msg and "missing" in msg
 
 
 @pytest.mark.parametrize("provider", providers())
 def test_error_missing_threshold(provider):
     b, scale = make_weights(np.random.default_rng(0), 8, 4, np.float32)
-    msg = run_error(wina_model(b, scale, gating="threshold", k=3), np.ones((2, 8), np.float32), provider)
+    msg = error_message(run, wina_model(b, scale, gating="threshold", k=3), np.ones((2, 8), np.float32), provider)
     assert "needs input 'threshold'" in msg
 
 
 @pytest.mark.parametrize("provider", providers())
 def test_error_bad_gating_attribute(provider):
     b, scale = make_weights(np.random.default_rng(0), 8, 4, np.float32)
-    msg = run_error(wina_model(b, scale, gating="top-k", k=3), np.ones((2, 8), np.float32), provider)
+    msg = error_message(run, wina_model(b, scale, gating="top-k", k=3), np.ones((2, 8), np.float32), provider)
     assert "unknown gating 'top-k'" in msg
-    msg = run_error(wina_model(b, scale, gating=None, k=3), np.ones((2, 8), np.float32), provider)
+    msg = error_message(run, wina_model(b, scale, gating=None, k=3), np.ones((2, 8), np.float32), provider)
     assert "attribute 'gating' is missing" in msg
 
 
@@ -424,21 +425,24 @@ def test_error_bad_gating_attribute(provider):
 def test_error_b_rank(provider):
     b = np.ones((8, 4, 2), np.float32)
     scale = np.ones(8, np.float32)
-    msg = run_error(wina_model(b, scale, gating="topk", k=3, x_rank=None), np.ones((2, 8), np.float32), provider)
+    model = wina_model(b, scale, gating="topk", k=3, x_rank=None)
+    msg = error_message(run, model, np.ones((2, 8), np.float32), provider)
     assert "input 'B' (index 1) must be a 2-D [K, N] weight" in msg and "rank 3" in msg
 
 
 @pytest.mark.parametrize("provider", providers())
 def test_error_k_mismatch(provider):
     b, scale = make_weights(np.random.default_rng(0), 8, 4, np.float32)
-    msg = run_error(wina_model(b, scale, gating="topk", k=3, x_rank=None), np.ones((2, 9), np.float32), provider)
+    model = wina_model(b, scale, gating="topk", k=3, x_rank=None)
+    msg = error_message(run, model, np.ones((2, 9), np.float32), provider)
     assert "shape mismatch" in msg and "input 'B'" in msg and "last dimension = 9" in msg
 
 
 @pytest.mark.parametrize("provider", providers())
 def test_error_score_scale_shape(provider):
     b, _ = make_weights(np.random.default_rng(0), 8, 4, np.float32)
-    msg = run_error(wina_model(b, np.ones(7, np.float32), gating="topk", k=3), np.ones((2, 8), np.float32), provider)
+    model = wina_model(b, np.ones(7, np.float32), gating="topk", k=3)
+    msg = error_message(run, model, np.ones((2, 8), np.float32), provider)
     assert "input 'score_scale' (index 2) must have shape [8]" in msg
 
 
@@ -446,14 +450,15 @@ def test_error_score_scale_shape(provider):
 def test_error_bias_shape(provider):
     b, scale = make_weights(np.random.default_rng(0), 8, 4, np.float32)
     model = wina_model(b, scale, gating="topk", k=3, bias=np.ones(5, np.float32))
-    msg = run_error(model, np.ones((2, 8), np.float32), provider)
+    msg = error_message(run, model, np.ones((2, 8), np.float32), provider)
     assert "input 'bias' (index 5) must have shape [4]" in msg
 
 
 @pytest.mark.parametrize("provider", providers())
 def test_error_k_not_scalar(provider):
     b, scale = make_weights(np.random.default_rng(0), 8, 4, np.float32)
-    msg = run_error(wina_model(b, scale, gating="topk", k=np.array([3, 4])), np.ones((2, 8), np.float32), provider)
+    model = wina_model(b, scale, gating="topk", k=np.array([3, 4]))
+    msg = error_message(run, model, np.ones((2, 8), np.float32), provider)
     assert "input 'k' (index 4) must be a scalar" in msg
 
 
@@ -468,7 +473,7 @@ def test_error_type_mismatch(provider, other):
     else:
         bias = bias.astype(np.float16)
     model = wina_model(b, scale, gating="topk", k=3, bias=bias, x_dtype=np.float32)
-    msg = run_error(model, np.ones((2, 8), np.float32), provider)
+    msg = error_message(run, model, np.ones((2, 8), np.float32), provider)
     # ORT's type check at session creation or ours at run time, both name the op.
     assert "WinaSparseMatMul" in msg
     assert "no kernel def matches" in msg or "has element type" in msg

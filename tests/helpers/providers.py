@@ -141,6 +141,13 @@ def provider_session(model: onnx.ModelProto, provider: str, *, threads: int | No
     return sess
 
 
+def error_message(run: Callable, model: onnx.ModelProto, x: np.ndarray, provider: str) -> str:
+    """The message of the error that run(session, x) raises for `model` on `provider`."""
+    with pytest.raises(Exception) as info:
+        run(provider_session(model, provider), x)
+    return str(info.value)
+
+
 def provider_cases(table: Mapping[str, Iterable[Any]], name: Callable[[Any], str] = str) -> list:
     """pytest parameters (provider, case) for cases that differ by provider: `table` maps each
     provider to its cases (a provider's own plans or launch shapes); ids read "<provider>-<name(case)>"."""
