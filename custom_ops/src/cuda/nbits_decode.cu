@@ -1203,24 +1203,17 @@ cudaError_t LaunchNbitsDequantize(const NbitsProblem& p, void* w, Stream stream,
   if (!stream.valid()) return cudaErrorInvalidResourceHandle;
   if (bad_problem(p) || w == nullptr) return cudaErrorInvalidValue;
   if (p.K == 0 || p.N == 0) return cudaSuccess;
-  cudaError_t err = cudaSuccess;
+  bool (*vec)(const NbitsProblem&, void*, Stream, cudaError_t*) = nullptr;
   switch (kernel) {
     case DequantKernel::kAuto:  // H200: 3.4 TB/s moved, 16 x 8 2.2 (kernel_cuda_nbits_dequantize_h200.txt)
-    case DequantKernel::kCols8Rows16:
-      if (launch_dequantize_vec<T, 8, 16>(p, w, stream, &err)) return err;
-      break;
-    case DequantKernel::kCols16Rows8:
-      if (launch_dequantize_vec<T, 16, 8>(p, w, stream, &err)) return err;
-      break;
-    case DequantKernel::kCols8Rows8:
-      if (launch_dequantize_vec<T, 8, 8>(p, w, stream, &err)) return err;
-      break;
-    case DequantKernel::kCols16Rows16:
-      if (launch_dequantize_vec<T, 16, 16>(p, w, stream, &err)) return err;
-      break;
-    case DequantKernel::kBytewise:
-      break;
+    case DequantKernel::kCols8Rows16: vec = launch_dequantize_vec<T, 8, 16>; break;
+    case DequantKernel::kCols16Rows8: vec = launch_dequantize_vec<T, 16, 8>; break;
+    case DequantKernel::kCols8Rows8: vec = launch_dequantize_vec<T, 8, 8>; break;
+    case DequantKernel::kCols16Rows16: vec = launch_dequantize_vec<T, 16, 16>; break;
+    case DequantKernel::kBytewise: break;
   }
+  cudaError_t err = cudaSuccess;
+  if (vec != nullptr && vec(p, w, stream, &err)) return err;
   const int64_t row_bytes = row_bytes_of(p);
   const dim3 grid(static_cast<unsigned>((row_bytes + kThreads - 1) / kThreads),
                   static_cast<unsigned>(std::min<int64_t>(p.K, 65535)));
