@@ -11,11 +11,13 @@ Usage (from the repo root, after scripts/setup.sh):
     .venv/bin/python benchmarks/decode_cpu_ab.py --base af0a25c \\
         --data ../shared/data/wikitext-2/wiki.valid.tokens --out benchmarks/results/decode_cpu_ab.txt
 
-Models: the dense export (--work/smollm2, `wina-onnx export` if missing); per commit,
+Models: the dense export (--dense, made by `wina-onnx export` if missing); per commit,
 `optimize --sparsity 0.5` with the defaults (calibrated on --data) and with
 `--mode teal --gating topk` (no calibration). The base commit is checked out with
 `git worktree` under --work; its package runs from that tree (PYTHONPATH). Builds and
 models already in --work are reused: remove --work after changing the checkout.
+In each repetition the side timed second pays a few percent in prefill: run once more with
+--b-first and read both orders.
 """
 
 from __future__ import annotations
